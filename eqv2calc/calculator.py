@@ -1,0 +1,179 @@
+"""The ASE calculator for EquiformerV2, plus a batched prediction entry point.
+
+>>> from eqv2calc import EquiformerV2Calculator
+>>> atoms.calc = EquiformerV2Calculator("eq2_31M_ec4_allmd.pt")   # a path or a registry name
+>>> atoms.get_potential_energy()    # eV
+>>> atoms.get_forces()              # eV/Å (ASE zeroes atoms fixed by constraints)
+
+What the energy means depends on the checkpoint: OC20 models (``energy_kind == "adsorption"``)
+predict adsorption energies relative to the OC20 gas-phase references; OC22, OMat24 and MPtrj
+models (``"total"``) predict total DFT energies. Forces (and stress, for models with a stress
+head) are predicted directly, not as energy derivatives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from eqv2calc.checkpoint import LoadedModel, load_checkpoint
+from eqv2calc.graph import batch_graphs, graph_from_atoms
+from eqv2calc.model.backbone import GraphInput
+
+log = logging.getLogger("eqv2calc")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "fp32": torch.float32, "fp64": torch.float64}
+_STRESS_HINT = (
+    "only checkpoints with a stress head predict stress: the OMat24, MPtrj and DeNS 'hydra' "
+    "models (e.g. eqV2_31M_omat_mp_salex, eqV2_dens_31M_mp); OC20/OC22 models do not"
+)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to torch."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        return dtype
+    if str(dtype) not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return _DTYPES[str(dtype)]
+
+
+class EquiformerV2Calculator(Calculator):
+    """ASE calculator backed by an EquiformerV2 checkpoint.
+
+    Args:
+        model: a checkpoint path, a registry name (see ``eqv2calc models``), or None for the
+            bundled demonstration model (trained on EMT, not DFT).
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:i]"``.
+        dtype: ``"float32"`` (as the released models were trained) or ``"float64"``.
+        use_ema: evaluate the checkpoint's EMA weights instead of its raw weights.
+        allow_pickle: allow checkpoints that need arbitrary unpickling (trusted files only).
+
+    Results: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å, as predicted — ASE's
+    ``get_forces`` zeroes atoms fixed by ``FixAtoms``), and ``stress`` (Voigt
+    ``[xx, yy, zz, yz, xz, xy]``, eV/Å³) when the model has a stress head.
+    """
+
+    default_parameters: dict = {}
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        use_ema: bool = False,
+        allow_pickle: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        from eqv2calc.registry import resolve_model
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        path = resolve_model(model)
+        if model is None:
+            log.info("no model given: using the bundled demonstration model %s (trained on EMT, not DFT)", path)
+        self.loaded: LoadedModel = load_checkpoint(
+            path, use_ema=use_ema, device=self.device, dtype=self.dtype, allow_pickle=allow_pickle
+        )
+        self.model = self.loaded.model
+        self.implemented_properties = ["energy", "free_energy", "forces"] + (["stress"] if self.has_stress else [])
+        self.model_label = str(model) if model is not None else "eqv2calc-demo-emt (bundled)"
+
+    # --- facts about the model -------------------------------------------------------------
+    @property
+    def has_stress(self) -> bool:
+        return self.model.has_stress
+
+    @property
+    def cutoff(self) -> float:
+        """Graph cutoff radius (Å)."""
+        return self.loaded.graph_settings.cutoff
+
+    @property
+    def energy_kind(self) -> str:
+        """``"adsorption"`` (OC20 convention) or ``"total"`` (DFT total energy)."""
+        return self.loaded.energy_kind
+
+    @property
+    def max_atomic_number(self) -> int:
+        return int(self.model.config.max_num_elements) - 1
+
+    # --- prediction ------------------------------------------------------------------------
+    def _check(self, atoms: Atoms, label: str) -> None:
+        if len(atoms) == 0:
+            raise ValueError(f"{label}: the structure has no atoms")
+        bad = np.flatnonzero((atoms.numbers < 1) | (atoms.numbers > self.max_atomic_number))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"{label}: atom {i} has atomic number {atoms.numbers[i]} ({atoms.get_chemical_symbols()[i]}), "
+                f"but this model covers Z = 1..{self.max_atomic_number}"
+            )
+
+    def graph_input(self, atoms_list: Sequence[Atoms]) -> GraphInput:
+        """Batched model input (graphs built with the checkpoint's cutoff and neighbour cap)."""
+        s = self.loaded.graph_settings
+        graphs = []
+        for k, atoms in enumerate(atoms_list):
+            self._check(atoms, f"structure {k}")
+            graphs.append(graph_from_atoms(atoms, cutoff=s.cutoff, max_neighbors=s.max_neighbors, strict=s.strict))
+        batched = batch_graphs(graphs)
+        numbers = np.concatenate([a.numbers for a in atoms_list])
+        dev = self.device
+        return GraphInput(
+            atomic_numbers=torch.as_tensor(numbers, dtype=torch.long, device=dev),
+            edge_index=torch.as_tensor(batched.edge_index, device=dev),
+            edge_vec=torch.as_tensor(batched.edge_vec, device=dev).to(self.dtype),
+            batch=torch.as_tensor(batched.batch, device=dev),
+            num_graphs=len(atoms_list),
+        )
+
+    def predict_batch(self, atoms_list: Sequence[Atoms]) -> list[dict]:
+        """Energies, forces (and stress) for many structures in one forward pass.
+
+        Returns one dict per structure: ``"energy"`` (float, eV), ``"forces"`` ((N, 3), eV/Å,
+        fixed atoms not zeroed) and, for stress models, ``"stress"`` ((6,) Voigt, eV/Å³).
+        """
+        atoms_list = list(atoms_list)
+        if not atoms_list:
+            return []
+        graph = self.graph_input(atoms_list)
+        with torch.inference_mode():
+            out = self.model(graph)
+        energy = out["energy"].double().cpu().numpy()
+        forces = out["forces"].double().cpu().numpy()
+        stress = out["stress"].double().cpu().numpy() if "stress" in out else None
+        results, start = [], 0
+        for b, atoms in enumerate(atoms_list):
+            n = len(atoms)
+            res = {"energy": float(energy[b]), "free_energy": float(energy[b]), "forces": forces[start : start + n].copy()}
+            if stress is not None:
+                s = stress[b]
+                res["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            results.append(res)
+            start += n
+        return results
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        if "stress" in properties and not self.has_stress:
+            raise PropertyNotImplementedError(f"stress is not available for {self.model_label}: {_STRESS_HINT}")
+        super().calculate(atoms, properties, system_changes)
+        self.results = self.predict_batch([self.atoms])[0]

@@ -1,0 +1,91 @@
+"""Writing EquiformerV2 checkpoints in the reference layouts (readable by eqv2calc and fairchem 1.x)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from eqv2calc.checkpoint import names
+from eqv2calc.model.potential import EquiformerV2Potential
+
+_HEAD_MODULE_NAMES = {"energy": "equiformer_v2_energy_head", "forces": "equiformer_v2_force_head", "rank2": "rank2_symmetric_head"}
+_SUBMODULE = {"energy": "energy_block", "forces": "force_block", "rank2": ""}
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    model: EquiformerV2Potential,
+    path: str | os.PathLike,
+    *,
+    layout: str = "hydra",
+    extra: dict | None = None,
+    ema_state: list[torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically, in the ``"classic"`` or ``"hydra"`` layout.
+
+    Parameter names are translated back to the reference names through the same table the
+    loader uses; normalizers and element references are stored where released files keep them.
+    ``extra`` entries (epoch, optimizer state, ...) are added at the top level.
+    """
+    path = Path(path)
+    classic = layout == "classic"
+    if layout not in ("classic", "hydra"):
+        raise ValueError(f"layout must be 'classic' or 'hydra', got {layout!r}")
+    cfg = {k: v for k, v in dataclasses.asdict(model.config).items()}
+    heads = {name: (spec.kind, _SUBMODULE[spec.kind]) for name, spec in model.head_specs.items()}
+    if classic and set(heads) != {"energy", "forces"}:
+        raise ValueError("the classic layout holds exactly an energy and a forces head; use layout='hydra'")
+    prefix = "module.module." if classic else "module."
+    state = {}
+    for key, value in model.state_dict().items():
+        if key == "element_references":
+            continue
+        ref = names.to_reference(key, heads, classic)
+        if ref is None:
+            raise ValueError(f"no reference name for parameter {key!r}")
+        state[prefix + ref] = value.detach().cpu()
+
+    norms = model.normalizers
+    if classic:
+        normalizers = {}
+        if "energy" in norms:
+            normalizers["target"] = {"mean": torch.tensor(norms["energy"].mean), "std": torch.tensor(norms["energy"].std)}
+        if "forces" in norms:
+            normalizers["grad_target"] = {"mean": torch.tensor(norms["forces"].mean), "std": torch.tensor(norms["forces"].std)}
+        config = {"model": "equiformer_v2", "model_attributes": cfg, "task": {"dataset": "eqv2calc"}}
+    else:
+        normalizers = {k: {"mean": torch.tensor(v.mean), "rmsd": torch.tensor(v.std)} for k, v in norms.items()}
+        head_cfg = {}
+        for name, spec in model.head_specs.items():
+            entry = {"module": _HEAD_MODULE_NAMES[spec.kind]}
+            entry.update({k: v for k, v in spec.options.items() if k != "denoising_block"})
+            if spec.kind == "rank2":
+                entry["output_name"] = name
+            head_cfg[name] = entry
+        backbone = {"model": "equiformer_v2_backbone", **cfg}
+        config = {"model": {"name": "hydra", "backbone": backbone, "heads": head_cfg, "pass_through_head_outputs": True}}
+    config["eqv2calc"] = {"energy_kind": model.energy_kind}
+
+    payload = {"state_dict": state, "config": config, "normalizers": normalizers}
+    if model.element_references.numel():
+        payload["elementrefs"] = {"energy": {"element_references": model.element_references.detach().cpu()}}
+    if ema_state is not None:
+        payload["ema"] = {"decay": None, "num_updates": None, "shadow_params": [t.detach().cpu() for t in ema_state], "collected_params": []}
+    payload.update(extra or {})
+    _atomic_save(payload, path)
+    return path

@@ -1,0 +1,158 @@
+"""Equivariant graph attention with attention re-normalisation (EquiformerV2 §4.1).
+
+For each edge j → i the message input is ``[x_j ; x_i]`` (source and target features
+concatenated along channels), rotated into the edge frame and passed through
+
+    SO(2) conv (radial weights) → { invariant attention logits, gate scalars, values }
+    values → separable S2 activation → SO(2) conv → value heads
+    logits → LayerNorm ("re-normalisation") → smooth leaky ReLU → · a_h → softmax over j
+
+then the per-head weighted values are rotated back, summed over incoming edges and mixed by a
+degree-wise linear map.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eqv2calc.model.activation import (
+    GateActivation,
+    S2Activation,
+    SeparableS2Activation,
+    SmoothLeakyReLU,
+)
+from eqv2calc.model.radial import EdgeInvariants, RadialMLP
+from eqv2calc.model.s2_grid import SphereGrid
+from eqv2calc.model.scatter import segment_softmax
+from eqv2calc.model.so2_conv import SO2Convolution
+from eqv2calc.model.so3 import CoefficientLayout, EdgeRotation
+from eqv2calc.model.so3_linear import DegreeWiseLinear
+
+
+class EquivariantGraphAttention(nn.Module):
+    """Graph attention built on SO(2) convolutions.
+
+    Args:
+        layout: truncation layout (lmax, mmax) of edge-frame features.
+        grid: S² grid for the truncated features (used by the S2 activation).
+        channels: node feature channels C.
+        hidden_channels: channels of the first SO(2) convolution's value output.
+        num_heads, alpha_channels, value_channels: attention heads and their widths.
+        out_channels: output channels (C inside blocks, 1 for the force head).
+        edge_channels: ``[distance_basis, hidden, hidden]`` sizes of the radial MLP.
+        num_elements: size of the element embedding tables.
+        use_element_embedding: add source/target element embeddings to edge invariants.
+        use_m_share_rad: one radial weight per (degree, channel) applied before rotation,
+            instead of per-(order, degree, channel) weights inside the SO(2) convolution.
+        use_gate_act / use_sep_s2_act: the value non-linearity (gate, separable S2, or S2).
+        use_attn_renorm: LayerNorm on the attention logits.
+    """
+
+    def __init__(
+        self,
+        layout: CoefficientLayout,
+        grid: SphereGrid,
+        channels: int,
+        hidden_channels: int,
+        num_heads: int,
+        alpha_channels: int,
+        value_channels: int,
+        out_channels: int,
+        edge_channels: list[int],
+        num_elements: int,
+        use_element_embedding: bool = True,
+        use_m_share_rad: bool = False,
+        use_gate_act: bool = False,
+        use_sep_s2_act: bool = True,
+        use_attn_renorm: bool = True,
+        radial_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layout = layout
+        self.num_heads, self.alpha_channels, self.value_channels = num_heads, alpha_channels, value_channels
+        self.hidden_channels = hidden_channels
+        self.use_m_share_rad = use_m_share_rad
+        self.use_gate_act, self.use_sep_s2_act = use_gate_act, use_sep_s2_act
+        lmax = layout.lmax
+
+        self.edge_invariants = EdgeInvariants(num_elements, edge_channels[-1], use_element_embedding)
+        edge_in = list(edge_channels)
+        if use_element_embedding:
+            edge_in[0] += 2 * edge_channels[-1]
+
+        num_alpha = num_heads * alpha_channels
+        if use_gate_act:
+            num_gates = lmax * hidden_channels
+        elif use_sep_s2_act:
+            num_gates = hidden_channels
+        else:
+            num_gates = 0
+        self.num_alpha, self.num_gates = num_alpha, num_gates
+
+        if use_m_share_rad:
+            self.shared_radial = RadialMLP([*edge_in, 2 * channels * (lmax + 1)], bias=radial_bias)
+            degree_of = [l for l in range(lmax + 1) for _ in range(2 * l + 1)]  # noqa: E741
+            self.register_buffer("degree_of", torch.tensor(degree_of), persistent=False)
+        self.conv_1 = SO2Convolution(
+            layout,
+            2 * channels,
+            hidden_channels,
+            edge_channels=None if use_m_share_rad else edge_in,
+            extra_scalars=num_alpha + num_gates,
+            radial_bias=radial_bias,
+        )
+        self.alpha_norm = nn.LayerNorm(alpha_channels) if use_attn_renorm else nn.Identity()
+        self.alpha_act = SmoothLeakyReLU(0.2)
+        self.alpha_dot = nn.Parameter(torch.empty(num_heads, alpha_channels).uniform_(-alpha_channels**-0.5, alpha_channels**-0.5))
+
+        if use_gate_act:
+            self.value_act = GateActivation(lmax, layout.mmax, hidden_channels)
+        elif use_sep_s2_act:
+            self.value_act = SeparableS2Activation(grid)
+        else:
+            self.value_act = S2Activation(grid)
+
+        self.conv_2 = SO2Convolution(layout, hidden_channels, num_heads * value_channels)
+        self.proj = DegreeWiseLinear(num_heads * value_channels, out_channels, lmax)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        distance_basis: torch.Tensor,
+        edge_index: torch.Tensor,
+        rotation: EdgeRotation,
+    ) -> torch.Tensor:
+        """``x`` ``[N, K, C]`` → ``[N, K, out_channels]`` (sum of attended messages per node)."""
+        num_nodes = x.shape[0]
+        src, dst = edge_index[0], edge_index[1]
+        edge_inv = self.edge_invariants(distance_basis, atomic_numbers, edge_index)
+
+        message = torch.cat((x.index_select(0, src), x.index_select(0, dst)), dim=2)  # [E, K, 2C]
+        if self.use_m_share_rad:
+            w = self.shared_radial(edge_inv).view(message.shape[0], self.layout.lmax + 1, -1)
+            message = message * w.index_select(1, self.degree_of)
+        message = rotation.rotate(message)  # [E, R, 2C]
+
+        values, scalars = self.conv_1(message, None if self.use_m_share_rad else edge_inv)
+        logits_in = scalars[:, : self.num_alpha]
+        if self.use_gate_act:
+            values = self.value_act(scalars[:, self.num_alpha :], values)
+        elif self.use_sep_s2_act:
+            values = self.value_act(scalars[:, self.num_alpha :], values)
+        else:
+            values = self.value_act(values)
+        values, _ = self.conv_2(values)  # [E, R, heads * value]
+
+        logits = self.alpha_act(self.alpha_norm(logits_in.view(-1, self.num_heads, self.alpha_channels)))
+        logits = torch.einsum("ehk,hk->eh", logits, self.alpha_dot)
+        alpha = segment_softmax(logits, dst, num_nodes)  # [E, heads]
+
+        num_edges, num_coeff = values.shape[0], values.shape[1]
+        values = values.view(num_edges, num_coeff, self.num_heads, self.value_channels) * alpha.view(num_edges, 1, self.num_heads, 1)
+        values = rotation.rotate_back(values.view(num_edges, num_coeff, -1))  # [E, K, heads*value]
+
+        summed = x.new_zeros(num_nodes, values.shape[1], values.shape[2])
+        summed.index_add_(0, dst, values)
+        return self.proj(summed)

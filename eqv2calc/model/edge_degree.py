@@ -1,0 +1,55 @@
+"""Edge-degree embedding (EquiformerV2 §4.4).
+
+Initial node features get, besides the element embedding on l = 0, a sum over neighbours of
+rotation-aware edge terms: a radial MLP of the edge invariants gives ``m = 0`` coefficients
+(one per degree and channel) in the edge frame, which are rotated back to the global frame and
+summed over incoming edges, divided by the average degree.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eqv2calc.model.radial import EdgeInvariants, RadialMLP
+from eqv2calc.model.so3 import CoefficientLayout, EdgeRotation
+
+
+class EdgeDegreeEmbedding(nn.Module):
+    def __init__(
+        self,
+        layout: CoefficientLayout,
+        channels: int,
+        edge_channels: list[int],
+        num_elements: int,
+        use_element_embedding: bool,
+        avg_degree: float,
+        radial_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layout, self.channels, self.avg_degree = layout, channels, avg_degree
+        self.edge_invariants = EdgeInvariants(num_elements, edge_channels[-1], use_element_embedding)
+        edge_in = list(edge_channels)
+        if use_element_embedding:
+            edge_in[0] += 2 * edge_channels[-1]
+        self.num_m0 = layout.order_sizes[0]  # lmax + 1
+        self.radial = RadialMLP([*edge_in, self.num_m0 * channels], bias=radial_bias)
+
+    def forward(
+        self,
+        atomic_numbers: torch.Tensor,
+        distance_basis: torch.Tensor,
+        edge_index: torch.Tensor,
+        rotation: EdgeRotation,
+        num_nodes: int,
+    ) -> torch.Tensor:
+        edge_inv = self.edge_invariants(distance_basis, atomic_numbers, edge_index)
+        m0 = self.radial(edge_inv).view(-1, self.num_m0, self.channels)  # [E, lmax+1, C]
+        # order-major layout: the m = 0 block comes first; all m != 0 coefficients are zero
+        order_major = m0.new_zeros(m0.shape[0], self.layout.num_reduced, self.channels)
+        order_major[:, : self.num_m0] = m0
+        edge_frame = order_major.index_select(1, self.layout.to_degree_major)  # [E, R, C]
+        global_frame = rotation.rotate_back(edge_frame)  # [E, K, C]
+        out = global_frame.new_zeros(num_nodes, global_frame.shape[1], self.channels)
+        out.index_add_(0, edge_index[1], global_frame)
+        return out / self.avg_degree
