@@ -172,6 +172,11 @@ class EquiformerV2Calculator(Calculator):
             start += n
         return results
 
+    def get_property(self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True):
+        if name == "stress" and not self.has_stress:
+            raise PropertyNotImplementedError(f"stress is not available for {self.model_label}: {_STRESS_HINT}")
+        return super().get_property(name, atoms, allow_calculation)
+
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         if "stress" in properties and not self.has_stress:
             raise PropertyNotImplementedError(f"stress is not available for {self.model_label}: {_STRESS_HINT}")

@@ -35,7 +35,7 @@ def structure(name: str):
     return read(DATA / "structures" / f"{name}.extxyz")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def loaded(name: str, dtype: torch.dtype = torch.float32):
     from eqv2calc.checkpoint import load_checkpoint
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 from eqv2_reference import CHECKPOINTS, case_id, cases, checkpoint_path, fixture_graph
 
-from eqv2calc.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from eqv2calc.checkpoint import names
+from eqv2calc.checkpoint import CheckpointError, load_checkpoint, names, save_checkpoint
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
