@@ -144,17 +144,20 @@ def test_relaxation_mode_counts_ionic_steps(tmp_path):
     assert exhaustive == pytest.approx(len(o.ml) * np.mean([d.calls for d in o.dft]))
 
 
-def test_oc20_gas_references(tmp_path):
-    (o,) = run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, _cfg(num_random=0, gas_refs="oc20"),
-                        write_outputs=False)
-    assert o.gas_ml.refs["O"] == OC20_GAS_REFS["O"]
-    r = o.record(o.ranked[0])
-    assert r.e_ads == pytest.approx(r.e_ml - o.slab_energy_ml - OC20_GAS_REFS["O"])
-
-
 def test_adsorption_energy_models_need_no_references(tmp_path):
     (o,) = run_adsorbml(_system(), get_adsorbate("O"), AdsorptionEMT(), tmp_path, _cfg(num_random=0),
                         write_outputs=False)
     assert o.energy_kind == "adsorption" and o.gas_ml is None
     for r in o.ml:
         assert r.e_ads == r.e_ml and math.isfinite(r.e_ml)
+
+
+def test_gas_reference_mode_can_change_on_resume(tmp_path):
+    cfg = _cfg(num_random=0)
+    (a,) = run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, cfg, write_outputs=False)
+    cfg_oc20 = _cfg(num_random=0, gas_refs="oc20")
+    (b,) = run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, cfg_oc20, write_outputs=False)
+    assert b.new_ml_relaxations == 0
+    assert b.gas_ml.refs["O"] == OC20_GAS_REFS["O"] != a.gas_ml.refs["O"]
+    r = b.record(b.ranked[0])
+    assert r.e_ads == pytest.approx(r.e_ml - b.slab_energy_ml - OC20_GAS_REFS["O"])

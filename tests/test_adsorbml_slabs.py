@@ -118,3 +118,17 @@ def test_slabs_from_bulk(tmp_path):
         z = a.positions[:, 2]
         assert z.max() - z.min() >= 5.0 - 0.5
         assert s.name.startswith("Cu_100_t")
+
+
+def test_slab_split_across_the_boundary_is_made_contiguous():
+    slab = fcc100("Cu", size=(2, 2, 3), vacuum=6.0)
+    slab.pbc = True
+    shifted = slab.copy()
+    shifted.positions[:, 2] -= slab.positions[:, 2].min() + 1.0  # bottom layer wraps to the top
+    shifted.wrap()
+    system = prepare_slab(shifted, "cu")
+    assert any("contiguous" in n for n in system.notes)
+    z = system.atoms.positions[:, 2]
+    np.testing.assert_allclose(np.sort(z) - z.min(), np.sort(slab.positions[:, 2]) - slab.positions[:, 2].min(),
+                               atol=1e-8)
+    np.testing.assert_array_equal(system.atoms.get_tags() == 1, z > z.max() - 0.1)
