@@ -1,7 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
-import torch
+# Single-threaded BLAS: small matrices (cell filters, 3x3 algebra) get much slower with a
+# multithreaded OpenBLAS on a busy 2-core machine, and torch sets its own threads below.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 # make tests/eqv2_reference.py importable as a helper module
 sys.path.insert(0, str(Path(__file__).parent))

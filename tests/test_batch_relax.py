@@ -195,3 +195,29 @@ def test_relax_cell_needs_stress():
 
     with pytest.raises(ValueError, match="no stress head"):
         relax_batch([bulk("Cu")], NoStress(), relax_cell=True, progress=False)
+
+
+def test_equiformer_batched_matches_one_at_a_time(monkeypatch):
+    """With the EquiformerV2 fixture model, batched and single relaxations agree."""
+    from pathlib import Path
+
+    from eqv2calc.calculator import EquiformerV2Calculator
+
+    checkpoint = Path(__file__).parent / "data/eqv2/checkpoints/eq2_small_oc20_classic.pt"
+    calc = EquiformerV2Calculator(model=checkpoint, device="cpu")
+    structures = _structures()[:2]
+    sizes = []
+    predict_batch = calc.predict_batch
+
+    def counted(atoms_list):
+        sizes.append(len(atoms_list))
+        return predict_batch(atoms_list)
+
+    monkeypatch.setattr(calc, "predict_batch", counted)
+    batched = relax_batch(structures, calc, optimizer="FIRE", fmax=1e-6, steps=4, progress=False)
+    assert sizes == [2] * 5  # one model call for both structures per step
+    for atoms, res in zip(structures, batched):
+        single = relax(atoms, calc, optimizer="FIRE", fmax=1e-6, steps=4)
+        assert res.steps == single.steps == 4
+        assert res.final_energy == pytest.approx(single.final_energy, abs=1e-4)
+        np.testing.assert_allclose(res.atoms.positions, single.atoms.positions, atol=1e-4)

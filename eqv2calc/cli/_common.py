@@ -1,0 +1,186 @@
+"""Options and helpers shared by the CLI commands.
+
+* :func:`model_options` adds ``--model``, ``--device`` and ``--dtype`` to a command.
+* :func:`make_calculator` turns them into an ASE calculator. The EquiformerV2 calculator is
+  imported only here, when a command runs, so importing a CLI module stays cheap. The special
+  model name ``emt`` gives ASE's EMT potential (for testing and for trying the drivers).
+* :func:`read_inputs` reads structure files, printing one line per unreadable input.
+* :func:`echo_error` prints a one-line error; :func:`fail` prints it and stops the command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+__all__ = [
+    "CommandError",
+    "EMT_MODEL_NAME",
+    "MODEL_HELP",
+    "echo_error",
+    "echo_line",
+    "fail",
+    "make_calculator",
+    "max_atoms_option",
+    "model_options",
+    "progress_option",
+    "read_inputs",
+    "where",
+]
+
+#: ``--model emt`` means ASE's EMT potential instead of an EquiformerV2 model.
+EMT_MODEL_NAME = "emt"
+
+MODEL_HELP = (
+    "Checkpoint file or model registry name (see `eqv2calc models`). Default: the small bundled "
+    "demonstration model, which imitates ASE's EMT and is not a DFT-accurate model. The name "
+    "'emt' uses ASE's EMT potential itself (handy for testing; Al, Cu, Ag, Au, Ni, Pd, Pt, "
+    "H, C, N, O only)."
+)
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--model``, ``--device`` and ``--dtype`` options to a click command."""
+    options = [
+        click.option("--model", "-m", "model", default=None, metavar="PATH|NAME", help=MODEL_HELP),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            metavar="DEVICE",
+            help="Torch device for the model: auto (CUDA if available), cpu, cuda, cuda:1, ...",
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "float64"]),
+            default="float32",
+            show_default=True,
+            help="Floating-point precision of the model.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--progress/--no-progress`` (tqdm bars on stderr)."""
+    return click.option(
+        "--progress/--no-progress",
+        default=True,
+        show_default=True,
+        help="Show progress bars (on stderr).",
+    )(func)
+
+
+def max_atoms_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--max-atoms`` (memory budget of one batched model call)."""
+    from eqv2calc.drivers.batching import DEFAULT_MAX_ATOMS_PER_BATCH
+
+    return click.option(
+        "--max-atoms",
+        "max_atoms",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_ATOMS_PER_BATCH,
+        show_default=True,
+        help="Most atoms in one batched model call (memory budget); lower it if you run out "
+        "of memory, raise it for speed on a large GPU.",
+    )(func)
+
+
+class CommandError(click.ClickException):
+    """A click error shown as one ``error: ...`` line, like the per-structure errors."""
+
+    def show(self, file: Any = None) -> None:
+        echo_error(self.format_message())
+
+
+def echo_error(message: str) -> None:
+    """Print ``error: <message>`` on one line to stderr."""
+    text = " ".join(str(message).split())
+    click.echo(f"error: {text}", err=True)
+
+
+def echo_line(line: str, progress: bool = False) -> None:
+    """Print a result line on stdout; with progress bars, without tearing them."""
+    if progress:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stdout)
+    else:
+        click.echo(line)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Stop the command with a one-line ``error: ...`` and exit status ``code``."""
+    err = CommandError(message)
+    err.exit_code = code
+    raise err
+
+
+def make_calculator(model: str | None, device: str = "auto", dtype: str = "float32") -> Any:
+    """Build the calculator for ``--model``/``--device``/``--dtype``.
+
+    Args:
+        model: Checkpoint path, registry name, ``"emt"`` (ASE's EMT), or None for the
+            bundled default model.
+        device: Torch device (``auto``, ``cpu``, ``cuda``...).
+        dtype: ``float32`` or ``float64``.
+
+    Returns:
+        An ASE calculator.
+
+    Raises:
+        CommandError: The model cannot be found or loaded (one-line message).
+    """
+    if model is not None and model.strip().lower() == EMT_MODEL_NAME:
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    try:
+        from eqv2calc.calculator import EquiformerV2Calculator
+    except ImportError as err:
+        raise CommandError(
+            f"the EquiformerV2 calculator is not available ({err}); use --model emt to try the "
+            "drivers with ASE's EMT"
+        ) from err
+    try:
+        calc = EquiformerV2Calculator(model=model, device=device, dtype=dtype)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as err:
+        what = model if model is not None else "the bundled default model"
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise CommandError(f"cannot load model {what}: {text}") from err
+    if model is None:
+        label = getattr(calc, "model_label", "the bundled model")
+        click.echo(
+            f"note: no --model given, using {label}: a small demonstration model that imitates "
+            "EMT, not DFT; pass --model for a released checkpoint",
+            err=True,
+        )
+    return calc
+
+
+def read_inputs(inputs: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    """Read structures from files/directories/globs; print one error line per bad input.
+
+    Returns:
+        ``(entries, errors)`` as from :func:`eqv2calc.io.load_structures`.
+    """
+    from eqv2calc.io import load_structures
+
+    entries, errors = load_structures(inputs)
+    for err in errors:
+        echo_error(str(err))
+    return entries, errors
+
+
+def where(entry: Any) -> str:
+    """``file`` or ``file (frame i)`` for messages about one structure."""
+    text = str(entry.source)
+    if entry.index is not None:
+        text += f" (frame {entry.index})"
+    return text

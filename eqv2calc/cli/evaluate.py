@@ -1,0 +1,113 @@
+"""``eqv2calc eval``: single-point energies, forces and stress for many structures."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from eqv2calc.cli._common import (
+    echo_error,
+    echo_line,
+    fail,
+    make_calculator,
+    max_atoms_option,
+    model_options,
+    progress_option,
+    read_inputs,
+    where,
+)
+
+_HELP = """Compute energies, forces (and stress) for many structures: no relaxation.
+
+FILES are structure files that ASE or pymatgen can read, folders or quoted glob patterns;
+every frame of a multi-frame extxyz is evaluated. Structures are evaluated in batches of at
+most --max-atoms atoms, one model call per batch.
+
+\b
+Outputs:
+  eval_results.extxyz   every structure with energy (eV), forces (eV/Å) and, for models
+                        with a stress head and 3D-periodic structures, stress (eV/Å³)
+                        attached; info holds label and source file (--output)
+  eval_summary.json     per structure: energy, energy per atom, max force, stress,
+                        or the error (--summary); rewritten after every structure
+
+\b
+Exit status: 0 all evaluated; 1 an input could not be read or evaluated (the other
+structures are still evaluated).
+"""
+
+
+@click.command("eval", help=_HELP)
+@click.argument("files", nargs=-1, required=True, metavar="FILES...")
+@model_options
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default="eval_results.extxyz",
+    show_default=True,
+    help="extxyz file for the structures with their results.",
+)
+@click.option(
+    "--summary",
+    "summary_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSON summary file (default: eval_summary.json next to --output).",
+)
+@max_atoms_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON record per structure instead of a summary line.",
+)
+@progress_option
+def eval_command(
+    files: tuple[str, ...],
+    model: str | None,
+    device: str,
+    dtype: str,
+    output: str,
+    summary_path: str | None,
+    max_atoms: int,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    from pathlib import Path
+
+    from eqv2calc.drivers.jobs import run_eval_job
+
+    entries, read_errors = read_inputs(files)
+    if not entries:
+        fail("no structures to evaluate")
+    if summary_path is None:
+        summary_path = str(Path(output).parent / "eval_summary.json")
+    calc = make_calculator(model, device, dtype)
+
+    def report(entry, result) -> None:
+        if not result.ok:
+            echo_error(f"{where(entry)}: {result.error}")
+        if as_json:
+            echo_line(json.dumps({"source": str(entry.source), **result.to_dict()}), progress)
+        elif result.ok:
+            echo_line(result.summary_line(), progress)
+
+    job = run_eval_job(
+        entries,
+        calc,
+        output=output,
+        read_errors=read_errors,
+        summary_path=summary_path,
+        max_atoms_per_batch=max_atoms,
+        progress=progress,
+        on_result=report,
+    )
+    click.echo(
+        f"{job.n_ok}/{len(entries) + len(read_errors)} evaluated, {job.n_failed} failed; "
+        f"results: {output}; summary: {job.summary_path}",
+        err=True,
+    )
+    if job.exit_code:
+        raise SystemExit(job.exit_code)

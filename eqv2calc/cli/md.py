@@ -1,0 +1,236 @@
+"""``eqv2calc md``: molecular dynamics of one structure (NVE, NVT, NPT)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from eqv2calc.cli._common import echo_error, fail, make_calculator, model_options, read_inputs
+from eqv2calc.drivers.md import DIRECT_FORCES_NOTE
+
+_HELP = f"""Run molecular dynamics of the structure in FILE.
+
+\b
+Ensembles (ASE integrators):
+  nve  velocity Verlet
+  nvt  Langevin (--thermostat langevin, --friction) or Nosé-Hoover chain
+       (--thermostat nose-hoover, --tdamp)
+  npt  Martyna-Tobias-Klein with Nosé-Hoover chains (--pressure, --pdamp,
+       --cell isotropic|full); needs a model with a stress head, a 3D-periodic
+       structure and no constraints
+
+Initial velocities are drawn from a Maxwell-Boltzmann distribution at --temperature
+(--seed makes them reproducible); centre-of-mass motion is removed.
+
+\b
+Outputs (next to FILE unless given):
+  <name>_md.traj          frames every --log-interval steps (positions, momenta,
+                          cell, energies); --restart continues from its last frame
+  <name>_md.log           time, potential/kinetic/total energy, temperature (and
+                          pressure, volume for NPT); a summary with the energy drift
+  <name>_md_final.extxyz  the final structure
+
+{DIRECT_FORCES_NOTE}
+
+Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
+"""
+
+
+@click.command("md", help=_HELP)
+@click.argument("file", metavar="FILE")
+@model_options
+@click.option(
+    "--ensemble",
+    type=click.Choice(["nve", "nvt", "npt"], case_sensitive=False),
+    default="nvt",
+    show_default=True,
+    help="Statistical ensemble.",
+)
+@click.option(
+    "--temperature",
+    "-T",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Target temperature (NVT/NPT) and temperature of the initial velocities, K.",
+)
+@click.option(
+    "--timestep",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Time step, fs.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Total number of MD steps (steps before a --restart count).",
+)
+@click.option(
+    "--thermostat",
+    type=click.Choice(["langevin", "nose-hoover"], case_sensitive=False),
+    default="langevin",
+    show_default=True,
+    help="NVT thermostat.",
+)
+@click.option(
+    "--friction",
+    type=click.FloatRange(min=0),
+    default=0.01,
+    show_default=True,
+    help="Langevin friction coefficient, 1/fs.",
+)
+@click.option(
+    "--tdamp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Nosé-Hoover thermostat damping time, fs [default: 100 time steps].",
+)
+@click.option(
+    "--pressure",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="External pressure for NPT, GPa (1 bar = 1e-4 GPa).",
+)
+@click.option(
+    "--pdamp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Barostat damping time for NPT, fs [default: 1000 time steps].",
+)
+@click.option(
+    "--cell",
+    "cell_dof",
+    type=click.Choice(["isotropic", "full"]),
+    default="isotropic",
+    show_default=True,
+    help="NPT cell freedom: volume only, or the full cell.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Random seed for the initial velocities and the Langevin noise.",
+)
+@click.option(
+    "--log-interval",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Write a log line and a trajectory frame every this many steps.",
+)
+@click.option(
+    "--traj",
+    "traj_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Trajectory file [default: <name>_md.traj next to FILE].",
+)
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Log file [default: <name>_md.log next to FILE].",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Final structure file, format from the extension "
+    "[default: <name>_md_final.extxyz next to FILE].",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Continue from the last frame of the "
+    "trajectory (positions, momenta, cell, step count) instead of starting over.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Show a progress bar (on stderr).",
+)
+def md_command(
+    file: str,
+    model: str | None,
+    device: str,
+    dtype: str,
+    ensemble: str,
+    temperature: float,
+    timestep: float,
+    steps: int,
+    thermostat: str,
+    friction: float,
+    tdamp: float | None,
+    pressure: float,
+    pdamp: float | None,
+    cell_dof: str,
+    seed: int | None,
+    log_interval: int,
+    traj_path: str | None,
+    log_path: str | None,
+    output: str | None,
+    restart: bool,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    from ase import units
+
+    from eqv2calc.drivers.md import run_md
+    from eqv2calc.io import write_structure
+
+    entries, errors = read_inputs([file])
+    if errors:
+        raise SystemExit(1)
+    if len(entries) != 1:
+        fail(f"{file}: holds {len(entries)} structures; md runs one (split the file first)")
+    entry = entries[0]
+    folder = entry.source.parent
+    traj = traj_path or str(folder / f"{entry.label}_md.traj")
+    log = log_path or str(folder / f"{entry.label}_md.log")
+    final_path = output or str(folder / f"{entry.label}_md_final.extxyz")
+    calc = make_calculator(model, device, dtype)
+    try:
+        result = run_md(
+            entry.atoms,
+            calc,
+            ensemble=ensemble.lower(),
+            temperature_K=temperature,
+            timestep_fs=timestep,
+            steps=steps,
+            thermostat=thermostat.lower(),
+            friction_per_fs=friction,
+            tdamp_fs=tdamp,
+            pressure=pressure * units.GPa,
+            pdamp_fs=pdamp,
+            cell_dof=cell_dof,
+            seed=seed,
+            log_interval=log_interval,
+            trajectory=traj,
+            logfile=log,
+            restart=restart,
+            label=entry.label,
+            progress=progress,
+        )
+    except (ValueError, RuntimeError, NotImplementedError) as err:
+        text = str(err) or type(err).__name__
+        if isinstance(err, NotImplementedError):
+            text = f"NotImplementedError: {text}"
+        echo_error(f"{file}: {text}")
+        raise SystemExit(1) from None
+    write_structure(final_path, result.atoms)
+    if as_json:
+        click.echo(
+            json.dumps({"source": str(entry.source), **result.to_dict(), "output": final_path})
+        )
+    else:
+        click.echo(f"{result.summary_line()} -> {final_path}")
+        click.echo(f"log: {log}; trajectory: {traj}", err=True)

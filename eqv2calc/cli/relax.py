@@ -1,0 +1,215 @@
+"""``eqv2calc relax``: relax structures from files, batched, with restartable outputs."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from eqv2calc.cli._common import (
+    echo_error,
+    echo_line,
+    fail,
+    make_calculator,
+    max_atoms_option,
+    model_options,
+    progress_option,
+    read_inputs,
+    where,
+)
+
+_HELP = """Relax the atomic positions (and optionally the cell) of one or more structures.
+
+FILES are structure files that ASE or pymatgen can read (CIF, POSCAR/CONTCAR, extxyz, .traj,
+...), folders (every structure file inside) or quoted glob patterns. A multi-frame extxyz
+gives one structure per frame; a .traj gives its last frame. Constraints stored in extxyz or
+.traj inputs (e.g. fixed atoms) are kept.
+
+Several structures are relaxed together: one batched model call per optimizer step, each
+structure with its own optimizer state and convergence test, converged ones leaving the
+batch (BFGSLineSearch needs several evaluations per step and runs one at a time).
+
+\b
+Outputs, next to each input unless --output-dir/--output is given:
+  <name>_relaxed.extxyz   relaxed structure with energy, forces (format: --format)
+  <name>_relax.traj       trajectory (one frame per step; used by --restart)
+  <name>_relax.log        optimizer log (step, energy, max force)
+  relax_summary.json      per structure: initial/final energy (eV), max force (eV/Å),
+                          steps, converged; rewritten after every structure (--summary)
+
+\b
+Exit status: 0 all converged; 1 an input could not be read or relaxed (other structures
+are still relaxed); 3 no failures but some structures did not converge.
+
+Units: energies eV, forces eV/Å, lengths Å.
+"""
+
+
+@click.command("relax", help=_HELP)
+@click.argument("files", nargs=-1, required=True, metavar="FILES...")
+@model_options
+@click.option(
+    "--optimizer",
+    type=click.Choice(["FIRE", "BFGS", "LBFGS", "BFGSLineSearch"], case_sensitive=False),
+    default="FIRE",
+    show_default=True,
+    help="ASE optimizer. FIRE, BFGS and LBFGS are batched; BFGSLineSearch runs one "
+    "structure at a time.",
+)
+@click.option(
+    "--fmax",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.05,
+    show_default=True,
+    help="Converged when the largest force on any free atom is below this (eV/Å); with "
+    "--relax-cell the cell gradient must be below it too.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=0),
+    default=500,
+    show_default=True,
+    help="Maximum optimizer steps per structure (steps before a --restart count).",
+)
+@click.option(
+    "--relax-cell",
+    is_flag=True,
+    help="Relax the cell as well (ASE FrechetCellFilter). Needs a model with a stress head "
+    "and structures periodic in all three directions.",
+)
+@click.option(
+    "--fix-below",
+    type=float,
+    default=None,
+    metavar="Z",
+    help="Fix every atom whose z coordinate is below Z (Å), e.g. the bottom layers of a "
+    "slab read from CIF; adds to constraints already in the file.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File for the relaxed structure, format from the extension (.extxyz, .cif, .vasp, "
+    ".traj, POSCAR...). Only with a single structure.",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for all outputs (default: next to each input file).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="extxyz",
+    show_default=True,
+    help="File extension (format) of the relaxed structures when --output is not given, "
+    "e.g. extxyz, cif, vasp, traj.",
+)
+@click.option(
+    "--summary",
+    "summary_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSON summary file (default: relax_summary.json in --output-dir, else in the "
+    "current folder).",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Continue an interrupted run: each structure restarts from the last frame of its "
+    "trajectory (BFGS/LBFGS history rebuilt from it) instead of from the input.",
+)
+@click.option(
+    "--batch/--no-batch",
+    default=True,
+    show_default=True,
+    help="Relax several structures together (one model call per step) or one at a time.",
+)
+@max_atoms_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON record per structure instead of the summary line.",
+)
+@progress_option
+def relax_command(
+    files: tuple[str, ...],
+    model: str | None,
+    device: str,
+    dtype: str,
+    optimizer: str,
+    fmax: float,
+    steps: int,
+    relax_cell: bool,
+    fix_below: float | None,
+    output: str | None,
+    output_dir: str | None,
+    fmt: str,
+    summary_path: str | None,
+    restart: bool,
+    batch: bool,
+    max_atoms: int,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    from pathlib import Path
+
+    from eqv2calc.drivers.jobs import run_relax_job
+    from eqv2calc.drivers.validate import check_stress_support
+
+    entries, read_errors = read_inputs(files)
+    if output is not None and len(entries) > 1:
+        fail(f"--output names one file but {len(entries)} structures were read; use --output-dir")
+    if not entries:
+        fail("no structures to relax")
+    calc = make_calculator(model, device, dtype)
+    if relax_cell:
+        try:
+            check_stress_support(calc, "--relax-cell")
+        except ValueError as err:
+            fail(str(err))
+    if summary_path is None:
+        summary_path = str(Path(output_dir or ".") / "relax_summary.json")
+
+    def report(entry, result, paths) -> None:
+        if not result.ok:
+            echo_error(f"{where(entry)}: {result.error}")
+        if as_json:
+            echo_line(json.dumps({"source": str(entry.source), **result.to_dict()}), progress)
+        elif result.ok:
+            echo_line(f"{result.summary_line()} -> {paths.relaxed}", progress)
+
+    try:
+        job = run_relax_job(
+            entries,
+            calc,
+            read_errors=read_errors,
+            optimizer=optimizer,
+            fmax=fmax,
+            steps=steps,
+            relax_cell=relax_cell,
+            fix_below_z=fix_below,
+            output=output,
+            output_dir=output_dir,
+            fmt=fmt,
+            summary_path=summary_path,
+            restart=restart,
+            batch=batch,
+            max_atoms_per_batch=max_atoms,
+            progress=progress,
+            on_result=report,
+        )
+    except ValueError as err:
+        fail(str(err))
+    n_conv = job.n_ok - job.n_not_converged
+    total = len(entries) + len(read_errors)
+    click.echo(
+        f"{n_conv}/{total} converged, {job.n_not_converged} not converged, "
+        f"{job.n_failed} failed; summary: {job.summary_path}",
+        err=True,
+    )
+    if job.exit_code:
+        raise SystemExit(job.exit_code)

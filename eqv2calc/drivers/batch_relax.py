@@ -1,0 +1,446 @@
+"""Relaxing many structures together: one batched model call per optimizer step.
+
+Every structure keeps its own, real ASE optimizer (``FIRE``, ``BFGS`` or ``LBFGS`` from
+``ase.optimize``), so step sizes, histories and convergence are exactly ASE's. What changes is
+where the energies and forces come from: each structure's ``Atoms`` carries a small
+:class:`_ServedCalculator` that hands out results computed beforehand by one
+:func:`~eqv2calc.drivers.batching.predict_many` call for all structures in the batch. One
+iteration of :func:`relax_batch` is
+
+1. ``opt.step()`` for every active structure (each reads its served forces and moves),
+2. one batched prediction for all active structures at their new geometries,
+3. logging, trajectory frames and the convergence check per structure.
+
+Converged structures leave the batch at once and waiting structures take their place, as
+long as the batch stays within ``max_atoms_per_batch`` atoms. A structure that makes the model
+fail (e.g. an element it does not know) is reported and dropped; the rest go on.
+
+Optimizers that need several evaluations per step (``BFGSLineSearch``) cannot be batched
+this way; ``relax_batch`` runs them one structure at a time with :func:`relax`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from eqv2calc.drivers.batching import (
+    DEFAULT_MAX_ATOMS_PER_BATCH,
+    error_text,
+    predict_isolating,
+    predict_many,
+)
+from eqv2calc.drivers.relax import (
+    OPTIMIZERS,
+    RelaxResult,
+    apply_restart_frame,
+    final_copy,
+    frame_energies,
+    get_optimizer,
+    max_free_force,
+    prepare_logfile,
+    read_restart,
+    relax,
+)
+from eqv2calc.drivers.validate import check_stress_support, validate_structure
+
+__all__ = ["relax_batch"]
+
+
+class _ServedCalculator(Calculator):
+    """Serves results computed elsewhere for one geometry.
+
+    :meth:`serve` stores the results of a batched prediction for the current geometry of
+    the structure; ASE's cache then answers every request for that geometry without calling
+    :meth:`calculate`. A request for any other geometry (which the batched optimizers never
+    make) is computed with the wrapped calculator and counted in ``fallback_calls``, so
+    results are always correct.
+    """
+
+    def __init__(self, calculator: Calculator, properties: Sequence[str], want_stress: bool):
+        super().__init__()
+        self.implemented_properties = list(properties)
+        self._calculator = calculator
+        self._want_stress = want_stress
+        self.fallback_calls = 0
+
+    def serve(self, atoms: Atoms, results: dict[str, Any]) -> None:
+        self.atoms = atoms.copy()
+        self.results = {
+            k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in results.items()
+        }
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.fallback_calls += 1
+        self.results = predict_many(self._calculator, [self.atoms], stress=self._want_stress)[0]
+
+
+@dataclass
+class _Run:
+    """Book-keeping for one structure while it is in the batch."""
+
+    index: int
+    label: str
+    atoms: Atoms
+    opt: Any
+    served: _ServedCalculator
+    trajectory: Path | None
+    started: float
+    done_before: int = 0  # steps read back from a trajectory
+    evaluated: bool = False
+    energies: list[float] = field(default_factory=list)
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def _append_frame(path: Path, atoms: Atoms) -> None:
+    from ase.io.trajectory import Trajectory
+
+    # Opened and closed for every frame (as ASE's optimizers do), so an interrupted run
+    # leaves a readable trajectory to restart from.
+    with Trajectory(str(path), "a") as traj:
+        traj.write(atoms)
+
+
+def relax_batch(
+    atoms_list: Sequence[Atoms],
+    calculator: Calculator,
+    *,
+    optimizer: str = "FIRE",
+    fmax: float = 0.05,
+    steps: int = 500,
+    relax_cell: bool = False,
+    max_atoms_per_batch: int = DEFAULT_MAX_ATOMS_PER_BATCH,
+    trajectory_dir: str | os.PathLike | None = None,
+    labels: Sequence[str] | None = None,
+    trajectories: Sequence[str | os.PathLike | None] | None = None,
+    logfiles: Sequence[str | os.PathLike | None] | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    on_result: Callable[[int, RelaxResult], None] | None = None,
+) -> list[RelaxResult]:
+    """Relax many structures together, one batched model call per optimizer step.
+
+    Each structure gets its own ASE optimizer, step size, history and convergence test, so
+    each result is what a one-at-a-time ASE relaxation to the same ``fmax`` gives (up to
+    the tiny differences between batched and single model evaluations).
+
+    Args:
+        atoms_list: Structures to relax (not modified; constraints honoured).
+        calculator: Any ASE calculator; with ``predict_batch`` (``EquiformerV2Calculator``)
+            all active structures are evaluated in one call per step.
+        optimizer: ``FIRE``, ``BFGS`` or ``LBFGS`` (batched); ``BFGSLineSearch`` needs
+            several evaluations per step and is run one structure at a time.
+        fmax: Convergence threshold on the largest force on a free atom, eV/Å.
+        steps: Maximum optimizer steps per structure (steps read back on restart count).
+        relax_cell: Relax the cell too (``FrechetCellFilter``); needs a calculator with
+            stress (eV/Å³) and structures periodic in 3D.
+        max_atoms_per_batch: Memory budget: the active batch holds at most this many atoms
+            (a single larger structure runs alone).
+        trajectory_dir: Folder for ``<label>.traj`` trajectories and ``<label>.log`` logs.
+        labels: Names of the structures (default ``<formula>_<index>``).
+        trajectories: Per-structure trajectory files (overrides ``trajectory_dir``; None
+            entries write none).
+        logfiles: Per-structure optimizer logs (ASE format; overrides ``trajectory_dir``).
+        restart: Continue each structure from the last frame of its trajectory if present.
+        progress: Show tqdm progress bars (structures done; optimizer steps).
+        optimizer_kwargs: Extra keyword arguments for every optimizer (e.g. ``maxstep``, Å).
+        on_result: Called as ``on_result(index, result)`` as soon as a structure finishes
+            (converged, out of steps or failed) — e.g. to write it to disk.
+
+    Returns:
+        One :class:`~eqv2calc.drivers.relax.RelaxResult` per input, in input order. Bad
+        structures (see :func:`~eqv2calc.drivers.validate.validate_structure`) and model
+        failures give results with ``error`` set instead of raising.
+
+    Raises:
+        ValueError: Unknown optimizer, or ``relax_cell`` with a calculator without stress.
+    """
+    atoms_list = list(atoms_list)
+    n = len(atoms_list)
+    opt_class, batched = get_optimizer(optimizer)
+    opt_name = OPTIMIZERS[optimizer.lower()].name
+    if relax_cell:
+        check_stress_support(calculator)
+    if max_atoms_per_batch < 1:
+        raise ValueError(f"max_atoms_per_batch must be at least 1, got {max_atoms_per_batch}")
+    labels = (
+        list(labels)
+        if labels is not None
+        else [f"{a.get_chemical_formula()}_{i}" for i, a in enumerate(atoms_list)]
+    )
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} structures")
+    tdir = Path(trajectory_dir) if trajectory_dir is not None else None
+    traj_paths: list[Path | None] = (
+        [(Path(t) if t is not None else None) for t in trajectories]
+        if trajectories is not None
+        else [(tdir / f"{lab}.traj") if tdir is not None else None for lab in labels]
+    )
+    log_paths: list[Path | None] = (
+        [(Path(p) if p is not None else None) for p in logfiles]
+        if logfiles is not None
+        else [(tdir / f"{lab}.log") if tdir is not None else None for lab in labels]
+    )
+    if len(traj_paths) != n or len(log_paths) != n:
+        raise ValueError("trajectories/logfiles must have one entry per structure")
+
+    results: list[RelaxResult | None] = [None] * n
+    outer = inner = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        outer = tqdm(total=n, desc="structures", unit="struct")
+        inner = tqdm(desc="optimizer steps", unit="step", leave=False)
+
+    def finish(i: int, result: RelaxResult) -> None:
+        results[i] = result
+        if outer is not None:
+            outer.update(1)
+        if on_result is not None:
+            on_result(i, result)
+
+    def failed(i: int, message: str, started: float | None = None) -> RelaxResult:
+        return RelaxResult(
+            label=labels[i],
+            atoms=atoms_list[i].copy(),
+            optimizer=opt_name,
+            fmax=fmax,
+            relax_cell=relax_cell,
+            error=message,
+            trajectory=traj_paths[i],
+            wall_time=(time.perf_counter() - started) if started else 0.0,
+        )
+
+    try:
+        if not batched:
+            for i, atoms in enumerate(atoms_list):
+                try:
+                    res = relax(
+                        atoms,
+                        calculator,
+                        optimizer=optimizer,
+                        fmax=fmax,
+                        steps=steps,
+                        relax_cell=relax_cell,
+                        trajectory=traj_paths[i],
+                        logfile=log_paths[i],
+                        restart=restart,
+                        label=labels[i],
+                        optimizer_kwargs=optimizer_kwargs,
+                    )
+                except Exception as err:
+                    res = failed(i, error_text(err))
+                finish(i, res)
+            return [r for r in results if r is not None]
+        _run_batched(
+            atoms_list,
+            calculator,
+            opt_class,
+            opt_name,
+            fmax,
+            steps,
+            relax_cell,
+            max_atoms_per_batch,
+            labels,
+            traj_paths,
+            log_paths,
+            restart,
+            optimizer_kwargs,
+            finish,
+            failed,
+            inner,
+        )
+    finally:
+        if inner is not None:
+            inner.close()
+        if outer is not None:
+            outer.close()
+    return [r for r in results if r is not None]
+
+
+def _start_run(
+    i: int,
+    atoms: Atoms,
+    calculator: Calculator,
+    opt_class: type,
+    relax_cell: bool,
+    label: str,
+    traj_path: Path | None,
+    log_path: Path | None,
+    restart: bool,
+    optimizer_kwargs: dict[str, Any] | None,
+    fmax: float,
+    steps: int,
+) -> _Run:
+    validate_structure(atoms, relax_cell=relax_cell)
+    started = time.perf_counter()
+    work = atoms.copy()
+    frames = read_restart(traj_path) if (restart and traj_path is not None) else []
+    done = 0
+    energies: list[float] = []
+    if frames:
+        apply_restart_frame(work, frames[-1])
+        done = len(frames) - 1
+        energies = frame_energies(frames)[:done]
+    if traj_path is not None:
+        traj_path.parent.mkdir(parents=True, exist_ok=True)
+        if not frames:
+            traj_path.unlink(missing_ok=True)
+    props = ["energy", "free_energy", "forces"] + (["stress"] if relax_cell else [])
+    served = _ServedCalculator(calculator, props, want_stress=relax_cell)
+    work.calc = served
+    target: Any = work
+    if relax_cell:
+        from ase.filters import FrechetCellFilter
+
+        target = FrechetCellFilter(work)
+    # Trajectory frames are written here (not by the optimizer) so that they hold the
+    # structure and its batched results, once per evaluation.
+    opt = opt_class(
+        target,
+        logfile=prepare_logfile(log_path, bool(frames)),
+        trajectory=None,
+        **(optimizer_kwargs or {}),
+    )
+    if frames and len(frames) > 1 and not relax_cell and hasattr(opt, "_replay_trajectory"):
+        opt.replay_trajectory(str(traj_path))
+    opt.nsteps = done
+    opt.fmax = fmax  # what Optimizer.run(fmax=...) would set
+    opt.max_steps = steps
+    return _Run(
+        index=i,
+        label=label,
+        atoms=work,
+        opt=opt,
+        served=served,
+        trajectory=traj_path,
+        started=started,
+        done_before=done,
+        energies=energies,
+    )
+
+
+def _run_batched(
+    atoms_list: list[Atoms],
+    calculator: Calculator,
+    opt_class: type,
+    opt_name: str,
+    fmax: float,
+    steps: int,
+    relax_cell: bool,
+    max_atoms: int,
+    labels: list[str],
+    traj_paths: list[Path | None],
+    log_paths: list[Path | None],
+    restart: bool,
+    optimizer_kwargs: dict[str, Any] | None,
+    finish: Callable[[int, RelaxResult], None],
+    failed: Callable[..., RelaxResult],
+    bar: Any,
+) -> None:
+    pending = deque(range(len(atoms_list)))
+    active: list[_Run] = []
+    while pending or active:
+        # Admit waiting structures while the batch stays within the atom budget.
+        n_active = sum(len(r.atoms) for r in active)
+        while pending and (not active or n_active + len(atoms_list[pending[0]]) <= max_atoms):
+            i = pending.popleft()
+            try:
+                run = _start_run(
+                    i,
+                    atoms_list[i],
+                    calculator,
+                    opt_class,
+                    relax_cell,
+                    labels[i],
+                    traj_paths[i],
+                    log_paths[i],
+                    restart,
+                    optimizer_kwargs,
+                    fmax,
+                    steps,
+                )
+            except Exception as err:
+                finish(i, failed(i, error_text(err)))
+                continue
+            active.append(run)
+            n_active += len(run.atoms)
+        if not active:
+            continue
+
+        # 1. every evaluated structure takes one optimizer step with its served forces
+        stepped = 0
+        for run in active:
+            if run.evaluated:
+                run.opt.step()
+                run.opt.nsteps += 1
+                stepped += 1
+        if bar is not None and stepped:
+            bar.update(stepped)
+            bar.set_postfix(active=len(active), refresh=False)
+
+        # 2. one batched prediction for the whole batch
+        outputs = predict_isolating(calculator, [r.atoms for r in active], relax_cell)
+
+        # 3. per structure: serve, log, record, check convergence
+        still: list[_Run] = []
+        for run, out in zip(active, outputs):
+            i = run.index
+            if isinstance(out, str):
+                finish(i, failed(i, out, run.started))
+                continue
+            run.served.serve(run.atoms, out)
+            run.last = out
+            opt = run.opt
+            gradient = opt.optimizable.get_gradient()
+            first = not run.evaluated
+            run.evaluated = True
+            run.energies.append(out["energy"])
+            # Like ASE's Optimizer.irun: the starting point of a restarted run was logged
+            # and written before, so only a fresh start logs step 0.
+            if not first or opt.nsteps == 0:
+                opt.log(gradient)
+                if run.trajectory is not None:
+                    _append_frame(run.trajectory, run.atoms)
+            converged = bool(opt.gradient_converged(gradient))
+            if converged or opt.nsteps >= steps:
+                finish(i, _result(run, opt_name, fmax, relax_cell, converged))
+            else:
+                still.append(run)
+        active = still
+
+
+def _result(
+    run: _Run, opt_name: str, fmax: float, relax_cell: bool, converged: bool
+) -> RelaxResult:
+    final = final_copy(run.atoms, run.last)
+    stress = run.last.get("stress")
+    run.atoms.calc = None
+    return RelaxResult(
+        label=run.label,
+        atoms=final,
+        initial_energy=float(run.energies[0]),
+        final_energy=float(run.last["energy"]),
+        max_force=max_free_force(final),
+        steps=int(run.opt.nsteps),
+        converged=converged,
+        energies=[float(e) for e in run.energies],
+        optimizer=opt_name,
+        fmax=fmax,
+        relax_cell=relax_cell,
+        max_stress=float(np.abs(stress).max()) if (relax_cell and stress is not None) else None,
+        trajectory=run.trajectory,
+        restarted_from=run.done_before,
+        wall_time=time.perf_counter() - run.started,
+    )

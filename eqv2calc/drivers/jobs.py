@@ -1,0 +1,401 @@
+"""File-level jobs behind ``eqv2calc relax`` and ``eqv2calc eval``.
+
+A job takes structures read from files (:func:`eqv2calc.io.load_structures`), runs a driver
+and writes results as they come: each relaxed structure as soon as it finishes, and a JSON
+summary rewritten atomically after every structure, so an interrupted run loses nothing that
+was finished and can be resumed (``restart=True`` continues every relaxation from its
+trajectory). Bad structures are recorded with a one-line error and the others go on.
+
+Units in the summaries: eV, eV/Å, eV/Å³, as the key names say.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ase.calculators.calculator import Calculator
+
+from eqv2calc.drivers.batch_relax import relax_batch
+from eqv2calc.drivers.batching import DEFAULT_MAX_ATOMS_PER_BATCH
+from eqv2calc.drivers.evaluate import EvalResult, evaluate
+from eqv2calc.drivers.relax import RelaxResult, fix_below
+from eqv2calc.io import StructureEntry, StructureReadError, write_json_atomic, write_structure
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_NOT_CONVERGED",
+    "EXIT_OK",
+    "JobReport",
+    "RelaxPaths",
+    "relax_paths",
+    "run_eval_job",
+    "run_relax_job",
+]
+
+#: Exit status: every structure done (and, for relax, converged).
+EXIT_OK = 0
+#: Exit status: at least one input could not be read or processed.
+EXIT_FAILED = 1
+#: Exit status: no failures, but at least one relaxation did not converge.
+EXIT_NOT_CONVERGED = 3
+
+
+def calculator_label(calc: Calculator) -> str:
+    """``calc.model_label`` for EquiformerV2 calculators, else the class name."""
+    return str(getattr(calc, "model_label", None) or type(calc).__name__)
+
+
+@dataclass
+class JobReport:
+    """What a job did.
+
+    Attributes:
+        summary_path: The JSON summary written.
+        records: Per-structure summary records, in input order.
+        read_errors: One-line messages for inputs that could not be read.
+        n_ok: Structures processed without error (for relax: converged or not).
+        n_failed: Structures (and unreadable inputs) that failed.
+        n_not_converged: Relaxations that ran out of steps.
+    """
+
+    summary_path: Path | None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    read_errors: list[str] = field(default_factory=list)
+    n_ok: int = 0
+    n_failed: int = 0
+    n_not_converged: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """:data:`EXIT_FAILED` if anything failed, else :data:`EXIT_NOT_CONVERGED` if a
+        relaxation did not converge, else :data:`EXIT_OK`."""
+        if self.n_failed:
+            return EXIT_FAILED
+        if self.n_not_converged:
+            return EXIT_NOT_CONVERGED
+        return EXIT_OK
+
+
+@dataclass(frozen=True)
+class RelaxPaths:
+    """Output files of one relaxation."""
+
+    relaxed: Path
+    trajectory: Path
+    log: Path
+
+
+def relax_paths(
+    entry: StructureEntry,
+    *,
+    output: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    fmt: str = "extxyz",
+) -> RelaxPaths:
+    """Where the outputs of one relaxation go.
+
+    By default next to the input: ``<label>_relaxed.<fmt>``, ``<label>_relax.traj`` and
+    ``<label>_relax.log``; ``output_dir`` moves them all; ``output`` names the relaxed
+    structure file itself (trajectory and log then go next to it).
+    """
+    fmt = fmt.lstrip(".")
+    if output is not None:
+        relaxed = Path(output)
+        folder = relaxed.parent
+    else:
+        folder = Path(output_dir) if output_dir is not None else entry.source.parent
+        relaxed = folder / f"{entry.label}_relaxed.{fmt}"
+    return RelaxPaths(
+        relaxed=relaxed,
+        trajectory=folder / f"{entry.label}_relax.traj",
+        log=folder / f"{entry.label}_relax.log",
+    )
+
+
+def _load_summary(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Summary:
+    """A JSON summary that is rewritten atomically whenever a record changes."""
+
+    def __init__(self, path: Path | None, command: str, settings: dict[str, Any], keep: bool):
+        self.path = path
+        old = _load_summary(path) if (keep and path is not None and path.is_file()) else {}
+        self.data: dict[str, Any] = {
+            "command": command,
+            "settings": settings,
+            "started": _now(),
+            "finished": None,
+            "structures": dict(old.get("structures", {})) if old else {},
+            "read_errors": [],
+            "counts": {},
+        }
+
+    def set(self, key: str, record: dict[str, Any]) -> None:
+        self.data["structures"][key] = record
+        self.flush()
+
+    def flush(self) -> None:
+        if self.path is not None:
+            write_json_atomic(self.path, self.data)
+
+
+def _count(report: JobReport) -> dict[str, int]:
+    return {
+        "ok": report.n_ok,
+        "failed": report.n_failed,
+        "not_converged": report.n_not_converged,
+    }
+
+
+def run_relax_job(
+    entries: Sequence[StructureEntry],
+    calculator: Calculator,
+    *,
+    read_errors: Sequence[StructureReadError | str] = (),
+    optimizer: str = "FIRE",
+    fmax: float = 0.05,
+    steps: int = 500,
+    relax_cell: bool = False,
+    fix_below_z: float | None = None,
+    output: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    fmt: str = "extxyz",
+    summary_path: str | os.PathLike | None = "relax_summary.json",
+    restart: bool = False,
+    batch: bool = True,
+    max_atoms_per_batch: int = DEFAULT_MAX_ATOMS_PER_BATCH,
+    progress: bool = True,
+    on_result: Callable[[StructureEntry, RelaxResult, RelaxPaths], None] | None = None,
+) -> JobReport:
+    """Relax structures read from files and write every result as soon as it is ready.
+
+    Args:
+        entries: Structures from :func:`eqv2calc.io.load_structures`.
+        calculator: Any ASE calculator.
+        read_errors: Inputs that could not be read (recorded in the summary as failures).
+        optimizer: ``FIRE``, ``BFGS``, ``LBFGS`` or ``BFGSLineSearch``.
+        fmax: Force threshold, eV/Å.
+        steps: Maximum optimizer steps per structure.
+        relax_cell: Relax the cell too (needs stress).
+        fix_below_z: Fix atoms with z below this height (Å) in addition to constraints read
+            from the input.
+        output: File for the relaxed structure (only with a single structure).
+        output_dir: Folder for all outputs (default: next to each input).
+        fmt: Format (file extension) of relaxed structures when ``output`` is not given.
+        summary_path: JSON summary, rewritten after every structure (None: none).
+        restart: Continue each structure from its trajectory and keep earlier summary
+            records of structures not in this run.
+        batch: Relax all structures together (one model call per step); False relaxes them
+            one after another (same optimizers, no batching across structures).
+        max_atoms_per_batch: Memory budget of the batch, atoms.
+        progress: Show progress bars.
+        on_result: Called with ``(entry, result, paths)`` after each structure's files are
+            written (e.g. to print a line).
+
+    Returns:
+        The :class:`JobReport`; ``report.exit_code`` is the command's exit status.
+    """
+    entries = list(entries)
+    if output is not None and len(entries) > 1:
+        raise ValueError(
+            f"--output names one file but {len(entries)} structures were given; "
+            "use an output folder instead"
+        )
+    settings = {
+        "model": calculator_label(calculator),
+        "optimizer": optimizer,
+        "fmax_eV_per_A": fmax,
+        "steps": steps,
+        "relax_cell": relax_cell,
+        "fix_below_A": fix_below_z,
+        "batched": batch,
+        "max_atoms_per_batch": max_atoms_per_batch,
+    }
+    summary = _Summary(Path(summary_path) if summary_path else None, "relax", settings, restart)
+    report = JobReport(summary_path=summary.path)
+    for err in read_errors:
+        report.read_errors.append(str(err))
+        report.n_failed += 1
+    summary.data["read_errors"] = report.read_errors
+    summary.flush()
+
+    paths = [relax_paths(e, output=output, output_dir=output_dir, fmt=fmt) for e in entries]
+    atoms_list = []
+    fixed_counts = []
+    for entry in entries:
+        atoms = entry.atoms.copy()
+        fixed_counts.append(len(fix_below(atoms, fix_below_z)) if fix_below_z is not None else 0)
+        atoms_list.append(atoms)
+    records: list[dict[str, Any] | None] = [None] * len(entries)
+
+    def finished(i: int, result: RelaxResult) -> None:
+        entry, out = entries[i], paths[i]
+        record = {"source": str(entry.source), "frame": entry.index, **result.to_dict()}
+        record["fixed_by_fix_below"] = fixed_counts[i]
+        record["log"] = str(out.log)
+        if result.ok:
+            final = result.atoms.copy()
+            final.calc = result.atoms.calc
+            final.info.update(
+                {
+                    "relax_converged": result.converged,
+                    "relax_steps": result.steps,
+                    "relax_fmax": result.fmax,
+                }
+            )
+            try:
+                write_structure(out.relaxed, final)
+                record["output"] = str(out.relaxed)
+                report.n_ok += 1
+                if not result.converged:
+                    report.n_not_converged += 1
+            except Exception as err:
+                record.update(status="error", error=f"cannot write {out.relaxed}: {err}")
+                result.error = record["error"]
+                report.n_failed += 1
+        else:
+            report.n_failed += 1
+        records[i] = record
+        summary.set(entry.label, record)
+        if on_result is not None:
+            on_result(entry, result, out)
+
+    try:
+        relax_kwargs = dict(
+            optimizer=optimizer,
+            fmax=fmax,
+            steps=steps,
+            relax_cell=relax_cell,
+            labels=[e.label for e in entries],
+            trajectories=[p.trajectory for p in paths],
+            logfiles=[p.log for p in paths],
+            restart=restart,
+            progress=progress,
+            on_result=finished,
+        )
+        if batch:
+            relax_batch(
+                atoms_list, calculator, max_atoms_per_batch=max_atoms_per_batch, **relax_kwargs
+            )
+        else:
+            # One structure at a time (same results, no batching across structures).
+            for i, atoms in enumerate(atoms_list):
+                kwargs = dict(
+                    relax_kwargs,
+                    labels=[entries[i].label],
+                    trajectories=[paths[i].trajectory],
+                    logfiles=[paths[i].log],
+                    on_result=lambda _j, res, i=i: finished(i, res),
+                    progress=False,
+                )
+                relax_batch([atoms], calculator, max_atoms_per_batch=max(len(atoms), 1), **kwargs)
+    finally:
+        report.records = [r for r in records if r is not None]
+        summary.data["counts"] = _count(report)
+        summary.data["finished"] = _now()
+        summary.flush()
+    return report
+
+
+def run_eval_job(
+    entries: Sequence[StructureEntry],
+    calculator: Calculator,
+    *,
+    output: str | os.PathLike = "eval_results.extxyz",
+    read_errors: Sequence[StructureReadError | str] = (),
+    summary_path: str | os.PathLike | None = "eval_summary.json",
+    max_atoms_per_batch: int = DEFAULT_MAX_ATOMS_PER_BATCH,
+    progress: bool = True,
+    on_result: Callable[[StructureEntry, EvalResult], None] | None = None,
+) -> JobReport:
+    """Single points for structures read from files, written to one extxyz file.
+
+    Every evaluated structure is appended to a temporary file next to ``output`` as soon
+    as its batch is done; the file is moved into place at the end (also after an error),
+    and the JSON summary is rewritten after every structure.
+
+    Args:
+        entries: Structures from :func:`eqv2calc.io.load_structures`.
+        calculator: Any ASE calculator.
+        output: extxyz file with energies (eV), forces (eV/Å) and stress (eV/Å³) attached;
+            each frame's ``info`` holds ``label`` and ``source``.
+        read_errors: Inputs that could not be read (recorded as failures).
+        summary_path: JSON summary (None: none).
+        max_atoms_per_batch: Memory budget per model call, atoms.
+        progress: Show a progress bar.
+        on_result: Called with ``(entry, result)`` for every structure.
+
+    Returns:
+        The :class:`JobReport`.
+    """
+    import ase.io
+
+    entries = list(entries)
+    output = Path(output)
+    settings = {
+        "model": calculator_label(calculator),
+        "max_atoms_per_batch": max_atoms_per_batch,
+        "output": str(output),
+    }
+    summary = _Summary(Path(summary_path) if summary_path else None, "eval", settings, False)
+    report = JobReport(summary_path=summary.path)
+    for err in read_errors:
+        report.read_errors.append(str(err))
+        report.n_failed += 1
+    summary.data["read_errors"] = report.read_errors
+    summary.flush()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    records: list[dict[str, Any] | None] = [None] * len(entries)
+
+    def done(i: int, result: EvalResult) -> None:
+        entry = entries[i]
+        record = {"source": str(entry.source), "frame": entry.index, **result.to_dict()}
+        if result.ok:
+            frame = result.atoms.copy()
+            frame.calc = result.atoms.calc
+            frame.info.update({"label": entry.label, "source": str(entry.source)})
+            ase.io.write(handle, frame, format="extxyz")
+            handle.flush()
+            report.n_ok += 1
+        else:
+            report.n_failed += 1
+        records[i] = record
+        summary.set(entry.label, record)
+        if on_result is not None:
+            on_result(entry, result)
+
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            evaluate(
+                [e.atoms for e in entries],
+                calculator,
+                max_atoms_per_batch=max_atoms_per_batch,
+                labels=[e.label for e in entries],
+                progress=progress,
+                on_result=done,
+            )
+    finally:
+        os.replace(tmp, output)
+        report.records = [r for r in records if r is not None]
+        summary.data["counts"] = _count(report)
+        summary.data["finished"] = _now()
+        summary.flush()
+    return report

@@ -1,0 +1,372 @@
+"""Structure relaxation of one structure with an ASE optimizer, and what relaxations return.
+
+:func:`relax` is the plain, one-at-a-time ASE relaxation: the calculator is attached to a
+copy of the structure and an ``ase.optimize`` optimizer runs until the largest force on a
+free atom (and, with ``relax_cell``, the cell gradient of ``FrechetCellFilter``) is below
+``fmax``. :func:`eqv2calc.drivers.relax_batch` relaxes many structures together and gives the
+same results; it falls back to :func:`relax` for optimizers that need several evaluations per
+step (``BFGSLineSearch``).
+
+Units: energies in eV, forces and ``fmax`` in eV/Å, stress in eV/Å³, heights in Å.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
+
+from eqv2calc.drivers.validate import check_stress_support, validate_structure
+
+__all__ = [
+    "OPTIMIZERS",
+    "RelaxResult",
+    "fix_below",
+    "get_optimizer",
+    "relax",
+]
+
+
+@dataclass(frozen=True)
+class _OptimizerInfo:
+    name: str
+    import_path: str
+    batched: bool  # one energy/force evaluation per step, so relax_batch can drive it
+
+
+#: Optimizers by name. ``batched`` ones take exactly one evaluation per step and can be run
+#: together by ``relax_batch``; the others (line searches) run one structure at a time.
+OPTIMIZERS: dict[str, _OptimizerInfo] = {
+    info.name.lower(): info
+    for info in (
+        _OptimizerInfo("FIRE", "ase.optimize:FIRE", True),
+        _OptimizerInfo("BFGS", "ase.optimize:BFGS", True),
+        _OptimizerInfo("LBFGS", "ase.optimize:LBFGS", True),
+        _OptimizerInfo("BFGSLineSearch", "ase.optimize:BFGSLineSearch", False),
+    )
+}
+
+
+def get_optimizer(name: str) -> tuple[type, bool]:
+    """Return ``(optimizer_class, batched)`` for a name in :data:`OPTIMIZERS` (any case)."""
+    import importlib
+
+    info = OPTIMIZERS.get(str(name).lower())
+    if info is None:
+        known = ", ".join(i.name for i in OPTIMIZERS.values())
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {known}")
+    module, attr = info.import_path.split(":")
+    return getattr(importlib.import_module(module), attr), info.batched
+
+
+@dataclass
+class RelaxResult:
+    """Outcome of relaxing one structure.
+
+    Attributes:
+        label: Name of the structure.
+        atoms: Relaxed copy (constraints kept) with the final energy (eV), forces (eV/Å) and,
+            if computed, stress (eV/Å³) attached as a ``SinglePointCalculator``. For a failed
+            structure: a copy of the input, without results.
+        initial_energy: Energy of the starting structure, eV (NaN if it failed).
+        final_energy: Energy of the final structure, eV (NaN if it failed).
+        max_force: Largest force norm on a free atom at the end, eV/Å (NaN if it failed).
+        steps: Optimizer steps taken (including those before a restart).
+        converged: Whether the convergence criterion was met.
+        energies: Energy after every step (index 0: start), eV.
+        optimizer: Optimizer name.
+        fmax: Convergence threshold used, eV/Å.
+        relax_cell: Whether the cell was relaxed.
+        max_stress: Largest absolute stress component at the end (eV/Å³), when relaxing
+            the cell.
+        trajectory: Trajectory file written, if any.
+        error: One-line reason when the structure could not be relaxed; None otherwise.
+        restarted_from: Number of steps read back from an earlier trajectory (0: fresh start).
+        wall_time: Seconds spent on this structure (wall clock; for batched runs, from its
+            first to its last evaluation).
+    """
+
+    label: str
+    atoms: Atoms
+    initial_energy: float = math.nan
+    final_energy: float = math.nan
+    max_force: float = math.nan
+    steps: int = 0
+    converged: bool = False
+    energies: list[float] = field(default_factory=list)
+    optimizer: str = "FIRE"
+    fmax: float = 0.05
+    relax_cell: bool = False
+    max_stress: float | None = None
+    trajectory: Path | None = None
+    error: str | None = None
+    restarted_from: int = 0
+    wall_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the relaxation ran (converged or not) without an error."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (no arrays except the per-step energies)."""
+        return {
+            "label": self.label,
+            "status": "error"
+            if self.error
+            else ("converged" if self.converged else "not_converged"),
+            "converged": self.converged,
+            "error": self.error,
+            "n_atoms": len(self.atoms) if self.atoms is not None else None,
+            "formula": self.atoms.get_chemical_formula() if self.atoms is not None else None,
+            "initial_energy_eV": _finite_or_none(self.initial_energy),
+            "final_energy_eV": _finite_or_none(self.final_energy),
+            "max_force_eV_per_A": _finite_or_none(self.max_force),
+            "max_stress_eV_per_A3": self.max_stress,
+            "steps": self.steps,
+            "optimizer": self.optimizer,
+            "fmax_eV_per_A": self.fmax,
+            "relax_cell": self.relax_cell,
+            "restarted_from_step": self.restarted_from,
+            "trajectory": str(self.trajectory) if self.trajectory else None,
+            "wall_time_s": round(self.wall_time, 3),
+            "energies_eV": [float(e) for e in self.energies],
+        }
+
+    def summary_line(self) -> str:
+        """One human-readable line: status, steps, energies, final max force."""
+        if self.error:
+            return f"{self.label}: FAILED: {self.error}"
+        status = "converged" if self.converged else "NOT CONVERGED"
+        return (
+            f"{self.label}: {status} after {self.steps} {self.optimizer} steps, "
+            f"E {self.initial_energy:.6f} -> {self.final_energy:.6f} eV "
+            f"(dE {self.final_energy - self.initial_energy:+.6f} eV), "
+            f"max force {self.max_force:.4f} eV/Å (fmax {self.fmax})"
+        )
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def fix_below(atoms: Atoms, z: float) -> list[int]:
+    """Fix (``FixAtoms``) every atom whose z coordinate is below ``z`` Å, in place.
+
+    Atoms already fixed by a ``FixAtoms`` constraint stay fixed; other constraints are kept.
+
+    Returns:
+        Indices of the atoms fixed by this call (sorted).
+    """
+    below = np.flatnonzero(atoms.positions[:, 2] < z)
+    already: set[int] = set()
+    others = []
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            already.update(int(i) for i in c.get_indices())
+        else:
+            others.append(c)
+    new = sorted(set(int(i) for i in below) - already)
+    indices = sorted(already | set(new))
+    if indices:
+        atoms.set_constraint([FixAtoms(indices=indices), *others])
+    return new
+
+
+def max_free_force(atoms: Atoms) -> float:
+    """Largest force norm (eV/Å) after constraints are applied, i.e. over free atoms."""
+    forces = atoms.get_forces()  # constraints applied: fixed atoms read zero
+    return float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0
+
+
+def final_copy(atoms: Atoms, results: dict[str, Any]) -> Atoms:
+    """Copy of ``atoms`` (constraints kept) with ``results`` attached as a single point."""
+    out = atoms.copy()
+    keep = {k: v for k, v in results.items() if k in ("energy", "free_energy", "forces", "stress")}
+    out.calc = SinglePointCalculator(out, **keep)
+    return out
+
+
+def read_restart(path: Path) -> list[Atoms]:
+    """Frames of an earlier relaxation trajectory (empty list if missing or unreadable)."""
+    from ase.io.trajectory import Trajectory
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    try:
+        with Trajectory(str(path), "r") as traj:
+            return [traj[i] for i in range(len(traj))]
+    except Exception:
+        return []
+
+
+def frame_energies(frames: list[Atoms]) -> list[float]:
+    """Energies (eV) stored with trajectory frames; frames without results are skipped."""
+    energies = []
+    for frame in frames:
+        try:
+            energies.append(float(frame.get_potential_energy()))
+        except Exception:
+            continue
+    return energies
+
+
+def apply_restart_frame(work: Atoms, frame: Atoms) -> None:
+    """Move ``work`` to the geometry (positions and cell) of a trajectory frame."""
+    from eqv2calc.drivers.validate import StructureError
+
+    if len(frame) != len(work) or not np.array_equal(frame.numbers, work.numbers):
+        raise StructureError(
+            "cannot restart: the trajectory holds a different structure "
+            f"({frame.get_chemical_formula()} vs {work.get_chemical_formula()})"
+        )
+    work.set_cell(frame.cell, scale_atoms=False)
+    work.set_positions(frame.positions, apply_constraint=False)
+
+
+def prepare_logfile(logfile: str | os.PathLike | None, restart: bool) -> str | None:
+    """Path for an ASE optimizer log; an old log is removed unless restarting."""
+    if logfile is None:
+        return None
+    path = Path(logfile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not restart:
+        path.unlink(missing_ok=True)
+    return str(path)
+
+
+def relax(
+    atoms: Atoms,
+    calculator: Calculator,
+    *,
+    optimizer: str = "FIRE",
+    fmax: float = 0.05,
+    steps: int = 500,
+    relax_cell: bool = False,
+    trajectory: str | os.PathLike | None = None,
+    logfile: str | os.PathLike | None = None,
+    restart: bool = False,
+    label: str | None = None,
+    progress: bool = False,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    validate: bool = True,
+) -> RelaxResult:
+    """Relax one structure with an ASE optimizer, the ordinary one-at-a-time way.
+
+    Args:
+        atoms: Structure to relax (not modified; constraints such as ``FixAtoms`` honoured).
+        calculator: Any ASE calculator.
+        optimizer: ``FIRE``, ``BFGS``, ``LBFGS`` or ``BFGSLineSearch``.
+        fmax: Convergence threshold on the largest force on a free atom, eV/Å.
+        steps: Maximum number of optimizer steps in total (steps read back on restart count).
+        relax_cell: Also relax the cell with ``FrechetCellFilter`` (needs stress, eV/Å³).
+        trajectory: ASE ``.traj`` file to write every step to.
+        logfile: Optimizer log file (ASE format).
+        restart: Continue from the last frame of ``trajectory`` if it exists (positions,
+            cell; BFGS/LBFGS history rebuilt from the frames when the cell is fixed).
+        label: Name for messages and the result (default: chemical formula).
+        progress: Show a tqdm progress bar over steps.
+        optimizer_kwargs: Extra keyword arguments for the optimizer (e.g. ``maxstep``, Å).
+        validate: Check the structure first (see :func:`validate_structure`).
+
+    Returns:
+        The :class:`RelaxResult`. Bad input raises
+        :class:`~eqv2calc.drivers.validate.StructureError`; calculator errors propagate.
+    """
+    label = label or atoms.get_chemical_formula()
+    opt_class, _ = get_optimizer(optimizer)
+    if relax_cell:
+        check_stress_support(calculator)
+    if validate:
+        validate_structure(atoms, relax_cell=relax_cell)
+    t0 = time.perf_counter()
+    work = atoms.copy()
+    traj_path = Path(trajectory) if trajectory is not None else None
+    frames = read_restart(traj_path) if (restart and traj_path is not None) else []
+    done = 0
+    energies: list[float] = []
+    if frames:
+        apply_restart_frame(work, frames[-1])
+        done = len(frames) - 1
+        energies = frame_energies(frames)[:done]  # the last frame is re-evaluated below
+    if traj_path is not None:
+        traj_path.parent.mkdir(parents=True, exist_ok=True)
+        if not frames:
+            traj_path.unlink(missing_ok=True)
+    work.calc = calculator
+    target: Any = work
+    if relax_cell:
+        from ase.filters import FrechetCellFilter
+
+        target = FrechetCellFilter(work)
+    opt = opt_class(
+        target,
+        logfile=prepare_logfile(logfile, restart and bool(frames)),
+        trajectory=str(traj_path) if traj_path is not None else None,
+        append_trajectory=bool(frames),
+        **(optimizer_kwargs or {}),
+    )
+    if frames and not relax_cell and hasattr(opt, "_replay_trajectory") and len(frames) > 1:
+        opt.replay_trajectory(str(traj_path))
+    opt.nsteps = done
+
+    def record() -> None:
+        energies.append(float(work.get_potential_energy()))
+
+    opt.attach(record, interval=1)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=done, desc=label, unit="step", leave=False)
+        opt.attach(lambda: bar.update(1) if opt.nsteps > done else None, interval=1)
+    try:
+        if done:
+            # ASE does not call observers for the starting point of a restarted run.
+            record()
+        converged = bool(opt.run(fmax=fmax, steps=max(steps - done, 0)))
+    finally:
+        if bar is not None:
+            bar.close()
+    results: dict[str, Any] = {
+        "energy": work.get_potential_energy(),
+        "forces": work.get_forces(apply_constraint=False),
+    }
+    if "free_energy" in getattr(calculator, "implemented_properties", ()):
+        results["free_energy"] = work.get_potential_energy(force_consistent=True)
+    max_stress = None
+    if relax_cell:
+        results["stress"] = work.get_stress(voigt=True)
+        max_stress = float(np.abs(results["stress"]).max())
+    final = final_copy(work, results)
+    work.calc = None
+    return RelaxResult(
+        label=label,
+        atoms=final,
+        initial_energy=energies[0],
+        final_energy=float(results["energy"]),
+        max_force=max_free_force(final),
+        steps=int(opt.nsteps),
+        converged=converged,
+        energies=energies,
+        optimizer=OPTIMIZERS[optimizer.lower()].name,
+        fmax=fmax,
+        relax_cell=relax_cell,
+        max_stress=max_stress,
+        trajectory=traj_path,
+        restarted_from=done,
+        wall_time=time.perf_counter() - t0,
+    )
+
+
+ResultCallback = Callable[[int, RelaxResult], None]
