@@ -139,3 +139,15 @@ def test_unknown_and_missing_keys_are_named(tmp_path):
     torch.save(data, tmp_path / "short.pt")
     with pytest.raises(CheckpointError, match="backbone.norm.scalar_norm.bias"):
         load_checkpoint(tmp_path / "short.pt")
+
+
+def test_energy_kind_survives_classic_round_trip(tmp_path):
+    lm = load_checkpoint(checkpoint_path("eq2_small_oc20_classic"))
+    lm.model.energy_kind = "total"
+    path = save_checkpoint(lm.model, tmp_path / "total.pt", layout="classic")
+    assert load_checkpoint(path).energy_kind == "total"
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # permissions as for any file the user writes

@@ -172,11 +172,14 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
     if "energy" in elementrefs:
         refs = torch.as_tensor(elementrefs["energy"]["element_references"]).float()
 
+    written_by_us = (config.get("eqv2calc") or {}).get("energy_kind")
     dataset = str((config.get("task") or {}).get("dataset", "")) + str((config.get("dataset") or {}).get("format", ""))
     if layout == "classic" and not cfg.load_energy_lin_ref and "oc22" not in dataset.lower():
         energy_kind = "adsorption"
     else:
         energy_kind = "total"
+    if written_by_us in ("adsorption", "total"):
+        energy_kind = written_by_us
 
     return ParsedCheckpoint(
         path=path, layout=layout, config=cfg, heads=heads, head_modules=head_modules,
