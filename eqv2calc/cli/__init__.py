@@ -8,8 +8,14 @@ every command. Commands only parse options, call a driver and report.
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
+
+# Set before torch (and its OpenMP runtime) is imported by a command: idle OpenMP threads sleep
+# instead of spinning. With spinning, two torch processes sharing a small machine slow each other
+# down 10-30x (measured, benchmarks/README.md); the user's own setting always wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # command name -> "module:attribute" (module relative to eqv2calc.cli)
 _COMMANDS: dict[str, tuple[str, str]] = {
