@@ -42,10 +42,16 @@ class GateActivation(nn.Module):
         for l in range(1, lmax + 1):  # noqa: E741
             index += [l - 1] * min(2 * l + 1, 2 * mmax + 1)
         self.register_buffer("gate_index", torch.tensor(index, dtype=torch.long), persistent=False)
+        # the same for the order-major layout: m = 0 (l = 0..lmax), then +m and -m (l = m..lmax)
+        degrees = list(range(lmax + 1))
+        for m in range(1, mmax + 1):
+            degrees += 2 * list(range(m, lmax + 1))
+        self.register_buffer("gate_index_om", torch.tensor(degrees[1:]) - 1, persistent=False)
 
-    def forward(self, gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, gates: torch.Tensor, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+        """``x`` degree-major, or order-major (``order_major``); its first row is l = 0 in both."""
         gates = torch.sigmoid(gates).view(-1, self.lmax, self.channels)
-        gates = gates.index_select(1, self.gate_index)
+        gates = gates.index_select(1, self.gate_index_om if order_major else self.gate_index)
         return torch.cat((torch.nn.functional.silu(x[:, :1]), x[:, 1:] * gates), dim=1)
 
 
@@ -56,8 +62,11 @@ class S2Activation(nn.Module):
         super().__init__()
         self.grid = grid
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.grid.from_grid(torch.nn.functional.silu(self.grid.to_grid(x)))
+    def forward(self, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+        """``[N, R, C]`` → ``[N, R, C]``, coefficients degree-major (or order-major)."""
+        grid = self.grid.to_grid(x, order_major)
+        grid = torch.nn.functional.silu(grid, inplace=not grid.requires_grad)
+        return self.grid.from_grid(grid, order_major)
 
 
 class SeparableS2Activation(nn.Module):
@@ -70,6 +79,7 @@ class SeparableS2Activation(nn.Module):
         super().__init__()
         self.s2 = S2Activation(grid)
 
-    def forward(self, scalars: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        out = self.s2(x)
+    def forward(self, scalars: torch.Tensor, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+        # the l = 0 coefficient is the first one in both layouts
+        out = self.s2(x, order_major)
         return torch.cat((torch.nn.functional.silu(scalars).unsqueeze(1), out[:, 1:]), dim=1)

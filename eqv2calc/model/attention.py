@@ -22,6 +22,7 @@ from eqv2calc.model.activation import (
     SeparableS2Activation,
     SmoothLeakyReLU,
 )
+from eqv2calc.model.chunking import edge_chunks
 from eqv2calc.model.radial import EdgeInvariants, RadialMLP
 from eqv2calc.model.s2_grid import SphereGrid
 from eqv2calc.model.scatter import segment_softmax
@@ -124,8 +125,38 @@ class EquivariantGraphAttention(nn.Module):
         edge_index: torch.Tensor,
         rotation: EdgeRotation,
     ) -> torch.Tensor:
-        """``x`` ``[N, K, C]`` → ``[N, K, out_channels]`` (sum of attended messages per node)."""
-        num_nodes = x.shape[0]
+        """``x`` ``[N, K, C]`` → ``[N, K, out_channels]`` (sum of attended messages per node).
+
+        Edges are processed a chunk at a time (see :mod:`eqv2calc.model.chunking`): only the
+        logits ``[E, heads]`` and the values ``[E, R, heads * value]`` are kept for all edges.
+        """
+        num_nodes, num_edges = x.shape[0], edge_index.shape[1]
+        dst = edge_index[1]
+        logits = x.new_empty(num_edges, self.num_heads)
+        values = x.new_empty(num_edges, self.layout.num_reduced, self.num_heads * self.value_channels)
+        for start, stop in edge_chunks(num_edges, x.device):
+            logits[start:stop], values[start:stop] = self.edge_values(
+                x, atomic_numbers, distance_basis[start:stop], edge_index[:, start:stop], rotation.narrow(start, stop)
+            )
+        alpha = segment_softmax(logits, dst, num_nodes)  # [E, heads]
+
+        summed = x.new_zeros(num_nodes, self.layout.num_full, values.shape[2])
+        for start, stop in edge_chunks(num_edges, x.device):
+            n = stop - start
+            weighted = values[start:stop].view(n, -1, self.num_heads, self.value_channels) * alpha[start:stop].view(n, 1, self.num_heads, 1)
+            summed.index_add_(0, dst[start:stop], rotation.narrow(start, stop).rotate_back(weighted.view(n, -1, values.shape[2]), order_major=True))
+        return self.proj(summed)
+
+    def edge_values(
+        self,
+        x: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        distance_basis: torch.Tensor,
+        edge_index: torch.Tensor,
+        rotation: EdgeRotation,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention logits ``[E, heads]`` and edge-frame values ``[E, R, heads * value]`` (order-major)
+        of some edges."""
         src, dst = edge_index[0], edge_index[1]
         edge_inv = self.edge_invariants(distance_basis, atomic_numbers, edge_index)
 
@@ -133,26 +164,18 @@ class EquivariantGraphAttention(nn.Module):
         if self.use_m_share_rad:
             w = self.shared_radial(edge_inv).view(message.shape[0], self.layout.lmax + 1, -1)
             message = message * w.index_select(1, self.degree_of)
-        message = rotation.rotate(message)  # [E, R, 2C]
+        # edge frame, order-major layout from here on (the SO(2) convolutions' own layout)
+        message = rotation.rotate(message, order_major=True)  # [E, R, 2C]
 
-        values, scalars = self.conv_1(message, None if self.use_m_share_rad else edge_inv)
+        values, scalars = self.conv_1(message, None if self.use_m_share_rad else edge_inv, order_major=True)
         logits_in = scalars[:, : self.num_alpha]
-        if self.use_gate_act:
-            values = self.value_act(scalars[:, self.num_alpha :], values)
-        elif self.use_sep_s2_act:
-            values = self.value_act(scalars[:, self.num_alpha :], values)
+        if self.use_gate_act or self.use_sep_s2_act:
+            values = self.value_act(scalars[:, self.num_alpha :], values, order_major=True)
         else:
-            values = self.value_act(values)
-        values, _ = self.conv_2(values)  # [E, R, heads * value]
+            values = self.value_act(values, order_major=True)
+        values, _ = self.conv_2(values, order_major=True)  # [E, R, heads * value]
 
         logits = self.alpha_act(self.alpha_norm(logits_in.view(-1, self.num_heads, self.alpha_channels)))
         logits = torch.einsum("ehk,hk->eh", logits, self.alpha_dot)
-        alpha = segment_softmax(logits, dst, num_nodes)  # [E, heads]
+        return logits, values
 
-        num_edges, num_coeff = values.shape[0], values.shape[1]
-        values = values.view(num_edges, num_coeff, self.num_heads, self.value_channels) * alpha.view(num_edges, 1, self.num_heads, 1)
-        values = rotation.rotate_back(values.view(num_edges, num_coeff, -1))  # [E, K, heads*value]
-
-        summed = x.new_zeros(num_nodes, values.shape[1], values.shape[2])
-        summed.index_add_(0, dst, values)
-        return self.proj(summed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from eqv2calc.model.chunking import edge_chunks
 from eqv2calc.model.radial import EdgeInvariants, RadialMLP
 from eqv2calc.model.so3 import CoefficientLayout, EdgeRotation
 
@@ -43,13 +44,11 @@ class EdgeDegreeEmbedding(nn.Module):
         rotation: EdgeRotation,
         num_nodes: int,
     ) -> torch.Tensor:
-        edge_inv = self.edge_invariants(distance_basis, atomic_numbers, edge_index)
-        m0 = self.radial(edge_inv).view(-1, self.num_m0, self.channels)  # [E, lmax+1, C]
-        # order-major layout: the m = 0 block comes first; all m != 0 coefficients are zero
-        order_major = m0.new_zeros(m0.shape[0], self.layout.num_reduced, self.channels)
-        order_major[:, : self.num_m0] = m0
-        edge_frame = order_major.index_select(1, self.layout.to_degree_major)  # [E, R, C]
-        global_frame = rotation.rotate_back(edge_frame)  # [E, K, C]
-        out = global_frame.new_zeros(num_nodes, global_frame.shape[1], self.channels)
-        out.index_add_(0, edge_index[1], global_frame)
+        out = distance_basis.new_zeros(num_nodes, self.layout.num_full, self.channels)
+        for start, stop in edge_chunks(edge_index.shape[1], distance_basis.device):
+            part = edge_index[:, start:stop]
+            edge_inv = self.edge_invariants(distance_basis[start:stop], atomic_numbers, part)
+            # edge frame: only the m = 0 coefficients are non-zero, one per degree [n, lmax+1, C]
+            m0 = self.radial(edge_inv).view(-1, self.num_m0, self.channels)
+            out.index_add_(0, part[1], rotation.narrow(start, stop).rotate_back_zonal(m0))  # [n, K, C]
         return out / self.avg_degree

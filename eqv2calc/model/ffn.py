@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from eqv2calc.model import chunking
 from eqv2calc.model.activation import GateActivation, S2Activation, SeparableS2Activation
 from eqv2calc.model.s2_grid import SphereGrid
 from eqv2calc.model.so3_linear import DegreeWiseLinear
@@ -39,9 +40,9 @@ class FeedForward(nn.Module):
                 self.scalar_linear = nn.Linear(in_channels, hidden)
             self.grid_mlp = nn.Sequential(
                 nn.Linear(hidden, hidden, bias=False),
-                nn.SiLU(),
+                nn.SiLU(inplace=True),  # in place on a fresh Linear output (autograd-safe)
                 nn.Linear(hidden, hidden, bias=False),
-                nn.SiLU(),
+                nn.SiLU(inplace=True),
                 nn.Linear(hidden, hidden, bias=False),
             )
         elif use_gate_act:
@@ -55,6 +56,13 @@ class FeedForward(nn.Module):
         self.linear_2 = DegreeWiseLinear(hidden, out_channels, lmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = chunking.node_chunks(x.shape[0], x.device)
+        if len(parts) <= 1:
+            return self.forward_nodes(x)
+        return torch.cat([self.forward_nodes(x[start:stop]) for start, stop in parts])
+
+    def forward_nodes(self, x: torch.Tensor) -> torch.Tensor:
+        """The feed-forward network on a block of nodes ``[n, K, C_in]`` → ``[n, K, C_out]``."""
         scalars = self.scalar_linear(x[:, 0]) if self.scalar_linear is not None else None
         h = self.linear_1(x)
         if self.use_grid_mlp:

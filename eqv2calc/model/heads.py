@@ -13,6 +13,7 @@ from e3nn import o3
 from torch import nn
 
 from eqv2calc.model.backbone import BackboneOutput, EquiformerV2Backbone
+from eqv2calc.model.chunking import edge_chunks
 from eqv2calc.model.layer_norm import make_norm
 from eqv2calc.model.scatter import segment_mean, segment_sum
 
@@ -136,11 +137,16 @@ class Rank2Head(nn.Module):
         num_nodes = x.shape[0]
         sh = o3.spherical_harmonics(list(range(self.lmax + 1)), vec, normalize=False)  # [E, K]
         sh = self.sh_norm(sh.unsqueeze(-1)).squeeze(-1)
-        if self.use_source_target_embedding:
-            feats = torch.cat((x.index_select(0, g.edge_index[0]), x.index_select(0, g.edge_index[1])), dim=2)
-        else:
-            feats = x.index_select(0, g.edge_index[1])
-        edge_feat = self.edge_norm(torch.einsum("ekc,ek->ec", feats, sh))  # [E, width]
+        # contract the node features of each edge with the edge's harmonics, a chunk at a time
+        # (the gathered features [E, K, width] would be the largest tensor of the whole model)
+        edge_feat = x.new_empty(vec.shape[0], self.edge_norm.normalized_shape[0])
+        for start, stop in edge_chunks(vec.shape[0], x.device):
+            part = g.edge_index[:, start:stop]
+            feats = x.index_select(0, part[1])  # [n, K, C]
+            if self.use_source_target_embedding:
+                feats = torch.cat((x.index_select(0, part[0]), feats), dim=2)  # [n, K, 2C]
+            edge_feat[start:stop] = torch.einsum("ekc,ek->ec", feats, sh[start:stop])
+        edge_feat = self.edge_norm(edge_feat)  # [E, width]
         dst = g.edge_index[1]
 
         if self.decompose:

@@ -43,6 +43,9 @@ class SphereGrid(nn.Module):
 
     ``to_grid(x)``: ``[N, R, C]`` → ``[N, res_lat, res_lon, C]``;
     ``from_grid(g)``: the reverse projection.
+
+    Both are one matrix product per row (``[P, R] @ [R, C]`` with ``P = res_lat * res_lon``),
+    so the grid values come out channel-last and contiguous, ready for point-wise maps.
     """
 
     def __init__(self, lmax: int, mmax: int, resolution: int) -> None:
@@ -50,10 +53,23 @@ class SphereGrid(nn.Module):
         to_mat, from_mat = grid_matrices(lmax, mmax, resolution)
         self.register_buffer("to_mat", to_mat, persistent=False)
         self.register_buffer("from_mat", from_mat, persistent=False)
+        num_points = resolution * resolution
+        # the same matrices flattened over grid points: to_flat [P, R], from_flat [R, P]
+        self.register_buffer("to_flat", to_mat.reshape(num_points, -1).contiguous(), persistent=False)
+        self.register_buffer("from_flat", from_mat.reshape(num_points, -1).t().contiguous(), persistent=False)
+        # ... and with the coefficients in the order-major layout (see CoefficientLayout)
+        order = CoefficientLayout(lmax, mmax).to_order_major
+        self.register_buffer("to_flat_om", self.to_flat[:, order].contiguous(), persistent=False)
+        self.register_buffer("from_flat_om", self.from_flat[order].contiguous(), persistent=False)
         self.lmax, self.mmax, self.resolution = lmax, mmax, resolution
 
-    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bai,nic->nbac", self.to_mat, x)
+    def to_grid(self, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+        """``[N, R, C]`` (degree-major, or order-major) → ``[N, res_lat, res_lon, C]``."""
+        res = self.resolution
+        points = torch.matmul(self.to_flat_om if order_major else self.to_flat, x)  # [N, P, C]
+        return points.view(x.shape[0], res, res, x.shape[2])
 
-    def from_grid(self, grid: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bai,nbac->nic", self.from_mat, grid)
+    def from_grid(self, grid: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+        """``[N, res_lat, res_lon, C]`` → ``[N, R, C]`` (degree-major, or order-major)."""
+        points = grid.reshape(grid.shape[0], -1, grid.shape[-1])  # [N, P, C]
+        return torch.matmul(self.from_flat_om if order_major else self.from_flat, points)

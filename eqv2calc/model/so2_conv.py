@@ -72,10 +72,16 @@ class SO2Convolution(nn.Module):
             self.radial = RadialMLP([*edge_channels, sum(self.radial_sizes)], bias=radial_bias)
 
     def forward(
-        self, x: torch.Tensor, edge_invariants: torch.Tensor | None = None
+        self, x: torch.Tensor, edge_invariants: torch.Tensor | None = None, order_major: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[E, R, C_in]`` → ``([E, R, C_out], extra scalars [E, extra] or None)``.
+
+        Features are in the reduced degree-major layout, or (``order_major=True``, as the
+        attention block passes them) in the order-major layout the convolution works in.
+        """
         num_edges = x.shape[0]
-        x = x.index_select(1, self.layout.to_order_major)  # [E, R, C] order-major
+        if not order_major:
+            x = x.index_select(1, self.layout.to_order_major)  # [E, R, C] order-major
         weights = None
         if self.radial is not None:
             weights = self.radial(edge_invariants).split(self.radial_sizes, dim=1)
@@ -98,5 +104,7 @@ class SO2Convolution(nn.Module):
             outputs.append(conv(xm).reshape(num_edges, 2 * n, self.out_channels))
             offset += 2 * n
 
-        y = torch.cat(outputs, dim=1).index_select(1, self.layout.to_degree_major)
+        y = torch.cat(outputs, dim=1)  # [E, R, C_out] order-major
+        if not order_major:
+            y = y.index_select(1, self.layout.to_degree_major)
         return y, extra

@@ -14,6 +14,7 @@ that truncation and for the *order-major* layout the SO(2) convolution uses.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -88,12 +89,51 @@ def edge_frame_angles(edge_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     edge axis, the outputs do not depend on that roll beyond float rounding, so a fixed rule
     makes results deterministic without changing them.
 
+    ``alpha = atan2(x, z)`` and ``beta = atan2(sqrt(x² + z²), y)`` (e3nn's convention; e3nn
+    computes ``beta = acos(y / |r|)``, which loses half the digits next to the poles).
+
     Args:
         edge_vec: ``[E, 3]`` edge vectors (any length > 0), Å.
     """
-    unit = edge_vec / edge_vec.norm(dim=1, keepdim=True)
-    alpha, beta = o3.xyz_to_angles(unit)
-    return alpha, beta
+    x, y, z = edge_vec.unbind(1)
+    return torch.atan2(x, z), torch.atan2(torch.hypot(x, z), y)
+
+
+@functools.cache
+def _x_to_y_swap(l: int) -> torch.Tensor:  # noqa: E741
+    """``J_l`` ``[2l+1, 2l+1]`` float64: the Wigner matrix of the rotation by -90° about z.
+
+    That rotation carries +y onto +x, so a rotation by ``beta`` about x is
+    ``J_l Z_l(beta) J_lᵀ`` with ``Z_l`` the (cheap) rotation about the polar axis y. Fitted
+    exactly from e3nn's float64 spherical harmonics: ``Y_l(r Rᵀ) = Y_l(r) Dᵀ``.
+    """
+    rot = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    points = torch.randn(4 * l + 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = o3.spherical_harmonics(l, points, normalize=True)
+    y_rot = o3.spherical_harmonics(l, points @ rot.T, normalize=True)
+    return torch.linalg.lstsq(y, y_rot).solution.T.contiguous()
+
+
+@functools.cache
+def _tilt_basis(l: int) -> torch.Tensor:  # noqa: E741
+    """Constant ``[2(2l+1), (2l+1)**2]`` float64 matrix ``B`` with
+    ``J Z(t) Jᵀ = ([cos(f t), sin(f t)] @ B).view(2l+1, 2l+1)`` (see :func:`polar_phases`)."""
+    swap = _x_to_y_swap(l)
+    cos_part = torch.einsum("ai,bi->iab", swap, swap)
+    sin_part = torch.einsum("ai,bi->iab", swap, swap.flip(1))
+    return torch.cat((cos_part, sin_part)).reshape(2 * (2 * l + 1), -1)
+
+
+def polar_phases(l: int, angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E741
+    """``cos(f angle)``, ``sin(f angle)`` ``[..., 2l+1]`` with ``f_i = l - i``.
+
+    They define ``Z_l(angle)``, the degree-``l`` Wigner matrix of a rotation about the polar
+    axis +y: in e3nn's real basis index ``i`` (order ``m = i - l``) mixes only with ``2l - i``
+    (order ``-m``), ``Z[i, i] = cos(f_i angle)`` and ``Z[i, 2l - i] = sin(f_i angle)``.
+    """
+    freq = torch.arange(l, -l - 1, -1, dtype=angle.dtype, device=angle.device)
+    phase = angle.unsqueeze(-1) * freq
+    return phase.cos(), phase.sin()
 
 
 def edge_rotation_blocks(edge_vec: torch.Tensor, lmax: int) -> list[torch.Tensor]:
@@ -101,16 +141,23 @@ def edge_rotation_blocks(edge_vec: torch.Tensor, lmax: int) -> list[torch.Tensor
 
     Returns a list over ``l = 0..lmax`` of ``[E, 2l+1, 2l+1]`` tensors ``D_l(R_e)`` with
     ``R_e`` the rotation that maps edge ``e``'s direction to the +y axis, so that
-    ``D_l(R_e) @ x_l`` expresses a degree-``l`` feature in the edge frame. Computed with
-    e3nn's ``wigner_D`` in float64 and cast back to the input dtype.
+    ``D_l(R_e) @ x_l`` expresses a degree-``l`` feature in the edge frame.
+
+    ``D_l(alpha, beta, 0) = Z(alpha) J Z(beta) Jᵀ`` maps +y onto the edge (e3nn's
+    ``wigner_D``, without its per-edge matrix exponentials); we need its transpose
+    ``M Z(-alpha)`` with ``M = J Z(-beta) Jᵀ`` a fixed linear combination of ``cos``/``sin``
+    of multiples of ``beta``. Right-multiplying by ``Z`` mixes columns ``j`` and ``2l - j``:
+    ``(M Z)[:, j] = M[:, j] cos_j - M[:, 2l - j] sin_j``. Evaluated in float64 and cast back.
     """
     vec64 = edge_vec.detach().to(torch.float64)
     alpha, beta = edge_frame_angles(vec64)
-    zero = torch.zeros_like(alpha)
     blocks = []
     for l in range(lmax + 1):  # noqa: E741
-        # D(alpha, beta, 0) maps +y onto the edge; its transpose (inverse) maps the edge onto +y.
-        d = o3.wigner_D(l, alpha, beta, zero).transpose(-1, -2)
+        n = 2 * l + 1
+        cos_b, sin_b = polar_phases(l, -beta)
+        tilt = (torch.cat((cos_b, sin_b), dim=1) @ _tilt_basis(l).to(vec64.device)).view(-1, n, n)
+        cos_a, sin_a = polar_phases(l, -alpha)
+        d = tilt * cos_a.unsqueeze(1) - tilt.flip(2) * sin_a.unsqueeze(1)
         blocks.append(d.to(edge_vec.dtype).contiguous())
     return blocks
 
@@ -122,25 +169,52 @@ class EdgeRotation:
     block (they all use the same edge frames).
 
     ``to_edge`` is ``[E, R, K]``: full degree-major features (``K = (lmax+1)**2``) to the reduced
-    edge-frame coefficients. ``from_edge`` is ``[E, K, R]``: the inverse rotation restricted to
-    the kept coefficients, with the ``inverse_rescale`` factors folded in.
+    edge-frame coefficients, rows in *order-major* layout (the layout the SO(2) convolution
+    works in, so no permutation is needed between the two). ``from_edge`` is ``[E, K, R]``: the
+    inverse rotation restricted to the kept coefficients (columns order-major), with the
+    ``inverse_rescale`` factors folded in. Both are block-diagonal by degree; they are stored
+    dense because one batched product over all degrees is faster than one per degree.
     """
 
     def __init__(self, edge_vec: torch.Tensor, layout: CoefficientLayout) -> None:
         blocks = edge_rotation_blocks(edge_vec, layout.lmax)
-        num_edges = edge_vec.shape[0]
-        full = edge_vec.new_zeros(num_edges, layout.num_full, layout.num_full)
+        num_edges, mmax = edge_vec.shape[0], layout.mmax
+        to_edge = edge_vec.new_zeros(num_edges, layout.num_reduced, layout.num_full)  # rows degree-major
+        row = 0
         for l, block in enumerate(blocks):  # noqa: E741
-            sl = slice(l * l, (l + 1) ** 2)
-            full[:, sl, sl] = block
-        self.to_edge = full.index_select(1, layout.reduced_index)  # [E, R, K]
-        inverse = full.transpose(1, 2).index_select(2, layout.reduced_index)  # [E, K, R]
-        self.from_edge = inverse * layout.inverse_rescale.to(inverse.dtype).view(1, 1, -1)
+            kept = min(l, mmax)  # orders -kept..kept of degree l survive
+            to_edge[:, row : row + 2 * kept + 1, l * l : (l + 1) ** 2] = block[:, l - kept : l + kept + 1]
+            row += 2 * kept + 1
+        self.layout = layout
+        self.to_edge = to_edge.index_select(1, layout.to_order_major)
+        rescale = layout.inverse_rescale.to(to_edge.dtype)[layout.to_order_major]
+        self.from_edge = self.to_edge.transpose(1, 2) * rescale
 
-    def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        """``[E, K, C]`` node-frame features → ``[E, R, C]`` edge-frame, truncated."""
-        return torch.bmm(self.to_edge, x)
+    def narrow(self, start: int, stop: int) -> EdgeRotation:
+        """The rotations of edges ``start..stop-1`` (views, no copy)."""
+        part = EdgeRotation.__new__(EdgeRotation)
+        part.layout = self.layout
+        part.to_edge = self.to_edge[start:stop]
+        part.from_edge = self.from_edge[start:stop]
+        return part
 
-    def rotate_back(self, x: torch.Tensor) -> torch.Tensor:
-        """``[E, R, C]`` edge-frame features → ``[E, K, C]`` node frame."""
+    def rotate(self, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+        """``[E, K, C]`` node-frame features → ``[E, R, C]`` edge-frame, truncated.
+
+        The result is in the reduced degree-major layout, or order-major with ``order_major``.
+        """
+        y = torch.bmm(self.to_edge, x)
+        return y if order_major else y.index_select(1, self.layout.to_degree_major)
+
+    def rotate_back(self, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+        """``[E, R, C]`` edge-frame features (degree-major, or order-major) → ``[E, K, C]`` node frame."""
+        if not order_major:
+            x = x.index_select(1, self.layout.to_order_major)
         return torch.bmm(self.from_edge, x)
+
+    def rotate_back_zonal(self, x: torch.Tensor) -> torch.Tensor:
+        """Edge-frame features with only ``m = 0`` coefficients, ``[E, lmax+1, C]`` → ``[E, K, C]``.
+
+        (The ``m = 0`` coefficients are the first ``lmax + 1`` of the order-major layout.)
+        """
+        return torch.bmm(self.from_edge[:, :, : x.shape[1]], x)
