@@ -59,12 +59,19 @@ def test_intermediate_node_embeddings_match():
         from eqv2_reference import fixture_graph
 
         g: GraphInput = fixture_graph(case)
-        seen = {}
-        handles = [backbone.edge_degree.register_forward_hook(lambda m, i, o: seen.__setitem__("edge_degree_embedding", o))]
+        seen: dict = {}
+
+        def keep(name, which, store=seen):
+            def hook(module, inputs, output=None):
+                store[name] = inputs[0] if which == "input" else output
+
+            return hook
+
+        handles = [backbone.edge_degree.register_forward_hook(keep("edge_degree_embedding", "output"))]
         for k, block in enumerate(backbone.blocks):
-            handles.append(block.register_forward_hook(lambda m, i, o, k=k: seen.__setitem__(f"block{k}_output", o)))
-            handles.append(block.register_forward_pre_hook(lambda m, i, k=k: seen.__setitem__(f"block{k}_input", i[0])))
-        handles.append(backbone.norm.register_forward_hook(lambda m, i, o: seen.__setitem__("final_norm_output", o)))
+            handles.append(block.register_forward_hook(keep(f"block{k}_output", "output")))
+            handles.append(block.register_forward_pre_hook(keep(f"block{k}_input", "input")))
+        handles.append(backbone.norm.register_forward_hook(keep("final_norm_output", "output")))
         try:
             with torch.inference_mode():
                 backbone(g)
