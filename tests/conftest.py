@@ -5,6 +5,9 @@ from pathlib import Path
 # Single-threaded BLAS: small matrices (cell filters, 3x3 algebra) get much slower with a
 # multithreaded OpenBLAS on a busy 2-core machine, and torch sets its own threads below.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads made the
+# suite 10-30x slower (benchmarks/README.md). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
