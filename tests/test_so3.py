@@ -37,7 +37,7 @@ def _e3nn_blocks(vec: torch.Tensor, lmax: int) -> list[torch.Tensor]:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return [o3.wigner_D(l, alpha, beta, torch.zeros_like(alpha)).transpose(-1, -2) for l in range(lmax + 1)]  # noqa: E741
+        return [o3.wigner_D(l, alpha, beta, torch.zeros_like(alpha)).transpose(-1, -2) for l in range(lmax + 1)]
     finally:
         torch.set_default_dtype(previous)
 
@@ -47,14 +47,14 @@ def test_closed_form_wigner_blocks_match_e3nn_in_float64(lmax):
     vec = _edge_vectors()
     ours = edge_rotation_blocks(vec, lmax)
     ref = _e3nn_blocks(vec, lmax)
-    for l in range(lmax + 1):  # noqa: E741
+    for l in range(lmax + 1):
         assert ours[l].dtype == torch.float64 and ours[l].shape == (vec.shape[0], 2 * l + 1, 2 * l + 1)
         torch.testing.assert_close(ours[l], ref[l], rtol=0, atol=1e-10)
 
 
 def test_wigner_blocks_are_orthogonal_and_follow_the_input_dtype():
     vec = _edge_vectors(50).float()
-    for l, block in enumerate(edge_rotation_blocks(vec, 4)):  # noqa: E741
+    for l, block in enumerate(edge_rotation_blocks(vec, 4)):
         assert block.dtype == torch.float32
         eye = torch.eye(2 * l + 1).expand_as(block)
         torch.testing.assert_close(block @ block.transpose(1, 2), eye, rtol=0, atol=1e-5)
@@ -68,7 +68,7 @@ def test_wigner_blocks_represent_the_frame_rotation():
     unit = vec / vec.norm(dim=1, keepdim=True)
     torch.testing.assert_close(torch.einsum("eij,ej->ei", rot, unit), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand(40, 3), rtol=0, atol=1e-12)
     points = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    for l in (2, 3, 4):  # noqa: E741
+    for l in (2, 3, 4):
         y = o3.spherical_harmonics(l, points, normalize=True)  # [P, 2l+1]
         rotated = o3.spherical_harmonics(l, torch.einsum("eij,pj->epi", rot, points), normalize=True)  # [E, P, 2l+1]
         torch.testing.assert_close(torch.einsum("eij,pj->epi", blocks[l], y), rotated, rtol=0, atol=1e-12)
@@ -78,7 +78,7 @@ def _dense_reference(vec: torch.Tensor, layout: CoefficientLayout) -> tuple[torc
     """Reduced degree-major to_edge [E, R, K] / from_edge [E, K, R], built the obvious way."""
     blocks = edge_rotation_blocks(vec, layout.lmax)
     full = vec.new_zeros(vec.shape[0], layout.num_full, layout.num_full)
-    for l, block in enumerate(blocks):  # noqa: E741
+    for l, block in enumerate(blocks):
         full[:, l * l : (l + 1) ** 2, l * l : (l + 1) ** 2] = block
     to_edge = full[:, layout.reduced_index]
     from_edge = full.transpose(1, 2)[:, :, layout.reduced_index] * layout.inverse_rescale.to(vec.dtype)
@@ -112,6 +112,6 @@ def test_rotate_back_zonal_equals_rotate_back_of_m0_only_features():
     torch.testing.assert_close(rot.rotate_back_zonal(m0), rot.rotate_back(order_major, order_major=True))
     # the m = 0 coefficients of degree l sit at l*l + l in the reduced degree-major layout's source
     assert [int(layout.reduced_index[i]) for i in layout.to_order_major[: layout.lmax + 1]] == [
-        l * l + l for l in range(layout.lmax + 1)  # noqa: E741
+        l * l + l for l in range(layout.lmax + 1)
     ]
 

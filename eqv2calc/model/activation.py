@@ -39,7 +39,7 @@ class GateActivation(nn.Module):
         super().__init__()
         self.lmax, self.channels = lmax, channels
         index = []
-        for l in range(1, lmax + 1):  # noqa: E741
+        for l in range(1, lmax + 1):
             index += [l - 1] * min(2 * l + 1, 2 * mmax + 1)
         self.register_buffer("gate_index", torch.tensor(index, dtype=torch.long), persistent=False)
         # the same for the order-major layout: m = 0 (l = 0..lmax), then +m and -m (l = m..lmax)

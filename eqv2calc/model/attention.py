@@ -27,7 +27,7 @@ from eqv2calc.model.radial import EdgeInvariants, RadialMLP
 from eqv2calc.model.s2_grid import SphereGrid
 from eqv2calc.model.scatter import segment_softmax
 from eqv2calc.model.so2_conv import SO2Convolution
-from eqv2calc.model.so3 import CoefficientLayout, EdgeRotation
+from eqv2calc.model.so3 import CoefficientLayout, EdgeRotation, degree_index
 from eqv2calc.model.so3_linear import DegreeWiseLinear
 
 
@@ -93,8 +93,7 @@ class EquivariantGraphAttention(nn.Module):
 
         if use_m_share_rad:
             self.shared_radial = RadialMLP([*edge_in, 2 * channels * (lmax + 1)], bias=radial_bias)
-            degree_of = [l for l in range(lmax + 1) for _ in range(2 * l + 1)]  # noqa: E741
-            self.register_buffer("degree_of", torch.tensor(degree_of), persistent=False)
+            self.register_buffer("degree_of", degree_index(lmax), persistent=False)
         self.conv_1 = SO2Convolution(
             layout,
             2 * channels,

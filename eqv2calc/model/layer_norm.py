@@ -15,12 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from eqv2calc.model.so3 import degree_index
+
 
 def _degree_balance(lmax: int, start: int) -> torch.Tensor:
     """Weights ``1 / ((2l+1) * n_degrees)`` per coefficient for degrees ``start..lmax``."""
     weights = []
     n_deg = lmax + 1 - start
-    for l in range(start, lmax + 1):  # noqa: E741
+    for l in range(start, lmax + 1):
         weights += [1.0 / ((2 * l + 1) * n_deg)] * (2 * l + 1)
     return torch.tensor(weights)
 
@@ -34,8 +36,7 @@ class SeparableLayerNorm(nn.Module):
         self.scalar_norm = nn.LayerNorm(channels, eps=eps)
         self.degree_weight = nn.Parameter(torch.ones(lmax, channels))  # for l = 1..lmax
         self.register_buffer("balance", _degree_balance(lmax, 1), persistent=False)
-        degree_of = [l - 1 for l in range(1, lmax + 1) for _ in range(2 * l + 1)]  # noqa: E741
-        self.register_buffer("degree_of", torch.tensor(degree_of, dtype=torch.long), persistent=False)
+        self.register_buffer("degree_of", degree_index(lmax, start=1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scalars = self.scalar_norm(x[:, :1])
@@ -60,7 +61,7 @@ class DegreeLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = []
-        for l in range(self.lmax + 1):  # noqa: E741
+        for l in range(self.lmax + 1):
             feat = x[:, l * l : (l + 1) ** 2]
             if l == 0:
                 feat = feat - feat.mean(dim=2, keepdim=True)
@@ -81,8 +82,7 @@ class BalancedRMSNorm(nn.Module):
         self.degree_weight = nn.Parameter(torch.ones(lmax + 1, channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("balance", _degree_balance(lmax, 0), persistent=False)
-        degree_of = [l for l in range(lmax + 1) for _ in range(2 * l + 1)]  # noqa: E741
-        self.register_buffer("degree_of", torch.tensor(degree_of, dtype=torch.long), persistent=False)
+        self.register_buffer("degree_of", degree_index(lmax), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scalars = x[:, :1] - x[:, :1].mean(dim=2, keepdim=True)

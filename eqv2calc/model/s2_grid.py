@@ -31,7 +31,7 @@ def grid_matrices(lmax: int, mmax: int, resolution: int) -> tuple[torch.Tensor, 
     from_mat = torch.einsum("am,mbi->bai", from_grid.sha, from_grid.shb).to(torch.float64)
     layout = CoefficientLayout(lmax, mmax)
     scale = torch.ones((lmax + 1) ** 2, dtype=torch.float64)
-    for l in range(mmax + 1, lmax + 1):  # noqa: E741
+    for l in range(mmax + 1, lmax + 1):
         scale[l * l : (l + 1) ** 2] = math.sqrt((2 * l + 1) / (2 * mmax + 1))
     to_mat = (to_mat * scale)[:, :, layout.reduced_index]
     from_mat = (from_mat * scale)[:, :, layout.reduced_index]

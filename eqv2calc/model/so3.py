@@ -21,6 +21,14 @@ import torch
 from e3nn import o3
 
 
+def degree_index(lmax: int, start: int = 0) -> torch.Tensor:
+    """Degree ``l - start`` of every degree-major coefficient with ``l >= start`` (long tensor).
+
+    Used to expand per-degree weights ``[lmax + 1 - start, C]`` to every coefficient.
+    """
+    return torch.tensor([l - start for l in range(start, lmax + 1) for _ in range(2 * l + 1)], dtype=torch.long)
+
+
 class CoefficientLayout(torch.nn.Module):
     """Index bookkeeping for degree ``lmax`` features truncated to orders ``|m| <= mmax``.
 
@@ -35,7 +43,6 @@ class CoefficientLayout(torch.nn.Module):
     * ``inverse_rescale`` (float) ``[R]``: ``sqrt((2l + 1) / (2 mmax + 1))`` for ``l > mmax``
       and 1 otherwise; EquiformerV2 applies it when rotating truncated features back, to keep
       their magnitude comparable with untruncated degrees.
-    * ``degree_of`` ``[(lmax+1)**2]``: degree ``l`` of every full coefficient.
     """
 
     def __init__(self, lmax: int, mmax: int) -> None:
@@ -46,7 +53,7 @@ class CoefficientLayout(torch.nn.Module):
         self.mmax = mmax
 
         degrees, orders, reduced = [], [], []
-        for l in range(lmax + 1):  # noqa: E741
+        for l in range(lmax + 1):
             for m in range(-l, l + 1):
                 if abs(m) <= mmax:
                     reduced.append(l * l + l + m)
@@ -62,13 +69,11 @@ class CoefficientLayout(torch.nn.Module):
         to_degree_major[to_order_major] = torch.arange(len(order_major))
 
         rescale = [math.sqrt((2 * l + 1) / (2 * mmax + 1)) if l > mmax else 1.0 for l in degrees]
-        degree_of = [l for l in range(lmax + 1) for _ in range(2 * l + 1)]
 
         self.register_buffer("reduced_index", torch.tensor(reduced), persistent=False)
         self.register_buffer("to_order_major", to_order_major, persistent=False)
         self.register_buffer("to_degree_major", to_degree_major, persistent=False)
         self.register_buffer("inverse_rescale", torch.tensor(rescale), persistent=False)
-        self.register_buffer("degree_of", torch.tensor(degree_of), persistent=False)
         #: number of coefficients of each order m >= 0 (counting +m only): lmax + 1 - m
         self.order_sizes = [lmax + 1 - m for m in range(mmax + 1)]
 
@@ -100,7 +105,7 @@ def edge_frame_angles(edge_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 @functools.cache
-def _x_to_y_swap(l: int) -> torch.Tensor:  # noqa: E741
+def _x_to_y_swap(l: int) -> torch.Tensor:
     """``J_l`` ``[2l+1, 2l+1]`` float64: the Wigner matrix of the rotation by -90° about z.
 
     That rotation carries +y onto +x, so a rotation by ``beta`` about x is
@@ -115,7 +120,7 @@ def _x_to_y_swap(l: int) -> torch.Tensor:  # noqa: E741
 
 
 @functools.cache
-def _tilt_basis(l: int) -> torch.Tensor:  # noqa: E741
+def _tilt_basis(l: int) -> torch.Tensor:
     """Constant ``[2(2l+1), (2l+1)**2]`` float64 matrix ``B`` with
     ``J Z(t) Jᵀ = ([cos(f t), sin(f t)] @ B).view(2l+1, 2l+1)`` (see :func:`polar_phases`)."""
     swap = _x_to_y_swap(l)
@@ -124,7 +129,7 @@ def _tilt_basis(l: int) -> torch.Tensor:  # noqa: E741
     return torch.cat((cos_part, sin_part)).reshape(2 * (2 * l + 1), -1)
 
 
-def polar_phases(l: int, angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E741
+def polar_phases(l: int, angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``cos(f angle)``, ``sin(f angle)`` ``[..., 2l+1]`` with ``f_i = l - i``.
 
     They define ``Z_l(angle)``, the degree-``l`` Wigner matrix of a rotation about the polar
@@ -152,7 +157,7 @@ def edge_rotation_blocks(edge_vec: torch.Tensor, lmax: int) -> list[torch.Tensor
     vec64 = edge_vec.detach().to(torch.float64)
     alpha, beta = edge_frame_angles(vec64)
     blocks = []
-    for l in range(lmax + 1):  # noqa: E741
+    for l in range(lmax + 1):
         n = 2 * l + 1
         cos_b, sin_b = polar_phases(l, -beta)
         tilt = (torch.cat((cos_b, sin_b), dim=1) @ _tilt_basis(l).to(vec64.device)).view(-1, n, n)
@@ -181,7 +186,7 @@ class EdgeRotation:
         num_edges, mmax = edge_vec.shape[0], layout.mmax
         to_edge = edge_vec.new_zeros(num_edges, layout.num_reduced, layout.num_full)  # rows degree-major
         row = 0
-        for l, block in enumerate(blocks):  # noqa: E741
+        for l, block in enumerate(blocks):
             kept = min(l, mmax)  # orders -kept..kept of degree l survive
             to_edge[:, row : row + 2 * kept + 1, l * l : (l + 1) ** 2] = block[:, l - kept : l + kept + 1]
             row += 2 * kept + 1

@@ -21,14 +21,12 @@ class DegreeWiseLinear(nn.Module):
         bound = 1.0 / math.sqrt(in_features)
         self.weight = nn.Parameter(torch.empty(lmax + 1, out_features, in_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.zeros(out_features))
-        degree_of = [l for l in range(lmax + 1) for _ in range(2 * l + 1)]  # noqa: E741
-        self.register_buffer("degree_of", torch.tensor(degree_of), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.empty(
             x.shape[0], x.shape[1], self.out_features, dtype=x.dtype, device=x.device
         )
-        for l in range(self.lmax + 1):  # noqa: E741  (lmax + 1 small matmuls, no per-m copy)
+        for l in range(self.lmax + 1):  # lmax + 1 small matmuls, no per-m copy
             sl = slice(l * l, (l + 1) ** 2)
             out[:, sl] = x[:, sl] @ self.weight[l].t()
         out[:, 0] += self.bias
