@@ -63,11 +63,16 @@ def lattice_constant(symbol: str) -> float:
     return float(reference_states[atomic_numbers[symbol]]["a"])
 
 
-def build_slab(metals: str, facet: str, size: tuple[int, int, int], vacuum: float = 7.0) -> SlabSystem:
+def build_slab(
+    metals: str, facet: str, size: tuple[int, int, int], vacuum: float = 7.0
+) -> SlabSystem:
     """fcc slab of one metal, or an ordered 50/50 binary (alternating atoms within each layer)
     with the mean lattice constant."""
-    parts = [metals[i : i + 2] if metals[i + 1 : i + 2].islower() else metals[i] for i in range(len(metals))
-             if metals[i].isupper()]
+    parts = [
+        metals[i : i + 2] if metals[i + 1 : i + 2].islower() else metals[i]
+        for i in range(len(metals))
+        if metals[i].isupper()
+    ]
     a = float(np.mean([lattice_constant(p) for p in parts]))
     slab = FACETS[facet](parts[0], size=size, a=a, vacuum=vacuum)
     if len(parts) == 2:
@@ -182,14 +187,25 @@ def run(args: argparse.Namespace) -> int:
         per_mode = {}
         for mode in ("sp", "rx"):
             cfg.dft_mode = mode
-            (outcome,) = run_adsorbml(system, ads, cand, out, cfg, dft_calculator=EMT(), dft_label="emt",
-                                      write_outputs=False)
+            (outcome,) = run_adsorbml(
+                system,
+                ads,
+                cand,
+                out,
+                cfg,
+                dft_calculator=EMT(),
+                dft_label="emt",
+                write_outputs=False,
+            )
             per_mode[mode] = outcome
         store = ResultStore(out / "adsorbml.db")
         placements = {int(r.pid): r.toatoms() for r in store.all("placement", system.name)}
         dense = dense_reference(system, placements, cfg)
         if not math.isfinite(dense["min"]):
-            print(f"{system.name}+{case.adsorbate}: no valid dense configuration; skipped", file=sys.stderr)
+            print(
+                f"{system.name}+{case.adsorbate}: no valid dense configuration; skipped",
+                file=sys.stderr,
+            )
             continue
         row = {
             "system": f"{system.name}+{case.adsorbate}",
@@ -198,14 +214,20 @@ def run(args: argparse.Namespace) -> int:
             "dense_calls": dense["calls"],
         }
         for tol in TOLS:
-            within = sum(1 for p in dense["energies"] if dense["valid"][p] and dense["energies"][p] <= dense["min"] + tol)
+            within = sum(
+                1
+                for p in dense["energies"]
+                if dense["valid"][p] and dense["energies"][p] <= dense["min"] + tol
+            )
             p_hit = within / dense["n"]
             row[f"p_{tol}"] = p_hit
             row[f"random_{tol}"] = {k: 1.0 - (1.0 - p_hit) ** k for k in KS}
             for mode, outcome in per_mode.items():
                 row[f"{mode}_{tol}"] = score(outcome, dense, tol)
         for mode, outcome in per_mode.items():
-            row[f"{mode}_calls"] = {k: int(sum(d.calls for d in outcome.dft if d.rank <= k)) for k in KS}
+            row[f"{mode}_calls"] = {
+                k: int(sum(d.calls for d in outcome.dft if d.rank <= k)) for k in KS
+            }
             row[f"{mode}_best"] = min((d.energy for d in outcome.dft if d.valid), default=math.nan)
         row["ml_valid"] = sum(1 for r in per_mode["sp"].ml if r.valid)
         row["ml_unique"] = len(per_mode["sp"].ranked)
@@ -232,8 +254,10 @@ def run(args: argparse.Namespace) -> int:
         sp = np.mean([r["sp_0.1"][5] for r in rows])
         rx = np.mean([r["rx_0.1"][5] for r in rows])
         gate_ok = sp >= 0.99 and rx >= 0.99
-        print(f"\ncorrectness gate (EMT candidate, success@5 within 0.1 eV ~ 100 %): "
-              f"SP {sp:.0%}, RX {rx:.0%} -> {'PASS' if gate_ok else 'FAIL'}")
+        print(
+            f"\ncorrectness gate (EMT candidate, success@5 within 0.1 eV ~ 100 %): "
+            f"SP {sp:.0%}, RX {rx:.0%} -> {'PASS' if gate_ok else 'FAIL'}"
+        )
     return 0 if gate_ok else 2
 
 
@@ -247,7 +271,9 @@ def format_table(rows: list[dict], candidate: str, seconds: float, args: argpars
     ]
     for tol in TOLS:
         lines.append(f"success@k (best of top k <= dense min + {tol} eV), mean over systems")
-        lines.append("| k | AdsorbML SP | AdsorbML RX | random pick 1-(1-p)^k | SP calls | RX calls | dense calls | reduction SP | reduction RX |")
+        lines.append(
+            "| k | AdsorbML SP | AdsorbML RX | random pick 1-(1-p)^k | SP calls | RX calls | dense calls | reduction SP | reduction RX |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|")
         dense_calls = np.mean([r["dense_calls"] for r in rows])
         for k in KS:
@@ -262,7 +288,9 @@ def format_table(rows: list[dict], candidate: str, seconds: float, args: argpars
             )
         lines.append("")
     lines.append("per system")
-    lines.append("| system | placements | valid/unique (ML) | dense min (eV) | SP best (eV) | RX best (eV) | p(0.1) | dense calls | RX calls (k=5) |")
+    lines.append(
+        "| system | placements | valid/unique (ML) | dense min (eV) | SP best (eV) | RX best (eV) | p(0.1) | dense calls | RX calls (k=5) |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         lines.append(
@@ -273,10 +301,25 @@ def format_table(rows: list[dict], candidate: str, seconds: float, args: argpars
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="5 small systems, 12 random sites (a couple of minutes)")
-    p.add_argument("--candidate", default="emt", help="emt (correctness gate), bundled, or a checkpoint path/registry name")
-    p.add_argument("--num-random", type=int, default=None, help="random sites per system (default 12 quick, 40 full)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="5 small systems, 12 random sites (a couple of minutes)",
+    )
+    p.add_argument(
+        "--candidate",
+        default="emt",
+        help="emt (correctness gate), bundled, or a checkpoint path/registry name",
+    )
+    p.add_argument(
+        "--num-random",
+        type=int,
+        default=None,
+        help="random sites per system (default 12 quick, 40 full)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--optimizer", default="LBFGS")
     p.add_argument("--fmax", type=float, default=None, help="eV/Å (default 0.05 quick, 0.02 full)")

@@ -41,22 +41,46 @@ SLAB_FIXTURE = REPO / "tests" / "data" / "eqv2" / "structures" / "slab_cu111_co.
 
 #: the released 31M OC20 model (eq2_31M_ec4_allmd) hyper-parameters
 FULL_CONFIG = dict(
-    num_layers=8, lmax_list=[4], mmax_list=[2], sphere_channels=128, attn_hidden_channels=64,
-    num_heads=8, attn_alpha_channels=64, attn_value_channels=16, ffn_hidden_channels=128,
-    edge_channels=128, grid_resolution=18, max_neighbors=20, max_radius=12.0,
-    enforce_max_neighbors_strictly=True, norm_type="layer_norm_sh", use_grid_mlp=True,
-    use_sep_s2_act=True, max_num_elements=90,
+    num_layers=8,
+    lmax_list=[4],
+    mmax_list=[2],
+    sphere_channels=128,
+    attn_hidden_channels=64,
+    num_heads=8,
+    attn_alpha_channels=64,
+    attn_value_channels=16,
+    ffn_hidden_channels=128,
+    edge_channels=128,
+    grid_resolution=18,
+    max_neighbors=20,
+    max_radius=12.0,
+    enforce_max_neighbors_strictly=True,
+    norm_type="layer_norm_sh",
+    use_grid_mlp=True,
+    use_sep_s2_act=True,
+    max_num_elements=90,
 )
 #: a small model for --quick
-QUICK_CONFIG = dict(FULL_CONFIG, num_layers=2, sphere_channels=32, attn_hidden_channels=32, num_heads=4,
-                    attn_alpha_channels=16, attn_value_channels=8, ffn_hidden_channels=64, edge_channels=64)
+QUICK_CONFIG = dict(
+    FULL_CONFIG,
+    num_layers=2,
+    sphere_channels=32,
+    attn_hidden_channels=32,
+    num_heads=4,
+    attn_alpha_channels=16,
+    attn_value_channels=8,
+    ffn_hidden_channels=64,
+    edge_channels=64,
+)
 
 #: fcc111 sizes (a, b, layers) for the larger slabs; + CO gives the atom counts in the name
 SLAB_SIZES = {100: (7, 7, 2), 300: (7, 7, 6), 1000: (10, 10, 10), 3000: (15, 20, 10)}
 
 #: fairchem-core 1.10 (OCPCalculator, same machine kind, 2 threads, float32), for comparison
-REFERENCE = {38: {"ms": 1000.0, "peak_mb_grad": 2800.0, "peak_mb_nograd": 1200.0},
-             100: {"ms": 3800.0, "peak_mb_grad": 5900.0, "peak_mb_nograd": 1600.0}}
+REFERENCE = {
+    38: {"ms": 1000.0, "peak_mb_grad": 2800.0, "peak_mb_nograd": 1200.0},
+    100: {"ms": 3800.0, "peak_mb_grad": 5900.0, "peak_mb_nograd": 1600.0},
+}
 
 
 def build_structure(target: int):
@@ -105,8 +129,16 @@ def run_case(case: dict) -> dict:
     atoms = build_structure(case["atoms"])
 
     def make_graph() -> GraphInput:
-        g = batch_graphs([graph_from_atoms(atoms, cutoff=config.max_radius, max_neighbors=config.max_neighbors,
-                                           strict=config.enforce_max_neighbors_strictly)])
+        g = batch_graphs(
+            [
+                graph_from_atoms(
+                    atoms,
+                    cutoff=config.max_radius,
+                    max_neighbors=config.max_neighbors,
+                    strict=config.enforce_max_neighbors_strictly,
+                )
+            ]
+        )
         return GraphInput(
             atomic_numbers=torch.as_tensor(atoms.numbers, dtype=torch.long, device=device),
             edge_index=torch.as_tensor(g.edge_index, device=device),
@@ -161,7 +193,9 @@ def run_case(case: dict) -> dict:
         "atoms_per_s": len(atoms) / (best / 1e3),
         "base_rss_mb": base_rss,
         "peak_rss_mb": _peak_rss_mb(),
-        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else None,
         "energy": energy,
         "force_norm": force_norm,
         "finite": bool(np.isfinite(energy) and np.isfinite(force_norm)),
@@ -176,7 +210,9 @@ def _spawn(case: dict, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(case)]
     env = dict(os.environ, OMP_NUM_THREADS=str(case["threads"]))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+        )
     except subprocess.TimeoutExpired:
         return {**case, "error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
@@ -191,15 +227,19 @@ def _fmt(x, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'config':7s} {'atoms':>6s} {'edges':>7s} {'device':6s} {'dtype':8s} {'mode':9s} {'graph ms':>9s} "
-            f"{'best ms':>9s} {'median ms':>9s} {'cpu ms':>9s} {'atoms/s':>8s} {'base MB':>8s} {'peak MB':>8s} {'cuda MB':>8s} "
-            f"{'load':>5s}")
+    head = (
+        f"{'config':7s} {'atoms':>6s} {'edges':>7s} {'device':6s} {'dtype':8s} {'mode':9s} {'graph ms':>9s} "
+        f"{'best ms':>9s} {'median ms':>9s} {'cpu ms':>9s} {'atoms/s':>8s} {'base MB':>8s} {'peak MB':>8s} {'cuda MB':>8s} "
+        f"{'load':>5s}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         label = "quick" if r["quick"] else "31M"
         if "error" in r:
-            print(f"{label:7s} {r['atoms']:>6d} {'':>7s} {r['device']:6s} {r['dtype']:8s} {r['mode']:9s} {r['error']}")
+            print(
+                f"{label:7s} {r['atoms']:>6d} {'':>7s} {r['device']:6s} {r['dtype']:8s} {r['mode']:9s} {r['error']}"
+            )
             continue
         print(
             f"{label:7s} {r['num_atoms']:>6d} {r['num_edges']:>7d} {r['device']:6s} {r['dtype']:8s} {r['mode']:9s} "
@@ -213,8 +253,11 @@ def scaling_exponent(rows: list[dict], lo: int = 100) -> float | None:
     """Least-squares slope of log(time) against log(atoms) for the cases with >= ``lo`` atoms."""
     import math
 
-    pts = [(math.log(r["num_atoms"]), math.log(r["best_ms"])) for r in rows
-           if "error" not in r and r["num_atoms"] >= lo]
+    pts = [
+        (math.log(r["num_atoms"]), math.log(r["best_ms"]))
+        for r in rows
+        if "error" not in r and r["num_atoms"] >= lo
+    ]
     if len(pts) < 2:
         return None
     mx = sum(p[0] for p in pts) / len(pts)
@@ -233,33 +276,71 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def _write_json(path: Path, rows: list[dict], threads: int) -> None:
     """Write all rows so far (atomically: temp file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"machine": machine(), "threads": threads, "reference_fairchem_1_10": REFERENCE,
-                               "rows": rows}, indent=1))
+    tmp.write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "threads": threads,
+                "reference_fairchem_1_10": REFERENCE,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[38, 100, 300, 1000],
-                        help="target atom counts (38 = the parity slab; default: 38 100 300 1000)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed calls per case after one warm-up (default: 5, fewer above 300 atoms)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[38, 100, 300, 1000],
+        help="target atom counts (38 = the parity slab; default: 38 100 300 1000)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed calls per case after one warm-up (default: 5, fewer above 300 atoms)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="cpu, cuda, or all available (default)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "all"],
+        default="all",
+        help="cpu, cuda, or all available (default)",
+    )
     parser.add_argument("--dtype", choices=["float32", "float64"], nargs="+", default=["float32"])
-    parser.add_argument("--mode", choices=["inference", "grad"], nargs="+", default=["inference"],
-                        help="inference: torch.inference_mode (as the calculator); grad: autograd on")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case before giving up")
-    parser.add_argument("--quick", action="store_true", help="small 2-layer model on 38 and 100 atoms, 2 repeats")
-    parser.add_argument("--json", type=Path, default=None, help="write all rows + machine info to this file")
+    parser.add_argument(
+        "--mode",
+        choices=["inference", "grad"],
+        nargs="+",
+        default=["inference"],
+        help="inference: torch.inference_mode (as the calculator); grad: autograd on",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds per case before giving up"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small 2-layer model on 38 and 100 atoms, 2 repeats"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write all rows + machine info to this file"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -269,8 +350,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
-        ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    devices = (
+        ["cpu"]
+        if args.device == "cpu"
+        else ["cuda"]
+        if args.device == "cuda"
+        else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    )
     sizes = [38, 100] if args.quick and args.sizes == parser.get_default("sizes") else args.sizes
     rows = []
     for device in devices:
@@ -278,23 +364,38 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.mode:
                 for n in sizes:
                     repeats = args.repeats or (2 if args.quick else 5 if n <= 300 else 2)
-                    case = {"atoms": n, "device": device, "dtype": dtype, "mode": mode, "repeats": repeats,
-                            "threads": args.threads, "quick": args.quick}
+                    case = {
+                        "atoms": n,
+                        "device": device,
+                        "dtype": dtype,
+                        "mode": mode,
+                        "repeats": repeats,
+                        "threads": args.threads,
+                        "quick": args.quick,
+                    }
                     row = _spawn(case, args.timeout)
                     rows.append(row)
-                    done = row.get("error") or f"{row['best_ms']:.1f} ms, peak {row['peak_rss_mb']:.0f} MB"
+                    done = (
+                        row.get("error")
+                        or f"{row['best_ms']:.1f} ms, peak {row['peak_rss_mb']:.0f} MB"
+                    )
                     print(f"  {device} {dtype} {mode} {n} atoms: {done}", flush=True)
                     if args.json:
                         _write_json(args.json, rows, args.threads)
     print()
     print_table(rows)
     for device in devices:
-        exp = scaling_exponent([r for r in rows if r["device"] == device and r.get("mode") == args.mode[0]])
+        exp = scaling_exponent(
+            [r for r in rows if r["device"] == device and r.get("mode") == args.mode[0]]
+        )
         if exp is not None:
             print(f"scaling exponent ({device}, >= 100 atoms): time ~ N^{exp:.2f}")
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {args.threads} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}" + (f", {info['cuda']}" if info["cuda"] else ""))
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {args.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
+        + (f", {info['cuda']}" if info["cuda"] else "")
+    )
     return 0 if all("error" not in r for r in rows) else 1
 
 

@@ -28,7 +28,12 @@ from eqv2calc.model.backbone import GraphInput
 
 log = logging.getLogger("eqv2calc")
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "fp32": torch.float32, "fp64": torch.float64}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "fp32": torch.float32,
+    "fp64": torch.float64,
+}
 _STRESS_HINT = (
     "only checkpoints with a stress head predict stress: the OMat24, MPtrj and DeNS 'hydra' "
     "models (e.g. eqV2_31M_omat_mp_salex, eqV2_dens_31M_mp); OC20/OC22 models do not"
@@ -41,7 +46,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+        raise ValueError(
+            f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'"
+        )
     return dev
 
 
@@ -89,12 +96,17 @@ class EquiformerV2Calculator(Calculator):
         self.dtype = resolve_dtype(dtype)
         path = resolve_model(model)
         if model is None:
-            log.info("no model given: using the bundled demonstration model %s (trained on EMT, not DFT)", path)
+            log.info(
+                "no model given: using the bundled demonstration model %s (trained on EMT, not DFT)",
+                path,
+            )
         self.loaded: LoadedModel = load_checkpoint(
             path, use_ema=use_ema, device=self.device, dtype=self.dtype, allow_pickle=allow_pickle
         )
         self.model = self.loaded.model
-        self.implemented_properties = ["energy", "free_energy", "forces"] + (["stress"] if self.has_stress else [])
+        self.implemented_properties = ["energy", "free_energy", "forces"] + (
+            ["stress"] if self.has_stress else []
+        )
         self.model_label = str(model) if model is not None else "eqv2calc-demo-emt (bundled)"
 
     # --- facts about the model -------------------------------------------------------------
@@ -134,7 +146,11 @@ class EquiformerV2Calculator(Calculator):
         graphs = []
         for k, atoms in enumerate(atoms_list):
             self._check(atoms, f"structure {k}")
-            graphs.append(graph_from_atoms(atoms, cutoff=s.cutoff, max_neighbors=s.max_neighbors, strict=s.strict))
+            graphs.append(
+                graph_from_atoms(
+                    atoms, cutoff=s.cutoff, max_neighbors=s.max_neighbors, strict=s.strict
+                )
+            )
         batched = batch_graphs(graphs)
         numbers = np.concatenate([a.numbers for a in atoms_list])
         dev = self.device
@@ -164,7 +180,11 @@ class EquiformerV2Calculator(Calculator):
         results, start = [], 0
         for b, atoms in enumerate(atoms_list):
             n = len(atoms)
-            res = {"energy": float(energy[b]), "free_energy": float(energy[b]), "forces": forces[start : start + n].copy()}
+            res = {
+                "energy": float(energy[b]),
+                "free_energy": float(energy[b]),
+                "forces": forces[start : start + n].copy(),
+            }
             if stress is not None:
                 s = stress[b]
                 res["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
@@ -174,9 +194,13 @@ class EquiformerV2Calculator(Calculator):
 
     def get_property(self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True):
         if name == "stress" and not self.has_stress:
-            raise PropertyNotImplementedError(f"stress is not available for {self.model_label}: {_STRESS_HINT}")
+            raise PropertyNotImplementedError(
+                f"stress is not available for {self.model_label}: {_STRESS_HINT}"
+            )
         return super().get_property(name, atoms, allow_calculation)
 
-    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+    def calculate(
+        self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes
+    ) -> None:
         super().calculate(atoms, properties, system_changes)
         self.results = self.predict_batch([self.atoms])[0]

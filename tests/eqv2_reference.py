@@ -11,7 +11,12 @@ import torch
 from ase.io import read
 
 DATA = Path(__file__).parent / "data" / "eqv2"
-CHECKPOINTS = ["eq2_small_oc20_classic", "eqV2_small_omat_hydra", "eqV2_small_dens_hydra", "eq2_small_oc22_linref"]
+CHECKPOINTS = [
+    "eq2_small_oc20_classic",
+    "eqV2_small_omat_hydra",
+    "eqV2_small_dens_hydra",
+    "eq2_small_oc22_linref",
+]
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,9 +19,31 @@ from eqv2calc.adsorbml.adsorbates import (
 )
 
 # A sample of OC20 names (the data set's own spelling) across C1, C2, N and O chemistry.
-OC20_SAMPLE = ["*O", "*H", "*OH", "*OH2", "*CO", "*COH", "*CHO", "*CH3", "*OCH3", "*CH2*O", "*C*C",
-               "CH2*CO", "*COCH2OH", "*OCH2CH3", "*NH2", "*NH3", "*NO", "*N*NO", "*NO3", "*ONN(CH3)2",
-               "*NH2N(CH3)2", "*CN", "*N2"]
+OC20_SAMPLE = [
+    "*O",
+    "*H",
+    "*OH",
+    "*OH2",
+    "*CO",
+    "*COH",
+    "*CHO",
+    "*CH3",
+    "*OCH3",
+    "*CH2*O",
+    "*C*C",
+    "CH2*CO",
+    "*COCH2OH",
+    "*OCH2CH3",
+    "*NH2",
+    "*NH3",
+    "*NO",
+    "*N*NO",
+    "*NO3",
+    "*ONN(CH3)2",
+    "*NH2N(CH3)2",
+    "*CN",
+    "*N2",
+]
 
 
 def test_library_holds_the_oc20_set():
@@ -68,8 +90,16 @@ def test_linear_co_points_up():
 
 @pytest.mark.parametrize(
     "query,expected",
-    [("*O", "*O"), ("O", "*O"), ("CO", "*CO"), ("co", "*CO"), ("*oh", "*OH"), ("H2O", "*OH2"),
-     ("CH2*CO", "CH2*CO"), ("COOH", "*COOH")],
+    [
+        ("*O", "*O"),
+        ("O", "*O"),
+        ("CO", "*CO"),
+        ("co", "*CO"),
+        ("*oh", "*OH"),
+        ("H2O", "*OH2"),
+        ("CH2*CO", "CH2*CO"),
+        ("COOH", "*COOH"),
+    ],
 )
 def test_lookup_spellings(query, expected):
     assert resolve_adsorbate(query) == expected
@@ -85,8 +115,17 @@ def test_unknown_name_lists_close_matches():
 
 def test_adsorbate_file_with_binding_atoms(tmp_path):
     # methanol written with the O atom last; bind through O
-    mol = Atoms("CH3OH", positions=[[0, 0, 0], [1.09, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.51, 0.89],
-                                    [-0.47, -0.68, -1.21], [0.0, -0.4, -1.9]])
+    mol = Atoms(
+        "CH3OH",
+        positions=[
+            [0, 0, 0],
+            [1.09, 0, 0],
+            [-0.36, 1.03, 0],
+            [-0.36, -0.51, 0.89],
+            [-0.47, -0.68, -1.21],
+            [0.0, -0.4, -1.9],
+        ],
+    )
     path = tmp_path / "meoh.xyz"
     write(path, mol)
     ads = load_adsorbate_file(path, [4])

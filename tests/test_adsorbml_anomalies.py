@@ -30,7 +30,7 @@ def test_normal_case_has_no_anomaly(slab):
     initial = _at_site(slab, "*OH", "bridge")
     final = initial.copy()
     final.positions[-2:, 2] -= 0.1  # settles a little
-    final.positions[:len(slab)] += np.random.default_rng(0).normal(0, 0.03, (len(slab), 3))
+    final.positions[: len(slab)] += np.random.default_rng(0).normal(0, 0.03, (len(slab), 3))
     rep = detect_anomalies(initial, final, slab)
     assert not rep.is_anomalous
     assert rep.label() == "none" and rep.reasons == []
@@ -47,7 +47,7 @@ def test_desorbed(slab):
 
 def test_desorption_threshold_is_1p5_radii_plus_skin(slab):
     initial = _at_site(slab, "O", "ontop")
-    surface = initial.positions[:len(slab)][slab.get_tags() == 1]
+    surface = initial.positions[: len(slab)][slab.get_tags() == 1]
     top = surface[np.argmin(np.linalg.norm(surface[:, :2] - initial.positions[-1, :2], axis=1))]
     limit = 1.5 * (covalent_radii[8] + covalent_radii[29]) + 0.6
     for d, expected in ((limit - 0.01, False), (limit + 0.01, True)):
@@ -76,7 +76,11 @@ def test_intercalated(slab):
     assert "sub-surface" in " ".join(rep.reasons)
     assert "desorbed" not in rep.kinds
     # the sub-surface partner named in the reason is a tag-0 atom
-    assert all(slab.get_tags()[int(tok.split("Cu")[1])] == 0 for tok in rep.reasons[-1].split() if tok.startswith("Cu"))
+    assert all(
+        slab.get_tags()[int(tok.split("Cu")[1])] == 0
+        for tok in rep.reasons[-1].split()
+        if tok.startswith("Cu")
+    )
     assert final.get_tags()[-1] == 2 and len(final) == n + 1
 
 
@@ -109,7 +113,9 @@ def test_surface_change_compares_with_the_relaxed_clean_slab(slab):
 def test_bond_matrix_matches_ase_neighborlist(slab, mult):
     atoms = _at_site(slab, "*CH2OH", "bridge")
     atoms.rattle(0.2, seed=1)
-    nl = neighborlist.NeighborList(natural_cutoffs(atoms, mult=mult), self_interaction=False, bothways=True)
+    nl = neighborlist.NeighborList(
+        natural_cutoffs(atoms, mult=mult), self_interaction=False, bothways=True
+    )
     nl.update(atoms)
     ref = neighborlist.get_connectivity_matrix(nl.nl).toarray() > 0
     np.testing.assert_array_equal(bond_matrix(atoms, mult), ref)

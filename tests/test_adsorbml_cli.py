@@ -31,8 +31,26 @@ def test_example_slab_is_a_tagged_slab():
 def test_end_to_end_and_resume(tmp_path):
     slab = _small_slab(tmp_path)
     out = tmp_path / "run"
-    args = ["adsorbml", "--slab", str(slab), "--adsorbate", "O", "--model", "emt", "--dft", "emt",
-            "--num-random", "2", "--fmax", "0.05", "--top-k", "2", "--out", str(out), "--no-progress"]
+    args = [
+        "adsorbml",
+        "--slab",
+        str(slab),
+        "--adsorbate",
+        "O",
+        "--model",
+        "emt",
+        "--dft",
+        "emt",
+        "--num-random",
+        "2",
+        "--fmax",
+        "0.05",
+        "--top-k",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     runner = CliRunner()
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
@@ -53,14 +71,34 @@ def test_end_to_end_and_resume(tmp_path):
     res2 = runner.invoke(main, args)
     assert res2.exit_code == 0, res2.output
     assert "this run: 0 new" in res2.output
-    assert json.loads((out / "summary.json").read_text())["systems"][0]["reference"]["new_calls_this_run"] == 0
+    assert (
+        json.loads((out / "summary.json").read_text())["systems"][0]["reference"][
+            "new_calls_this_run"
+        ]
+        == 0
+    )
 
 
 def test_default_output_folder(tmp_path, monkeypatch):
     slab = _small_slab(tmp_path)
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(main, ["adsorbml", "--slab", str(slab), "--adsorbate", "*OH", "--model", "emt",
-                                    "--num-random", "0", "--steps", "20", "--no-progress"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "adsorbml",
+            "--slab",
+            str(slab),
+            "--adsorbate",
+            "*OH",
+            "--model",
+            "emt",
+            "--num-random",
+            "0",
+            "--steps",
+            "20",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "adsorbml_cu100_small_OH" / "summary.json").is_file()
 
@@ -68,15 +106,21 @@ def test_default_output_folder(tmp_path, monkeypatch):
 def test_unknown_adsorbate_and_bad_inputs(tmp_path):
     slab = _small_slab(tmp_path)
     runner = CliRunner()
-    res = runner.invoke(main, ["adsorbml", "--slab", str(slab), "--adsorbate", "COHH", "--model", "emt"])
+    res = runner.invoke(
+        main, ["adsorbml", "--slab", str(slab), "--adsorbate", "COHH", "--model", "emt"]
+    )
     assert res.exit_code == 1
     assert "unknown adsorbate 'COHH'" in res.output and "close matches" in res.output
     res = runner.invoke(main, ["adsorbml", "--adsorbate", "O", "--model", "emt"])
     assert res.exit_code == 2 and "--slab" in res.output
-    res = runner.invoke(main, ["adsorbml", "--slab", str(slab), "--adsorbate", "O", "--binding-atoms", "0"])
+    res = runner.invoke(
+        main, ["adsorbml", "--slab", str(slab), "--adsorbate", "O", "--binding-atoms", "0"]
+    )
     assert res.exit_code != 0 and "adsorbate structure file" in res.output
-    res = runner.invoke(main, ["adsorbml", "--slab", str(tmp_path / "none.cif"), "--adsorbate", "O",
-                               "--model", "emt"])
+    res = runner.invoke(
+        main,
+        ["adsorbml", "--slab", str(tmp_path / "none.cif"), "--adsorbate", "O", "--model", "emt"],
+    )
     assert res.exit_code == 1 and "does not exist" in res.output
 
 

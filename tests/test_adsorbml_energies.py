@@ -32,9 +32,13 @@ def test_eads_arithmetic_with_oc20_refs():
     refs = OC20_GAS_REFS
     # *OH: one O and one H reference
     expected = e_adslab - e_slab - refs["O"] - refs["H"]
-    assert adsorption_energy(e_adslab, e_slab, ["O", "H"], refs) == pytest.approx(expected, abs=1e-12)
+    assert adsorption_energy(e_adslab, e_slab, ["O", "H"], refs) == pytest.approx(
+        expected, abs=1e-12
+    )
     # *CH3: C + 3 H
-    assert adsorbate_reference_energy(["C", "H", "H", "H"], refs) == pytest.approx(refs["C"] + 3 * refs["H"])
+    assert adsorbate_reference_energy(["C", "H", "H", "H"], refs) == pytest.approx(
+        refs["C"] + 3 * refs["H"]
+    )
     with pytest.raises(ValueError, match="element S"):
         adsorbate_reference_energy(["S"], refs)
 
@@ -76,6 +80,10 @@ def test_energy_kind():
 
 def test_parse_gas_ref():
     assert parse_gas_ref("O=-7.204") == ("O", -7.204)
-    for bad, msg in (("O-7.2", "ELEMENT=VALUE"), ("Xx=1", "not an element"), ("O=abc", "not a number")):
+    for bad, msg in (
+        ("O-7.2", "ELEMENT=VALUE"),
+        ("Xx=1", "not an element"),
+        ("O=abc", "not a number"),
+    ):
         with pytest.raises(ValueError, match=msg):
             parse_gas_ref(bad)

@@ -50,7 +50,9 @@ def _cfg(**kw):
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("adsorbml")
     ml, dft = CountingEMT(), CountingEMT()
-    (outcome,) = run_adsorbml(_system(), get_adsorbate("O"), ml, out, _cfg(), dft_calculator=dft, dft_label="emt")
+    (outcome,) = run_adsorbml(
+        _system(), get_adsorbate("O"), ml, out, _cfg(), dft_calculator=dft, dft_label="emt"
+    )
     return out, outcome, ml.calls, dft.calls
 
 
@@ -69,12 +71,19 @@ def test_ranking_and_top_k_files(first_run):
         assert a.get_potential_energy() == pytest.approx(o.record(pid).e_ml)
         b = read(poscar, format="vasp")
         assert len(b) == len(a)
-        np.testing.assert_allclose(b.get_scaled_positions() % 1.0, a.get_scaled_positions() % 1.0, atol=1e-5)
+        np.testing.assert_allclose(
+            b.get_scaled_positions() % 1.0, a.get_scaled_positions() % 1.0, atol=1e-5
+        )
     summary = json.loads((out / "summary.json").read_text())
     system = summary["systems"][0]
     assert [t["pid"] for t in system["top_k"]] == o.top_k
     assert system["placements"]["total"] == 6
-    assert set(system["ml"]["anomalies"]) == {"desorbed", "dissociated", "surface_changed", "intercalated"}
+    assert set(system["ml"]["anomalies"]) == {
+        "desorbed",
+        "dissociated",
+        "surface_changed",
+        "intercalated",
+    }
     assert (out / "energies.png").stat().st_size > 1000
 
 
@@ -99,7 +108,9 @@ def test_second_run_resumes_without_calculations(first_run):
     out, o, ml_calls, dft_calls = first_run
     assert ml_calls > 0 and dft_calls > 0
     ml, dft = CountingEMT(), CountingEMT()
-    (again,) = run_adsorbml(_system(), get_adsorbate("O"), ml, out, _cfg(), dft_calculator=dft, dft_label="emt")
+    (again,) = run_adsorbml(
+        _system(), get_adsorbate("O"), ml, out, _cfg(), dft_calculator=dft, dft_label="emt"
+    )
     assert ml.calls == 0 and dft.calls == 0
     assert again.new_ml_relaxations == 0 and again.new_dft_calls == 0
     assert again.top_k == o.top_k
@@ -122,16 +133,28 @@ def test_interrupted_run_redoes_only_missing_relaxations(tmp_path):
 def test_changed_settings_are_refused(tmp_path):
     run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, _cfg(), write_outputs=False)
     with pytest.raises(ResumeMismatchError, match="fmax"):
-        run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, _cfg(fmax=0.1), write_outputs=False)
+        run_adsorbml(
+            _system(), get_adsorbate("O"), EMT(), tmp_path, _cfg(fmax=0.1), write_outputs=False
+        )
     with pytest.raises(ResumeMismatchError, match="seed"):
-        run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, _cfg(seed=1), write_outputs=False)
+        run_adsorbml(
+            _system(), get_adsorbate("O"), EMT(), tmp_path, _cfg(seed=1), write_outputs=False
+        )
 
 
 def test_relaxation_mode_counts_ionic_steps(tmp_path):
     cfg = _cfg(num_random=1, top_k=2, dft_mode="rx", dft_fmax=0.05)
     dft = CountingEMT()
-    (o,) = run_adsorbml(_system(), get_adsorbate("N"), EMT(), tmp_path, cfg, dft_calculator=dft,
-                        dft_label="emt", write_outputs=False)
+    (o,) = run_adsorbml(
+        _system(),
+        get_adsorbate("N"),
+        EMT(),
+        tmp_path,
+        cfg,
+        dft_calculator=dft,
+        dft_label="emt",
+        write_outputs=False,
+    )
     assert len(o.dft) == 2
     for d in o.dft:
         assert d.mode == "rx" and d.calls >= 1 and d.converged
@@ -145,8 +168,14 @@ def test_relaxation_mode_counts_ionic_steps(tmp_path):
 
 
 def test_adsorption_energy_models_need_no_references(tmp_path):
-    (o,) = run_adsorbml(_system(), get_adsorbate("O"), AdsorptionEMT(), tmp_path, _cfg(num_random=0),
-                        write_outputs=False)
+    (o,) = run_adsorbml(
+        _system(),
+        get_adsorbate("O"),
+        AdsorptionEMT(),
+        tmp_path,
+        _cfg(num_random=0),
+        write_outputs=False,
+    )
     assert o.energy_kind == "adsorption" and o.gas_ml is None
     for r in o.ml:
         assert r.e_ads == r.e_ml and math.isfinite(r.e_ml)
@@ -156,7 +185,9 @@ def test_gas_reference_mode_can_change_on_resume(tmp_path):
     cfg = _cfg(num_random=0)
     (a,) = run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, cfg, write_outputs=False)
     cfg_oc20 = _cfg(num_random=0, gas_refs="oc20")
-    (b,) = run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, cfg_oc20, write_outputs=False)
+    (b,) = run_adsorbml(
+        _system(), get_adsorbate("O"), EMT(), tmp_path, cfg_oc20, write_outputs=False
+    )
     assert b.new_ml_relaxations == 0
     assert b.gas_ml.refs["O"] == OC20_GAS_REFS["O"] != a.gas_ml.refs["O"]
     r = b.record(b.ranked[0])

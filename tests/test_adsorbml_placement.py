@@ -89,10 +89,18 @@ def test_min_distance_tilt_tags(cu100, name):
         assert len(atoms) == n_slab + len(ads.atoms)
         np.testing.assert_array_equal(atoms.get_tags()[n_slab:], 2)
         np.testing.assert_array_equal(atoms.get_tags()[:n_slab], cu100.get_tags())
-        assert atoms.constraints[0].get_indices().tolist() == cu100.constraints[0].get_indices().tolist()
+        assert (
+            atoms.constraints[0].get_indices().tolist()
+            == cu100.constraints[0].get_indices().tolist()
+        )
         # no adsorbate atom closer than 0.9 x covalent radii sum to the slab (independent check)
-        _, d = get_distances(atoms.positions[n_slab:], atoms.positions[:n_slab], cell=atoms.cell, pbc=atoms.pbc)
-        rsum = covalent_radii[atoms.numbers[n_slab:]][:, None] + covalent_radii[atoms.numbers[:n_slab]][None, :]
+        _, d = get_distances(
+            atoms.positions[n_slab:], atoms.positions[:n_slab], cell=atoms.cell, pbc=atoms.pbc
+        )
+        rsum = (
+            covalent_radii[atoms.numbers[n_slab:]][:, None]
+            + covalent_radii[atoms.numbers[:n_slab]][None, :]
+        )
         assert (d / rsum).min() >= 0.9 - 1e-9
         assert min_pair_ratio(atoms, n_slab) >= 0.9 - 1e-9
         assert 0.0 <= p.tilt <= 20.0 + 1e-9
@@ -103,7 +111,9 @@ def test_min_distance_tilt_tags(cu100, name):
 
 
 def test_tilt_bound_on_a_linear_molecule(cu100):
-    placements = generate_placements(cu100, get_adsorbate("CO"), num_random=40, seed=2, max_tilt=20.0)
+    placements = generate_placements(
+        cu100, get_adsorbate("CO"), num_random=40, seed=2, max_tilt=20.0
+    )
     for p in placements:
         v = p.atoms.positions[-1] - p.atoms.positions[-2]  # C -> O
         angle = np.degrees(np.arccos(v[2] / np.linalg.norm(v)))

@@ -129,6 +129,7 @@ def test_slab_split_across_the_boundary_is_made_contiguous():
     system = prepare_slab(shifted, "cu")
     assert any("contiguous" in n for n in system.notes)
     z = system.atoms.positions[:, 2]
-    np.testing.assert_allclose(np.sort(z) - z.min(), np.sort(slab.positions[:, 2]) - slab.positions[:, 2].min(),
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        np.sort(z) - z.min(), np.sort(slab.positions[:, 2]) - slab.positions[:, 2].min(), atol=1e-8
+    )
     np.testing.assert_array_equal(system.atoms.get_tags() == 1, z > z.max() - 0.1)

@@ -45,7 +45,9 @@ def test_stress_on_model_without_stress_head_explains(oc20):
 
 
 def test_batch_equals_one_at_a_time(omat):
-    structures = [structure(n) for n in ("slab_cu111_co", "bulk_mgo_strained", "molecule_ethanol_nopbc")]
+    structures = [
+        structure(n) for n in ("slab_cu111_co", "bulk_mgo_strained", "molecule_ethanol_nopbc")
+    ]
     batched = omat.predict_batch(structures)
     for atoms, res in zip(structures, batched):
         single = omat.predict_batch([atoms])[0]
@@ -76,7 +78,9 @@ def test_empty_structure_is_rejected(oc20):
 
 
 def test_float64_agrees_with_float32(oc20):
-    c64 = EquiformerV2Calculator(checkpoint_path("eq2_small_oc20_classic"), device="cpu", dtype="float64")
+    c64 = EquiformerV2Calculator(
+        checkpoint_path("eq2_small_oc20_classic"), device="cpu", dtype="float64"
+    )
     atoms = structure("slab_cu111_co")
     r32, r64 = oc20.predict_batch([atoms])[0], c64.predict_batch([atoms])[0]
     assert c64.model.backbone.sphere_embedding.weight.dtype == torch.float64

@@ -21,7 +21,10 @@ def test_every_key_accounted_and_every_parameter_loaded(name):
     assert set(loaded_targets) == ours  # nothing missing
     for key, target in lm.accounting.items():
         if target != "derived":
-            assert torch.equal(lm.model.state_dict()[target].cpu(), raw[key].float() if raw[key].is_floating_point() else raw[key])
+            assert torch.equal(
+                lm.model.state_dict()[target].cpu(),
+                raw[key].float() if raw[key].is_floating_point() else raw[key],
+            )
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
@@ -40,26 +43,49 @@ def test_translation_table_round_trips(name):
 
 def test_stored_grid_buffers_agree_with_ours():
     """The S2-grid matrices the reference stores equal the ones we compute with e3nn."""
-    raw = torch.load(checkpoint_path("eq2_small_oc20_classic"), map_location="cpu", weights_only=True)["state_dict"]
+    raw = torch.load(
+        checkpoint_path("eq2_small_oc20_classic"), map_location="cpu", weights_only=True
+    )["state_dict"]
     lm = load_checkpoint(checkpoint_path("eq2_small_oc20_classic"))
     bb = lm.model.backbone
-    torch.testing.assert_close(raw["module.module.SO3_grid.4.2.to_grid_mat"], bb.grid_reduced.to_mat, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(raw["module.module.SO3_grid.4.2.from_grid_mat"], bb.grid_reduced.from_mat, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(raw["module.module.SO3_grid.4.4.to_grid_mat"], bb.grid_full.to_mat, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(raw["module.module.SO3_grid.4.4.from_grid_mat"], bb.grid_full.from_mat, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        raw["module.module.SO3_grid.4.2.to_grid_mat"], bb.grid_reduced.to_mat, atol=1e-6, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        raw["module.module.SO3_grid.4.2.from_grid_mat"],
+        bb.grid_reduced.from_mat,
+        atol=1e-6,
+        rtol=1e-5,
+    )
+    torch.testing.assert_close(
+        raw["module.module.SO3_grid.4.4.to_grid_mat"], bb.grid_full.to_mat, atol=1e-6, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        raw["module.module.SO3_grid.4.4.from_grid_mat"], bb.grid_full.from_mat, atol=1e-6, rtol=1e-5
+    )
 
 
 def test_graph_settings_and_energy_kind():
     oc20 = load_checkpoint(checkpoint_path("eq2_small_oc20_classic"))
-    assert (oc20.graph_settings.cutoff, oc20.graph_settings.max_neighbors, oc20.graph_settings.strict) == (12.0, 20, True)
+    assert (
+        oc20.graph_settings.cutoff,
+        oc20.graph_settings.max_neighbors,
+        oc20.graph_settings.strict,
+    ) == (12.0, 20, True)
     assert oc20.energy_kind == "adsorption" and oc20.layout == "classic"
     omat = load_checkpoint(checkpoint_path("eqV2_small_omat_hydra"))
-    assert omat.graph_settings.strict is False and omat.energy_kind == "total" and omat.layout == "hydra"
+    assert (
+        omat.graph_settings.strict is False
+        and omat.energy_kind == "total"
+        and omat.layout == "hydra"
+    )
     assert omat.model.has_stress and not oc20.model.has_stress
     assert load_checkpoint(checkpoint_path("eq2_small_oc22_linref")).energy_kind == "total"
 
 
-@pytest.mark.parametrize("case", [c for c in cases() if "diagnostic_if_ema_weights_were_used" in c], ids=case_id)
+@pytest.mark.parametrize(
+    "case", [c for c in cases() if "diagnostic_if_ema_weights_were_used" in c], ids=case_id
+)
 def test_ema_weights_reproduce_reference_diagnostic(case):
     lm = load_checkpoint(checkpoint_path(case["checkpoint"]), use_ema=True)
     with torch.inference_mode():
@@ -67,7 +93,10 @@ def test_ema_weights_reproduce_reference_diagnostic(case):
     diag = case["diagnostic_if_ema_weights_were_used"]
     assert abs(out["energy"].item() - diag["energy"]) <= case["suggested_tolerance"]["energy_atol"]
     dmax = np.abs(out["forces"].numpy() - np.array(case["forces"])).max()
-    assert abs(dmax - diag["max_abs_force_diff_vs_reference"]) <= case["suggested_tolerance"]["forces_atol"]
+    assert (
+        abs(dmax - diag["max_abs_force_diff_vs_reference"])
+        <= case["suggested_tolerance"]["forces_atol"]
+    )
 
 
 def test_use_ema_without_ema_is_an_error():
@@ -75,7 +104,14 @@ def test_use_ema_without_ema_is_an_error():
         load_checkpoint(checkpoint_path("eq2_small_oc22_linref"), use_ema=True)
 
 
-@pytest.mark.parametrize("layout,name", [("classic", "eq2_small_oc20_classic"), ("hydra", "eqV2_small_omat_hydra"), ("hydra", "eqV2_small_dens_hydra")])
+@pytest.mark.parametrize(
+    "layout,name",
+    [
+        ("classic", "eq2_small_oc20_classic"),
+        ("hydra", "eqV2_small_omat_hydra"),
+        ("hydra", "eqV2_small_dens_hydra"),
+    ],
+)
 def test_save_and_reload_gives_identical_predictions(tmp_path, layout, name):
     lm = load_checkpoint(checkpoint_path(name))
     path = save_checkpoint(lm.model, tmp_path / "copy.pt", layout=layout)
@@ -111,7 +147,9 @@ class _Custom:  # pickled by reference: needs full unpickling to load
 
 def test_arbitrary_pickle_is_refused_with_instructions(tmp_path):
     path = tmp_path / "pickled.pt"
-    data = torch.load(checkpoint_path("eq2_small_oc22_linref"), map_location="cpu", weights_only=True)
+    data = torch.load(
+        checkpoint_path("eq2_small_oc22_linref"), map_location="cpu", weights_only=True
+    )
     data["extra"] = _Custom()
     torch.save(data, path)
     with pytest.raises(CheckpointError, match="allow_pickle=True"):
@@ -120,7 +158,9 @@ def test_arbitrary_pickle_is_refused_with_instructions(tmp_path):
 
 
 def test_unsupported_config_key_is_named(tmp_path):
-    data = torch.load(checkpoint_path("eq2_small_oc22_linref"), map_location="cpu", weights_only=True)
+    data = torch.load(
+        checkpoint_path("eq2_small_oc22_linref"), map_location="cpu", weights_only=True
+    )
     data["config"]["model_attributes"]["use_magic"] = True
     path = tmp_path / "odd.pt"
     torch.save(data, path)
@@ -129,7 +169,9 @@ def test_unsupported_config_key_is_named(tmp_path):
 
 
 def test_unknown_and_missing_keys_are_named(tmp_path):
-    data = torch.load(checkpoint_path("eq2_small_oc22_linref"), map_location="cpu", weights_only=True)
+    data = torch.load(
+        checkpoint_path("eq2_small_oc22_linref"), map_location="cpu", weights_only=True
+    )
     data["state_dict"]["module.module.mystery.weight"] = torch.zeros(1)
     torch.save(data, tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match="mystery.weight"):
@@ -150,4 +192,6 @@ def test_energy_kind_survives_classic_round_trip(tmp_path):
 
     umask = os.umask(0)
     os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # permissions as for any file the user writes
+    assert (
+        path.stat().st_mode & 0o777 == 0o666 & ~umask
+    )  # permissions as for any file the user writes

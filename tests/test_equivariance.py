@@ -28,7 +28,9 @@ STRUCTURES = ["bulk_mgo_strained", "slab_cu111_co", "molecule_ethanol_nopbc"]
 
 @pytest.fixture(scope="module", params=["float32", "float64"])
 def calc(request):
-    return EquiformerV2Calculator(checkpoint_path("eqV2_small_omat_hydra"), device="cpu", dtype=request.param)
+    return EquiformerV2Calculator(
+        checkpoint_path("eqV2_small_omat_hydra"), device="cpu", dtype=request.param
+    )
 
 
 def _rotated(atoms, R):

@@ -21,9 +21,13 @@ def test_model_matches_reference_with_reference_edges(case):
     out = run_model(case["checkpoint"], case)
     tol = case["suggested_tolerance"]
     assert abs(out["energy"][0] - case["energy"]) <= tol["energy_atol"]
-    np.testing.assert_allclose(out["forces"], np.array(case["forces"]), rtol=0, atol=tol["forces_atol"])
+    np.testing.assert_allclose(
+        out["forces"], np.array(case["forces"]), rtol=0, atol=tol["forces_atol"]
+    )
     if "stress" in case:
-        np.testing.assert_allclose(out["stress"][0], np.array(case["stress"]), rtol=0, atol=tol["stress_atol"])
+        np.testing.assert_allclose(
+            out["stress"][0], np.array(case["stress"]), rtol=0, atol=tol["stress_atol"]
+        )
     else:
         assert "stress" not in out
 
@@ -40,7 +44,11 @@ def test_float64_matches_reference(case):
     out64 = run_model(case["checkpoint"], case, torch.float64)
     out32 = run_model(case["checkpoint"], case, torch.float32)
     tol = case["suggested_tolerance"]
-    for key, t in (("energy", tol["energy_atol"]), ("forces", tol["forces_atol"]), ("stress", tol.get("stress_atol"))):
+    for key, t in (
+        ("energy", tol["energy_atol"]),
+        ("forces", tol["forces_atol"]),
+        ("stress", tol.get("stress_atol")),
+    ):
         if key == "stress" and "stress" not in case:
             continue
         ref = np.array(case[key]).reshape(out64[key].shape)
@@ -67,7 +75,9 @@ def test_intermediate_node_embeddings_match():
 
             return hook
 
-        handles = [backbone.edge_degree.register_forward_hook(keep("edge_degree_embedding", "output"))]
+        handles = [
+            backbone.edge_degree.register_forward_hook(keep("edge_degree_embedding", "output"))
+        ]
         for k, block in enumerate(backbone.blocks):
             handles.append(block.register_forward_hook(keep(f"block{k}_output", "output")))
             handles.append(block.register_forward_pre_hook(keep(f"block{k}_input", "input")))
@@ -83,10 +93,14 @@ def test_intermediate_node_embeddings_match():
             ref = inter[name]
             got = seen[name].numpy()
             scale = max(1.0, float(np.abs(ref).max()))
-            np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * scale, err_msg=f"{case_id(case)} {name}")
+            np.testing.assert_allclose(
+                got, ref, rtol=0, atol=2e-5 * scale, err_msg=f"{case_id(case)} {name}"
+            )
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if not c["neighbor_selection"].get("tie_at_cut")], ids=case_id)
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if not c["neighbor_selection"].get("tie_at_cut")], ids=case_id
+)
 def test_calculator_end_to_end(case):
     """Our own graph + the ASE calculator reproduce the reference (cases without a tie at the cut)."""
     from eqv2calc.calculator import EquiformerV2Calculator
@@ -96,11 +110,20 @@ def test_calculator_end_to_end(case):
     atoms.calc = calc
     tol = case["suggested_tolerance"]
     assert abs(atoms.get_potential_energy() - case["energy"]) <= tol["energy_atol"]
-    np.testing.assert_allclose(calc.results["forces"], np.array(case["forces"]), atol=tol["forces_atol"], rtol=0)
+    np.testing.assert_allclose(
+        calc.results["forces"], np.array(case["forces"]), atol=tol["forces_atol"], rtol=0
+    )
     # ASE applies FixAtoms to get_forces(): fixed atoms zeroed, as in the reference calculator
-    np.testing.assert_allclose(atoms.get_forces(), np.array(case["forces_ase_constrained"]), atol=tol["forces_atol"], rtol=0)
+    np.testing.assert_allclose(
+        atoms.get_forces(),
+        np.array(case["forces_ase_constrained"]),
+        atol=tol["forces_atol"],
+        rtol=0,
+    )
     if "stress" in case:
-        np.testing.assert_allclose(atoms.get_stress(), np.array(case["stress_ase_voigt"]), atol=tol["stress_atol"], rtol=0)
+        np.testing.assert_allclose(
+            atoms.get_stress(), np.array(case["stress_ase_voigt"]), atol=tol["stress_atol"], rtol=0
+        )
     assert isinstance(EquiformerV2Calculator, type)
 
 

@@ -31,7 +31,11 @@ def test_so2_convolution_layouts_agree(layout):
     y_om, extra_om = conv(x[:, layout.to_order_major], inv, order_major=True)
     torch.testing.assert_close(y_om, y[:, layout.to_order_major])
     torch.testing.assert_close(extra_om, extra)
-    assert isinstance(conv.radial, RadialMLP) and y.shape == (11, layout.num_reduced, 5) and extra.shape == (11, 3)
+    assert (
+        isinstance(conv.radial, RadialMLP)
+        and y.shape == (11, layout.num_reduced, 5)
+        and extra.shape == (11, 3)
+    )
 
 
 def test_so2_convolution_commutes_with_rotation_about_the_edge(layout):
@@ -52,7 +56,9 @@ def test_so2_convolution_commutes_with_rotation_about_the_edge(layout):
         return out
 
     x_om = x[:, layout.to_order_major]
-    torch.testing.assert_close(conv(turn(x_om), order_major=True)[0], turn(conv(x_om, order_major=True)[0]))
+    torch.testing.assert_close(
+        conv(turn(x_om), order_major=True)[0], turn(conv(x_om, order_major=True)[0])
+    )
 
 
 def test_sphere_grid_matches_its_dense_definition(layout):
@@ -60,9 +66,13 @@ def test_sphere_grid_matches_its_dense_definition(layout):
     x = torch.randn(3, layout.num_reduced, 4, dtype=torch.float64)
     values = torch.einsum("bai,nic->nbac", grid.to_mat, x)
     torch.testing.assert_close(grid.to_grid(x), values)
-    torch.testing.assert_close(grid.from_grid(values), torch.einsum("bai,nbac->nic", grid.from_mat, values))
+    torch.testing.assert_close(
+        grid.from_grid(values), torch.einsum("bai,nbac->nic", grid.from_mat, values)
+    )
     torch.testing.assert_close(grid.to_grid(x[:, layout.to_order_major], order_major=True), values)
-    torch.testing.assert_close(grid.from_grid(values, order_major=True), grid.from_grid(values)[:, layout.to_order_major])
+    torch.testing.assert_close(
+        grid.from_grid(values, order_major=True), grid.from_grid(values)[:, layout.to_order_major]
+    )
 
 
 def test_value_activations_layouts_agree(layout):

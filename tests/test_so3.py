@@ -37,7 +37,10 @@ def _e3nn_blocks(vec: torch.Tensor, lmax: int) -> list[torch.Tensor]:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return [o3.wigner_D(l, alpha, beta, torch.zeros_like(alpha)).transpose(-1, -2) for l in range(lmax + 1)]
+        return [
+            o3.wigner_D(l, alpha, beta, torch.zeros_like(alpha)).transpose(-1, -2)
+            for l in range(lmax + 1)
+        ]
     finally:
         torch.set_default_dtype(previous)
 
@@ -48,7 +51,11 @@ def test_closed_form_wigner_blocks_match_e3nn_in_float64(lmax):
     ours = edge_rotation_blocks(vec, lmax)
     ref = _e3nn_blocks(vec, lmax)
     for l in range(lmax + 1):
-        assert ours[l].dtype == torch.float64 and ours[l].shape == (vec.shape[0], 2 * l + 1, 2 * l + 1)
+        assert ours[l].dtype == torch.float64 and ours[l].shape == (
+            vec.shape[0],
+            2 * l + 1,
+            2 * l + 1,
+        )
         torch.testing.assert_close(ours[l], ref[l], rtol=0, atol=1e-10)
 
 
@@ -66,22 +73,35 @@ def test_wigner_blocks_represent_the_frame_rotation():
     blocks = edge_rotation_blocks(vec, 4)
     rot = blocks[1]  # [E, 3, 3]
     unit = vec / vec.norm(dim=1, keepdim=True)
-    torch.testing.assert_close(torch.einsum("eij,ej->ei", rot, unit), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand(40, 3), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        torch.einsum("eij,ej->ei", rot, unit),
+        torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand(40, 3),
+        rtol=0,
+        atol=1e-12,
+    )
     points = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     for l in (2, 3, 4):
         y = o3.spherical_harmonics(l, points, normalize=True)  # [P, 2l+1]
-        rotated = o3.spherical_harmonics(l, torch.einsum("eij,pj->epi", rot, points), normalize=True)  # [E, P, 2l+1]
-        torch.testing.assert_close(torch.einsum("eij,pj->epi", blocks[l], y), rotated, rtol=0, atol=1e-12)
+        rotated = o3.spherical_harmonics(
+            l, torch.einsum("eij,pj->epi", rot, points), normalize=True
+        )  # [E, P, 2l+1]
+        torch.testing.assert_close(
+            torch.einsum("eij,pj->epi", blocks[l], y), rotated, rtol=0, atol=1e-12
+        )
 
 
-def _dense_reference(vec: torch.Tensor, layout: CoefficientLayout) -> tuple[torch.Tensor, torch.Tensor]:
+def _dense_reference(
+    vec: torch.Tensor, layout: CoefficientLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduced degree-major to_edge [E, R, K] / from_edge [E, K, R], built the obvious way."""
     blocks = edge_rotation_blocks(vec, layout.lmax)
     full = vec.new_zeros(vec.shape[0], layout.num_full, layout.num_full)
     for l, block in enumerate(blocks):
         full[:, l * l : (l + 1) ** 2, l * l : (l + 1) ** 2] = block
     to_edge = full[:, layout.reduced_index]
-    from_edge = full.transpose(1, 2)[:, :, layout.reduced_index] * layout.inverse_rescale.to(vec.dtype)
+    from_edge = full.transpose(1, 2)[:, :, layout.reduced_index] * layout.inverse_rescale.to(
+        vec.dtype
+    )
     return to_edge, from_edge
 
 
@@ -96,7 +116,9 @@ def test_edge_rotation_layouts(lmax, mmax):
     torch.testing.assert_close(rot.rotate(x), y)
     torch.testing.assert_close(rot.rotate(x, order_major=True), y[:, layout.to_order_major])
     torch.testing.assert_close(rot.rotate_back(y), from_edge @ y)
-    torch.testing.assert_close(rot.rotate_back(y[:, layout.to_order_major], order_major=True), from_edge @ y)
+    torch.testing.assert_close(
+        rot.rotate_back(y[:, layout.to_order_major], order_major=True), from_edge @ y
+    )
     # a view of some edges rotates like the whole
     part = rot.narrow(7, 19)
     torch.testing.assert_close(part.rotate(x[7:19]), y[7:19])
@@ -109,9 +131,10 @@ def test_rotate_back_zonal_equals_rotate_back_of_m0_only_features():
     m0 = torch.randn(25, layout.lmax + 1, 6, dtype=torch.float64)
     order_major = m0.new_zeros(25, layout.num_reduced, 6)
     order_major[:, : layout.lmax + 1] = m0
-    torch.testing.assert_close(rot.rotate_back_zonal(m0), rot.rotate_back(order_major, order_major=True))
+    torch.testing.assert_close(
+        rot.rotate_back_zonal(m0), rot.rotate_back(order_major, order_major=True)
+    )
     # the m = 0 coefficients of degree l sit at l*l + l in the reduced degree-major layout's source
     assert [int(layout.reduced_index[i]) for i in layout.to_order_major[: layout.lmax + 1]] == [
         l * l + l for l in range(layout.lmax + 1)
     ]
-

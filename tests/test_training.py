@@ -48,7 +48,10 @@ TINY_MODEL = {
 def _labelled(atoms):
     atoms = atoms.copy()
     atoms.calc = EMT()
-    results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(apply_constraint=False)}
+    results = {
+        "energy": atoms.get_potential_energy(),
+        "forces": atoms.get_forces(apply_constraint=False),
+    }
     if atoms.pbc.all():
         results["stress"] = atoms.get_stress()
     out = atoms.copy()
@@ -85,7 +88,14 @@ def _config(data_file: Path, out_dir: Path, **sections):
         "data": {"train": str(data_file), "val_fraction": 0.2},
         "model": dict(TINY_MODEL),
         "optim": {"lr": 3e-3, "ema_decay": 0.9, "warmup_fraction": 0.0},
-        "run": {"epochs": 2, "batch_size": 4, "out_dir": str(out_dir), "progress": False, "device": "cpu", "seed": 1},
+        "run": {
+            "epochs": 2,
+            "batch_size": 4,
+            "out_dir": str(out_dir),
+            "progress": False,
+            "device": "cpu",
+            "seed": 1,
+        },
     }
     for name, values in sections.items():
         options.setdefault(name, {}).update(values)
@@ -130,7 +140,11 @@ def test_element_references_recover_an_exactly_linear_energy():
     for atoms in _structures():
         energy = sum(refs[z] for z in atoms.numbers)
         atoms.calc.results["energy"] = energy
-        items.append(labelled_structure(atoms, "s", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89))
+        items.append(
+            labelled_structure(
+                atoms, "s", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89
+            )
+        )
     fitted = fit_element_references(items)
     for z, value in refs.items():
         assert fitted[z] == pytest.approx(value, abs=1e-8)
@@ -154,21 +168,34 @@ def test_labels_are_checked_with_a_message_naming_the_structure():
     atoms = _structures(1, 0)[0]
     atoms.calc = None
     with pytest.raises(TrainingDataError, match=r"s:3 \(Cu4\): no energy"):
-        labelled_structure(atoms, "s:3", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89)
+        labelled_structure(
+            atoms, "s:3", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89
+        )
     atoms = _structures(1, 0)[0]
     atoms.calc.results["forces"] = np.zeros((2, 3))
     with pytest.raises(TrainingDataError, match=r"forces have shape \(2, 3\), expected \(4, 3\)"):
-        labelled_structure(atoms, "s", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89)
+        labelled_structure(
+            atoms, "s", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89
+        )
     atoms = _structures(1, 0)[0]
     with pytest.raises(TrainingDataError, match=r"atom 0 is Cu \(Z=29\)"):
-        labelled_structure(atoms, "s", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=20)
+        labelled_structure(
+            atoms, "s", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=20
+        )
 
 
 def test_fixed_atoms_get_the_configured_force_weight():
     slab = _structures(0, 1)[0]
     slab.set_constraint(FixAtoms(indices=[0, 1]))
-    item = labelled_structure(slab, "s", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89,
-                              fixed_atom_force_weight=0.0)
+    item = labelled_structure(
+        slab,
+        "s",
+        cutoff=4.5,
+        max_neighbors=12,
+        strict=True,
+        max_atomic_number=89,
+        fixed_atom_force_weight=0.0,
+    )
     assert item.force_weights.tolist() == [0.0, 0.0] + [1.0] * (len(slab) - 2)
 
 
@@ -189,7 +216,9 @@ def test_dataset_reads_ase_database(tmp_path):
     with ase.db.connect(str(tmp_path / "data.db")) as db:
         for atoms in frames:
             db.write(atoms)
-    items = load_dataset(tmp_path / "data.db", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89)
+    items = load_dataset(
+        tmp_path / "data.db", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89
+    )
     assert [it.energy for it in items] == pytest.approx([a.get_potential_energy() for a in frames])
     assert items[0].stress is not None and items[2].stress is None
     batch = collate(items)
@@ -215,7 +244,9 @@ def test_training_lowers_the_loss(trained):
     assert result.epochs_completed == 6 and len(result.history) == 6
     assert after["loss"] < 0.7 * before["loss"]
     assert after["forces_mae"] < before["forces_mae"]
-    assert {"val_energy_per_atom_mae", "val_forces_mae", "val_stress_mae"} <= set(result.history[-1])
+    assert {"val_energy_per_atom_mae", "val_forces_mae", "val_stress_mae"} <= set(
+        result.history[-1]
+    )
     lines = (result.out_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 6
 
@@ -228,7 +259,10 @@ def test_saved_model_predicts_like_the_in_memory_model(trained):
     # best.pt holds the EMA weights of the best epoch; last.pt the raw weights of the last epoch
     loaded = load_checkpoint(result.last_checkpoint)
     calc_last = EquiformerV2Calculator(model=str(result.last_checkpoint), device="cpu")
-    items = [labelled_structure(a, "x", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89) for a in frames]
+    items = [
+        labelled_structure(a, "x", cutoff=4.5, max_neighbors=12, strict=True, max_atomic_number=89)
+        for a in frames
+    ]
     batch = collate(items)
     trainer.model.eval()
     with torch.no_grad():
@@ -237,23 +271,33 @@ def test_saved_model_predicts_like_the_in_memory_model(trained):
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(again[key], expected[key], rtol=1e-5, atol=1e-6)
     predicted = calc_last.predict_batch(frames)
-    np.testing.assert_allclose([p["energy"] for p in predicted], expected["energy"].numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.concatenate([p["forces"] for p in predicted]), expected["forces"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        [p["energy"] for p in predicted], expected["energy"].numpy(), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.concatenate([p["forces"] for p in predicted]), expected["forces"].numpy(), atol=1e-5
+    )
     s = expected["stress"][0].numpy()
-    np.testing.assert_allclose(predicted[0]["stress"], [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]], atol=1e-6)
+    np.testing.assert_allclose(
+        predicted[0]["stress"], [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]], atol=1e-6
+    )
     # the EMA weights stored in last.pt are those the trainer holds
     with trainer.ema.applied(trainer.model), torch.no_grad():
         ema_expected = trainer.model(batch.graph)
     ema_loaded = load_checkpoint(result.last_checkpoint, use_ema=True)
     with torch.no_grad():
-        torch.testing.assert_close(ema_loaded.model(batch.graph)["forces"], ema_expected["forces"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            ema_loaded.model(batch.graph)["forces"], ema_expected["forces"], rtol=1e-5, atol=1e-6
+        )
     best = load_checkpoint(result.best_checkpoint)
     assert best.layout == "hydra" and best.model.has_stress
     assert best.graph_settings.cutoff == 4.5 and best.graph_settings.max_neighbors == 12
 
 
 def test_classic_layout_round_trip(data_file, tmp_path):
-    config = _config(data_file, tmp_path, run={"epochs": 1, "layout": "classic"}, heads={"stress": False})
+    config = _config(
+        data_file, tmp_path, run={"epochs": 1, "layout": "classic"}, heads={"stress": False}
+    )
     trainer = Trainer(config, log=_quiet)
     result = trainer.fit()
     loaded = load_checkpoint(result.last_checkpoint)
@@ -261,7 +305,9 @@ def test_classic_layout_round_trip(data_file, tmp_path):
     batch = collate(trainer.val_items)
     trainer.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(batch.graph)["forces"], trainer.model(batch.graph)["forces"])
+        torch.testing.assert_close(
+            loaded.model(batch.graph)["forces"], trainer.model(batch.graph)["forces"]
+        )
     with pytest.raises(ValueError, match="classic layout holds no stress head"):
         _config(data_file, tmp_path, run={"layout": "classic"}, heads={"stress": True}).validate()
 
@@ -275,7 +321,9 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(data_file, tm
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["step"] == first.steps_per_epoch
 
-    resumed = Trainer(_config(data_file, tmp_path / "b", run={"epochs": 3, "resume": True}), log=_quiet)
+    resumed = Trainer(
+        _config(data_file, tmp_path / "b", run={"epochs": 3, "resume": True}), log=_quiet
+    )
     assert resumed.epoch == 1 and resumed.step == first.steps_per_epoch
     assert resumed.scheduler.last_epoch == first.steps_per_epoch
     exp_avg = resumed.optimizer.state_dict()["state"][0]["exp_avg"]
@@ -290,7 +338,11 @@ def test_resume_continues_exactly_where_an_interrupted_run_stopped(data_file, tm
 
 def test_finetune_hydra_fixture_with_frozen_backbone(data_file, tmp_path):
     init = CHECKPOINTS / "eqV2_small_omat_hydra.pt"
-    config = _config(data_file, tmp_path, run={"epochs": 1, "init": str(init), "freeze_backbone": True, "batch_size": 5})
+    config = _config(
+        data_file,
+        tmp_path,
+        run={"epochs": 1, "init": str(init), "freeze_backbone": True, "batch_size": 5},
+    )
     trainer = Trainer(config, log=_quiet)
     original = load_checkpoint(init).model.state_dict()
     trainer.fit()
@@ -306,8 +358,16 @@ def test_finetune_classic_fixture_refits_element_references(data_file, tmp_path)
     init = CHECKPOINTS / "eq2_small_oc20_classic.pt"
     logs: list[str] = []
     config = _config(
-        data_file, tmp_path, run={"epochs": 1, "init": str(init), "fit_element_references": True, "layout": "classic",
-                                  "energy_kind": "total", "batch_size": 5},
+        data_file,
+        tmp_path,
+        run={
+            "epochs": 1,
+            "init": str(init),
+            "fit_element_references": True,
+            "layout": "classic",
+            "energy_kind": "total",
+            "batch_size": 5,
+        },
         optim={"lr": 1e-4},
     )
     trainer = Trainer(config, log=logs.append)
@@ -332,24 +392,31 @@ def test_cli_trains_and_reports(data_file, tmp_path, monkeypatch):
     model_lines = "\n".join(f"  {k}: {v}" for k, v in TINY_MODEL.items())
     cfg.write_text(f"model:\n{model_lines}\nrun:\n  batch_size: 5\n  device: cpu\n")
     result = runner.invoke(
-        train_command, ["cfg.yaml", "--train", "train.extxyz", "--out", "run", "--epochs", "1", "--no-progress"]
+        train_command,
+        ["cfg.yaml", "--train", "train.extxyz", "--out", "run", "--epochs", "1", "--no-progress"],
     )
     assert result.exit_code == 0, result.output
     assert "best checkpoint:" in result.output and "validation MAE: energy" in result.output
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "config.yaml").is_file()
     # resuming (from another folder) reads run/config.yaml; a finished run does nothing more
     monkeypatch.chdir(tmp_path / "run")
-    again = runner.invoke(train_command, ["--resume", "--out", str(tmp_path / "run"), "--no-progress"])
+    again = runner.invoke(
+        train_command, ["--resume", "--out", str(tmp_path / "run"), "--no-progress"]
+    )
     assert again.exit_code == 0, again.output
     assert "training already complete (1/1 epochs)" in again.output
 
 
 def test_cli_errors_are_one_line(data_file, tmp_path):
     runner = CliRunner()
-    missing = runner.invoke(train_command, ["--train", str(tmp_path / "nope.extxyz"), "--out", str(tmp_path / "r")])
+    missing = runner.invoke(
+        train_command, ["--train", str(tmp_path / "nope.extxyz"), "--out", str(tmp_path / "r")]
+    )
     assert missing.exit_code != 0
     assert "nope.extxyz: no such training data file" in missing.output
-    resume = runner.invoke(train_command, ["--train", str(data_file), "--resume", "--out", str(tmp_path / "empty")])
+    resume = runner.invoke(
+        train_command, ["--train", str(data_file), "--resume", "--out", str(tmp_path / "empty")]
+    )
     assert resume.exit_code != 0 and "nothing to resume from" in resume.output
     assert all(len(line) < 300 for line in resume.output.splitlines())
 
@@ -361,5 +428,7 @@ def test_loss_scales_follow_the_model_normalizers(trained):
     model = trainer.model
     scales = LossScales.from_model(model)
     assert scales.forces == pytest.approx(model.normalizers["forces"].std)
-    assert scales.energy_per_atom == pytest.approx(model.normalizers["energy"].std / model.config.avg_num_nodes)
+    assert scales.energy_per_atom == pytest.approx(
+        model.normalizers["energy"].std / model.config.avg_num_nodes
+    )
     assert math.isfinite(scales.stress) and scales.stress > 0

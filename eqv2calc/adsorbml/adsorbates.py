@@ -316,7 +316,9 @@ def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.eye(3) + vx + vx @ vx * (1.0 / (1.0 + c))
 
 
-def _embed(symbols: list[str], binding: list[bool], bonds: list[tuple[int, int, int]]) -> np.ndarray:
+def _embed(
+    symbols: list[str], binding: list[bool], bonds: list[tuple[int, int, int]]
+) -> np.ndarray:
     """3D positions for a tree-shaped molecule (binding atoms' surface bonds point down)."""
     n = len(symbols)
     nbrs: list[list[tuple[int, int]]] = [[] for _ in range(n)]

@@ -55,7 +55,9 @@ class AnomalyReport:
         return ",".join(self.kinds) or "none"
 
 
-def bond_matrix(atoms: Atoms, multiplier: float = 1.0, skin: float = NEIGHBORLIST_SKIN) -> np.ndarray:
+def bond_matrix(
+    atoms: Atoms, multiplier: float = 1.0, skin: float = NEIGHBORLIST_SKIN
+) -> np.ndarray:
     """Boolean (N, N) bond matrix: i–j bonded if some periodic image is closer than
     ``multiplier·(rᵢ + rⱼ) + 2·skin`` (Å, ASE covalent radii)."""
     n = len(atoms)

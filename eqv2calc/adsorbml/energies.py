@@ -42,8 +42,7 @@ __all__ = [
 #: OC20 per-element gas references (eV), from H2O, H2, CO and N2 with RPBE (VASP).
 OC20_GAS_REFS: dict[str, float] = {"H": -3.477, "O": -7.204, "C": -7.282, "N": -8.083}
 OC20_GAS_REFS_SOURCE = (
-    "OC20 per-element references from H2O/H2/CO/N2 (RPBE, VASP; Chanussot et al., "
-    "ACS Catal. 2021)"
+    "OC20 per-element references from H2O/H2/CO/N2 (RPBE, VASP; Chanussot et al., ACS Catal. 2021)"
 )
 
 #: Molecules each element's reference needs.
@@ -183,7 +182,9 @@ def adsorbate_reference_energy(symbols: Iterable[str], refs: Mapping[str, float]
     total = 0.0
     for s in symbols:
         if s not in refs:
-            raise ValueError(f"no gas-phase reference energy for element {s}; pass --gas-ref {s}=VALUE")
+            raise ValueError(
+                f"no gas-phase reference energy for element {s}; pass --gas-ref {s}=VALUE"
+            )
         total += float(refs[s])
     return total
 

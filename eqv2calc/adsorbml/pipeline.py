@@ -218,7 +218,9 @@ class SystemOutcome:
         valid = [d for d in self.dft if d.valid]
         if not valid:
             return None
-        key = (lambda d: d.e_ads) if all(d.e_ads is not None for d in valid) else (lambda d: d.energy)
+        key = (
+            (lambda d: d.e_ads) if all(d.e_ads is not None for d in valid) else (lambda d: d.energy)
+        )
         return min(valid, key=key)
 
 
@@ -323,7 +325,9 @@ def run_system(
         },
         "placement",
     )
-    store.check_settings(name, {"model": model_label, "energy_kind": kind, **cfg.ml_settings()}, "ml")
+    store.check_settings(
+        name, {"model": model_label, "energy_kind": kind, **cfg.ml_settings()}, "ml"
+    )
 
     # 1. placements (all written before any relaxation)
     rows = store.all("placement", name)
@@ -343,7 +347,13 @@ def run_system(
                 (
                     p.atoms,
                     {"site": p.site.tolist()},
-                    {"pid": p.pid, "site_type": p.site_type, "rotation": p.rotation, "tilt": p.tilt, "lift": p.lift},
+                    {
+                        "pid": p.pid,
+                        "site_type": p.site_type,
+                        "rotation": p.rotation,
+                        "tilt": p.tilt,
+                        "lift": p.lift,
+                    },
                 )
                 for p in placements
             ],
@@ -359,7 +369,9 @@ def run_system(
     row = store.get("slab_ml", name)
     if row is None:
         if cfg.relax_slab:
-            res = relax_batch([slab], calculator, progress=False, labels=[f"{name}_slab"], **_relax_kwargs(cfg))[0]
+            res = relax_batch(
+                [slab], calculator, progress=False, labels=[f"{name}_slab"], **_relax_kwargs(cfg)
+            )[0]
             if res.error:
                 raise RuntimeError(f"ML relaxation of the clean slab {name} failed: {res.error}")
             slab_atoms, e_slab, slab_steps = res.atoms, float(res.final_energy), int(res.steps)
@@ -381,9 +393,15 @@ def run_system(
         grow = store.get("gasref", name, level="ml", refmode=_refmode(cfg))
         if grow is None:
             gas_ml = _gas_references(
-                calculator, cfg.gas_refs, sorted(set(ads_symbols)), cfg.gas_ref_overrides, model_label
+                calculator,
+                cfg.gas_refs,
+                sorted(set(ads_symbols)),
+                cfg.gas_ref_overrides,
+                model_label,
             )
-            store.put(Atoms(), "gasref", name, data=gas_ml.to_dict(), level="ml", refmode=_refmode(cfg))
+            store.put(
+                Atoms(), "gasref", name, data=gas_ml.to_dict(), level="ml", refmode=_refmode(cfg)
+            )
         else:
             gas_ml = _gas_from_row(grow)
 
@@ -395,9 +413,17 @@ def run_system(
         pid = todo[i]
         if res.error:
             store.put(
-                initial[pid], "ml", name, data={"reasons": [], "error": res.error},
-                pid=pid, site_type=site_types[pid], status="failed", steps=int(res.steps),
-                converged=False, anomaly="failed", error=res.error[:200],
+                initial[pid],
+                "ml",
+                name,
+                data={"reasons": [], "error": res.error},
+                pid=pid,
+                site_type=site_types[pid],
+                status="failed",
+                steps=int(res.steps),
+                converged=False,
+                anomaly="failed",
+                error=res.error[:200],
             )
             return
         rep = detect_anomalies(
@@ -408,10 +434,17 @@ def run_system(
             surface_change_multiplier=cfg.surface_change_multiplier,
         )
         store.put(
-            res.atoms, "ml", name,
+            res.atoms,
+            "ml",
+            name,
             data={"reasons": rep.reasons, "energies": [float(e) for e in res.energies]},
-            pid=pid, site_type=site_types[pid], status="ok", e_ml=float(res.final_energy),
-            steps=int(res.steps), converged=bool(res.converged), max_force=float(res.max_force),
+            pid=pid,
+            site_type=site_types[pid],
+            status="ok",
+            e_ml=float(res.final_energy),
+            steps=int(res.steps),
+            converged=bool(res.converged),
+            max_force=float(res.max_force),
             anomaly=rep.label(),
         )
 
@@ -432,14 +465,26 @@ def run_system(
         e = float(r.get("e_ml", float("nan")))
         e_ads = None
         if r.status == "ok":
-            e_ads = e if kind == "adsorption" else adsorption_energy(e, e_slab_ml, ads_symbols, gas_ml.refs)
+            e_ads = (
+                e
+                if kind == "adsorption"
+                else adsorption_energy(e, e_slab_ml, ads_symbols, gas_ml.refs)
+            )
         anomalies = [] if r.anomaly in ("none", "failed") else str(r.anomaly).split(",")
         ml.append(
             MLRecord(
-                pid=pid, site_type=str(r.site_type), status=str(r.status), e_ml=e, e_ads=e_ads,
-                steps=int(r.get("steps", 0)), converged=bool(r.get("converged", False)),
-                anomalies=anomalies, reasons=list(r.data.get("reasons", [])),
-                error=r.get("error"), atoms=r.toatoms(), initial=initial[pid],
+                pid=pid,
+                site_type=str(r.site_type),
+                status=str(r.status),
+                e_ml=e,
+                e_ads=e_ads,
+                steps=int(r.get("steps", 0)),
+                converged=bool(r.get("converged", False)),
+                anomalies=anomalies,
+                reasons=list(r.data.get("reasons", [])),
+                error=r.get("error"),
+                atoms=r.toatoms(),
+                initial=initial[pid],
             )
         )
     valid = [m for m in ml if m.valid]
@@ -456,10 +501,23 @@ def run_system(
     top_k = ranked[: max(cfg.top_k, 0)]
 
     outcome = SystemOutcome(
-        name=name, adsorbate=adsorbate, slab=slab, notes=list(system.notes), n_slab=n_slab,
-        energy_kind=kind, model_label=model_label, n_heuristic=n_heuristic,
-        n_random=len(initial) - n_heuristic, ml=ml, slab_ml=slab_ml, slab_energy_ml=e_slab_ml,
-        slab_steps_ml=slab_steps_ml, gas_ml=gas_ml, groups=groups, ranked=ranked, top_k=top_k,
+        name=name,
+        adsorbate=adsorbate,
+        slab=slab,
+        notes=list(system.notes),
+        n_slab=n_slab,
+        energy_kind=kind,
+        model_label=model_label,
+        n_heuristic=n_heuristic,
+        n_random=len(initial) - n_heuristic,
+        ml=ml,
+        slab_ml=slab_ml,
+        slab_energy_ml=e_slab_ml,
+        slab_steps_ml=slab_steps_ml,
+        gas_ml=gas_ml,
+        groups=groups,
+        ranked=ranked,
+        top_k=top_k,
         new_ml_relaxations=len(todo),
     )
 
@@ -469,7 +527,9 @@ def run_system(
     return outcome
 
 
-def _run_dft(outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, calc: Any, label: str) -> None:
+def _run_dft(
+    outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, calc: Any, label: str
+) -> None:
     if cfg.dft_mode not in DFT_MODES:
         raise ValueError(f"unknown --dft-mode {cfg.dft_mode!r}; use sp or rx")
     name = outcome.name
@@ -477,7 +537,9 @@ def _run_dft(outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, ca
     kind = energy_kind(calc)
     store.check_settings(
         name,
-        {"fmax": cfg.dft_fmax, "steps": cfg.dft_steps, "optimizer": cfg.dft_optimizer} if mode == "rx" else {},
+        {"fmax": cfg.dft_fmax, "steps": cfg.dft_steps, "optimizer": cfg.dft_optimizer}
+        if mode == "rx"
+        else {},
         f"dft:{label}:{mode}",
     )
     outcome.dft_label, outcome.dft_mode, outcome.dft_energy_kind = label, mode, kind
@@ -494,8 +556,12 @@ def _run_dft(outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, ca
         if row is None:
             res = run_reference(outcome.slab_ml, calc, mode, label=f"{name}_slab", **ref_kw)
             if res.error:
-                raise RuntimeError(f"reference calculation of the clean slab {name} failed: {res.error}")
-            store.put(res.atoms, "slab_dft", name, mode=mode, dft=label, e_dft=res.energy, calls=res.calls)
+                raise RuntimeError(
+                    f"reference calculation of the clean slab {name} failed: {res.error}"
+                )
+            store.put(
+                res.atoms, "slab_dft", name, mode=mode, dft=label, e_dft=res.energy, calls=res.calls
+            )
             new_calls += res.calls
             row = store.get("slab_dft", name, mode=mode, dft=label)
         slab_ref = row.toatoms()
@@ -509,9 +575,15 @@ def _run_dft(outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, ca
         grow = store.get("gasref", name, level=level, refmode=_refmode(cfg))
         if grow is None:
             gas = _gas_references(
-                calc, cfg.gas_refs, sorted(set(outcome.adsorbate.symbols)), cfg.gas_ref_overrides, label
+                calc,
+                cfg.gas_refs,
+                sorted(set(outcome.adsorbate.symbols)),
+                cfg.gas_ref_overrides,
+                label,
             )
-            store.put(Atoms(), "gasref", name, data=gas.to_dict(), level=level, refmode=_refmode(cfg))
+            store.put(
+                Atoms(), "gasref", name, data=gas.to_dict(), level=level, refmode=_refmode(cfg)
+            )
             new_calls += gas.calls
         else:
             gas = _gas_from_row(grow)
@@ -538,15 +610,27 @@ def _run_dft(outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, ca
                 anomaly = "failed"
             elif mode == "rx":
                 rep = detect_anomalies(
-                    rec.initial, res.atoms, slab_ref,
+                    rec.initial,
+                    res.atoms,
+                    slab_ref,
                     desorption_multiplier=cfg.desorption_multiplier,
                     surface_change_multiplier=cfg.surface_change_multiplier,
                 )
                 anomaly, reasons = rep.label(), rep.reasons
             store.put(
-                res.atoms, "dft", name, data={"reasons": reasons, "error": res.error},
-                pid=pid, rank=rank, mode=mode, dft=label, e_dft=res.energy, calls=res.calls,
-                converged=res.converged, anomaly=anomaly, error=(res.error or None),
+                res.atoms,
+                "dft",
+                name,
+                data={"reasons": reasons, "error": res.error},
+                pid=pid,
+                rank=rank,
+                mode=mode,
+                dft=label,
+                e_dft=res.energy,
+                calls=res.calls,
+                converged=res.converged,
+                anomaly=anomaly,
+                error=(res.error or None),
             )
             new_calls += res.calls
             if bar is not None:
@@ -570,9 +654,17 @@ def _run_dft(outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, ca
         anomalies = [] if row.anomaly in ("none", "failed") else str(row.anomaly).split(",")
         records.append(
             DFTRecord(
-                pid=pid, rank=rank, mode=mode, energy=energy, e_ads=e_ads, calls=int(row.calls),
-                converged=bool(row.converged), anomalies=anomalies,
-                reasons=list(row.data.get("reasons", [])), error=row.get("error"), atoms=row.toatoms(),
+                pid=pid,
+                rank=rank,
+                mode=mode,
+                energy=energy,
+                e_ads=e_ads,
+                calls=int(row.calls),
+                converged=bool(row.converged),
+                anomalies=anomalies,
+                reasons=list(row.data.get("reasons", [])),
+                error=row.get("error"),
+                atoms=row.toatoms(),
             )
         )
     outcome.dft = records
@@ -617,7 +709,9 @@ def run_adsorbml(
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / DB_NAME)
     outcomes = [
-        run_system(s, adsorbate, calculator, store, cfg, dft_calculator=dft_calculator, dft_label=dft_label)
+        run_system(
+            s, adsorbate, calculator, store, cfg, dft_calculator=dft_calculator, dft_label=dft_label
+        )
         for s in systems
     ]
     if write_outputs:

@@ -82,7 +82,9 @@ def heuristic_sites(slab: Atoms, symm_reduce: float = 1e-2) -> list[tuple[str, n
     finder = AdsorbateSiteFinder(structure, mi_vec=[0.0, 0.0, 1.0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # spglib's, via pymatgen
-        found = finder.find_adsorption_sites(distance=0.0, symm_reduce=symm_reduce, near_reduce=1e-2)
+        found = finder.find_adsorption_sites(
+            distance=0.0, symm_reduce=symm_reduce, near_reduce=1e-2
+        )
     surface_xy = slab.positions[tags == 1, :2]
     cell2 = _inplane(slab)
     out: list[tuple[str, np.ndarray]] = []
@@ -213,7 +215,9 @@ def min_pair_ratio(adslab: Atoms, n_slab: int) -> float:
     sel = ads_i & other
     if not sel.any():
         return np.inf
-    ratio = d[sel] / (covalent_radii[adslab.numbers[i[sel]]] + covalent_radii[adslab.numbers[j[sel]]])
+    ratio = d[sel] / (
+        covalent_radii[adslab.numbers[i[sel]]] + covalent_radii[adslab.numbers[j[sel]]]
+    )
     return float(ratio.min())
 
 
@@ -296,7 +300,9 @@ def generate_placements(
                     f"{min_distance_scale} x the covalent radii sum; the slab cell may be too small "
                     "for this adsorbate"
                 )
-            adslab = place_adsorbate(slab, adsorbate, xy, rotation, tilt, tilt_axis, height_scale, lift)
+            adslab = place_adsorbate(
+                slab, adsorbate, xy, rotation, tilt, tilt_axis, height_scale, lift
+            )
             ratio = min_pair_ratio(adslab, n_slab)
         site = adslab.positions[n_slab].copy()
         adslab.info.update(

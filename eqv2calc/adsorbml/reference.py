@@ -122,7 +122,9 @@ def make_reference_calculator(spec: str, directory: str | os.PathLike = ".") -> 
         except Exception as exc:  # noqa: BLE001 - reported with the spec
             raise ValueError(f"--dft {spec}: {func_name}() failed: {exc}") from exc
         if not hasattr(calc, "get_potential_energy") and not hasattr(calc, "calculate"):
-            raise ValueError(f"--dft {spec}: {func_name}() returned {type(calc).__name__}, not an ASE calculator")
+            raise ValueError(
+                f"--dft {spec}: {func_name}() returned {type(calc).__name__}, not an ASE calculator"
+            )
         return calc, spec
     raise ValueError(f"unknown --dft {spec!r}: use emt, vasp or module:function")
 
@@ -155,9 +157,14 @@ def run_reference(
 
         res = relax(work, calc, optimizer=optimizer, fmax=fmax, steps=steps, label=label or None)
         if res.error:
-            return ReferenceResult(atoms=work, energy=math.nan, calls=res.steps + 1, converged=False, error=res.error)
+            return ReferenceResult(
+                atoms=work, energy=math.nan, calls=res.steps + 1, converged=False, error=res.error
+            )
         return ReferenceResult(
-            atoms=res.atoms, energy=float(res.final_energy), calls=int(res.steps) + 1, converged=bool(res.converged)
+            atoms=res.atoms,
+            energy=float(res.final_energy),
+            calls=int(res.steps) + 1,
+            converged=bool(res.converged),
         )
     except KeyboardInterrupt:
         raise

@@ -74,9 +74,16 @@ def write_top_k(outcome: Any, out_dir: Path) -> list[dict[str, str]]:
         results = dict(getattr(rec.atoms.calc, "results", {}) or {})
         results.setdefault("energy", rec.e_ml)
         atoms.calc = SinglePointCalculator(
-            atoms, **{k: v for k, v in results.items() if k in ("energy", "free_energy", "forces", "stress")}
+            atoms,
+            **{
+                k: v
+                for k, v in results.items()
+                if k in ("energy", "free_energy", "forces", "stress")
+            },
         )
-        atoms.info.update({"pid": pid, "rank": rank, "site_type": rec.site_type, "e_ml_eV": rec.e_ml})
+        atoms.info.update(
+            {"pid": pid, "rank": rank, "site_type": rec.site_type, "e_ml_eV": rec.e_ml}
+        )
         if rec.e_ads is not None:
             atoms.info["e_ads_ml_eV"] = rec.e_ads
         xyz = folder / f"{stem}.extxyz"
@@ -148,20 +155,35 @@ def _system_dict(o: Any, files: list[dict[str, str]] | None) -> dict[str, Any]:
             "gas_references": o.gas_ml.to_dict() if o.gas_ml else None,
             "best": None
             if best_ml is None
-            else {"pid": best_ml.pid, "site_type": best_ml.site_type, "e_ml_eV": _num(best_ml.e_ml),
-                  "e_ads_ml_eV": _num(best_ml.e_ads)},
+            else {
+                "pid": best_ml.pid,
+                "site_type": best_ml.site_type,
+                "e_ml_eV": _num(best_ml.e_ml),
+                "e_ads_ml_eV": _num(best_ml.e_ads),
+            },
         },
         "top_k": top,
         "anomalies": [
-            {"pid": r.pid, "site_type": r.site_type, "kinds": r.anomalies or ["failed"],
-             "reasons": r.reasons or ([r.error] if r.error else [])}
+            {
+                "pid": r.pid,
+                "site_type": r.site_type,
+                "kinds": r.anomalies or ["failed"],
+                "reasons": r.reasons or ([r.error] if r.error else []),
+            }
             for r in o.ml
             if r.anomalies or r.status != "ok"
         ],
         "all_configurations": [
-            {"pid": r.pid, "site_type": r.site_type, "status": r.status, "e_ml_eV": _num(r.e_ml),
-             "e_ads_ml_eV": _num(r.e_ads), "steps": r.steps, "converged": r.converged,
-             "anomalies": r.anomalies}
+            {
+                "pid": r.pid,
+                "site_type": r.site_type,
+                "status": r.status,
+                "e_ml_eV": _num(r.e_ml),
+                "e_ads_ml_eV": _num(r.e_ads),
+                "steps": r.steps,
+                "converged": r.converged,
+                "anomalies": r.anomalies,
+            }
             for r in sorted(o.ml, key=lambda r: r.pid)
         ],
     }
@@ -180,16 +202,25 @@ def _system_dict(o: Any, files: list[dict[str, str]] | None) -> dict[str, Any]:
             "new_calls_this_run": o.new_dft_calls,
             "exhaustive_calls_estimate": _num(exhaustive, 1),
             "exhaustive_basis": basis,
-            "saving_fraction": _num(1.0 - used / exhaustive, 4) if exhaustive and math.isfinite(exhaustive) else None,
+            "saving_fraction": _num(1.0 - used / exhaustive, 4)
+            if exhaustive and math.isfinite(exhaustive)
+            else None,
             "n_valid": sum(1 for d in o.dft if d.valid),
             "best": None
             if best is None
-            else {"pid": best.pid, "rank": best.rank, "energy_eV": _num(best.energy), "e_ads_eV": _num(best.e_ads)},
+            else {
+                "pid": best.pid,
+                "rank": best.rank,
+                "energy_eV": _num(best.energy),
+                "e_ads_eV": _num(best.e_ads),
+            },
         }
     return out
 
 
-def summary_dict(outcomes: list[Any], config: Any, files: dict[str, list] | None = None) -> dict[str, Any]:
+def summary_dict(
+    outcomes: list[Any], config: Any, files: dict[str, list] | None = None
+) -> dict[str, Any]:
     """The JSON summary of a run."""
     from dataclasses import asdict
 
@@ -200,7 +231,12 @@ def summary_dict(outcomes: list[Any], config: Any, files: dict[str, list] | None
         "eqv2calc_version": __version__,
         "adsorbate": None
         if ads is None
-        else {"name": ads.name, "formula": ads.formula, "binding_atoms": ads.binding_indices, "oc20": ads.oc20},
+        else {
+            "name": ads.name,
+            "formula": ads.formula,
+            "binding_atoms": ads.binding_indices,
+            "oc20": ads.oc20,
+        },
         "settings": asdict(config),
         "units": {"energy": "eV", "length": "Å", "force": "eV/Å"},
         "systems": [_system_dict(o, (files or {}).get(o.name)) for o in outcomes],
@@ -228,7 +264,9 @@ def format_table(outcomes: list[Any]) -> str:
             if o.energy_kind == "adsorption"
             else "E_ads = E_adslab - E_slab - sum of gas references"
         )
-        lines.append(f"== {o.name} + {ads.name} ({ads.formula})   model: {o.model_label} ({kind_note})")
+        lines.append(
+            f"== {o.name} + {ads.name} ({ads.formula})   model: {o.model_label} ({kind_note})"
+        )
         for note in o.notes:
             lines.append(f"   note: {note}")
         counts = o.anomaly_counts
@@ -273,8 +311,14 @@ def format_table(outcomes: list[Any]) -> str:
             if best is not None:
                 e = best.e_ads if best.e_ads is not None else best.energy
                 what = "E_ads" if best.e_ads is not None else "E"
-                lines.append(f"   best {o.dft_label} {what}: {e:.3f} eV (rank {best.rank}, pid {best.pid})")
-            saving = (1.0 - used / exhaustive) * 100 if exhaustive and math.isfinite(exhaustive) else float("nan")
+                lines.append(
+                    f"   best {o.dft_label} {what}: {e:.3f} eV (rank {best.rank}, pid {best.pid})"
+                )
+            saving = (
+                (1.0 - used / exhaustive) * 100
+                if exhaustive and math.isfinite(exhaustive)
+                else float("nan")
+            )
             lines.append(
                 f"   reference calls ({o.dft_label}, {o.dft_mode}): {used} for adslabs + "
                 f"{o.dft_overhead_calls} slab/gas overhead; exhaustive ~ {exhaustive:.0f} ({basis}); "
@@ -288,7 +332,13 @@ def format_table(outcomes: list[Any]) -> str:
 # plot
 # ----------------------------------------------------------------------------------------------
 
-_MARKERS = {"desorbed": "^", "dissociated": "x", "surface_changed": "s", "intercalated": "v", "failed": "X"}
+_MARKERS = {
+    "desorbed": "^",
+    "dissociated": "x",
+    "surface_changed": "s",
+    "intercalated": "v",
+    "failed": "X",
+}
 
 
 def write_plot(outcomes: list[Any], path: Path) -> None:
@@ -304,7 +354,7 @@ def write_plot(outcomes: list[Any], path: Path) -> None:
     for ax, o in zip(axes[:, 0], outcomes):
         use_ads = all(r.e_ads is not None for r in o.ml if r.status == "ok")
         recs = [r for r in o.ml if r.status == "ok" and math.isfinite(r.e_ml)]
-        recs.sort(key=lambda r: (r.e_ads if use_ads else r.e_ml))
+        recs.sort(key=lambda r: r.e_ads if use_ads else r.e_ml)
         ys = [r.e_ads if use_ads else r.e_ml for r in recs]
         xs = list(range(1, len(recs) + 1))
         valid_x = [x for x, r in zip(xs, recs) if r.valid]
@@ -319,8 +369,16 @@ def write_plot(outcomes: list[Any], path: Path) -> None:
         tx = [x for x, r in zip(xs, recs) if r.pid in top]
         ty = [y for y, r in zip(ys, recs) if r.pid in top]
         if tx:
-            ax.scatter(tx, ty, s=110, facecolors="none", edgecolors="tab:orange", linewidths=2,
-                       label=f"top-{len(o.top_k)}", zorder=4)
+            ax.scatter(
+                tx,
+                ty,
+                s=110,
+                facecolors="none",
+                edgecolors="tab:orange",
+                linewidths=2,
+                label=f"top-{len(o.top_k)}",
+                zorder=4,
+            )
         if o.dft:
             pos = {r.pid: x for x, r in zip(xs, recs)}
             dx = [pos[d.pid] for d in o.dft if d.pid in pos and math.isfinite(d.energy)]
@@ -330,10 +388,20 @@ def write_plot(outcomes: list[Any], path: Path) -> None:
                 if d.pid in pos and math.isfinite(d.energy)
             ]
             if dx and (use_ads or o.dft_energy_kind == o.energy_kind):
-                ax.scatter(dx, dy, s=60, marker="*", c="tab:green", label=f"{o.dft_label} ({o.dft_mode})", zorder=5)
+                ax.scatter(
+                    dx,
+                    dy,
+                    s=60,
+                    marker="*",
+                    c="tab:green",
+                    label=f"{o.dft_label} ({o.dft_mode})",
+                    zorder=5,
+                )
         ax.set_xlabel("configuration (sorted by ML energy)")
         ax.set_ylabel("E_ads (eV)" if use_ads else "E (eV)")
-        ax.set_title(f"{o.name} + {o.adsorbate.name}: {len(recs)} relaxed, {len(o.ranked)} unique valid")
+        ax.set_title(
+            f"{o.name} + {o.adsorbate.name}: {len(recs)} relaxed, {len(o.ranked)} unique valid"
+        )
         ax.grid(alpha=0.3)
         if recs:
             ax.legend(fontsize=7, loc="best")
@@ -357,7 +425,9 @@ def write_outputs(outcomes: list[Any], out_dir: Path, config: Any) -> dict[str, 
     files = {o.name: write_top_k(o, out_dir) for o in outcomes}
     summary = summary_dict(outcomes, config, files)
     json_path = out_dir / "summary.json"
-    _atomic_write_bytes(json_path, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
+    _atomic_write_bytes(
+        json_path, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode()
+    )
     png_path = out_dir / "energies.png"
     write_plot(outcomes, png_path)
     return {"summary": json_path, "plot": png_path, "topk": out_dir / "topk"}

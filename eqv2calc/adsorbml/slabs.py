@@ -55,7 +55,11 @@ def check_slab_cell(atoms: Atoms, source: str = "slab") -> None:
     if len(atoms) == 0:
         raise SlabInputError(f"{source}: no atoms")
     cell = np.asarray(atoms.cell)
-    if not (atoms.pbc[0] and atoms.pbc[1]) or np.linalg.norm(cell[0]) < 1e-6 or np.linalg.norm(cell[1]) < 1e-6:
+    if (
+        not (atoms.pbc[0] and atoms.pbc[1])
+        or np.linalg.norm(cell[0]) < 1e-6
+        or np.linalg.norm(cell[1]) < 1e-6
+    ):
         raise SlabInputError(
             f"{source}: a slab needs periodic a and b cell vectors (pbc={atoms.pbc.tolist()}, "
             f"cell lengths {atoms.cell.lengths().round(3).tolist()} Å)"
@@ -66,7 +70,9 @@ def check_slab_cell(atoms: Atoms, source: str = "slab") -> None:
             f"got a_z={cell[0, 2]:.4f} Å, b_z={cell[1, 2]:.4f} Å"
         )
     if np.linalg.norm(cell[2]) < 1e-6 or cell[2, 2] <= 0:
-        raise SlabInputError(f"{source}: the c vector must point along +z (got c={cell[2].round(3).tolist()})")
+        raise SlabInputError(
+            f"{source}: the c vector must point along +z (got c={cell[2].round(3).tolist()})"
+        )
     z = atoms.positions[:, 2]
     gap = cell[2, 2] - (z.max() - z.min())
     if gap < 6.0:
@@ -172,7 +178,9 @@ def prepare_slab(
         )
     oc20_tags = tag_set <= {0, 1}
     if keep_tags and not oc20_tags:
-        notes.append(f"ignored tags {sorted(tag_set)[:6]} (not OC20 0/1 tags, e.g. ASE layer numbers)")
+        notes.append(
+            f"ignored tags {sorted(tag_set)[:6]} (not OC20 0/1 tags, e.g. ASE layer numbers)"
+        )
     have_tags = keep_tags and oc20_tags and surface_depth is None and np.any(tags == 1)
     if not have_tags:
         tags = detect_surface_tags(atoms, surface_depth)
@@ -281,7 +289,11 @@ def slabs_from_bulk(
         atoms = AseAtomsAdaptor.get_atoms(slab)
         atoms = _to_z_normal(atoms)
         la, lb = atoms.cell.lengths()[:2]
-        rep = (max(1, int(np.ceil(min_size / la - 1e-9))), max(1, int(np.ceil(min_size / lb - 1e-9))), 1)
+        rep = (
+            max(1, int(np.ceil(min_size / la - 1e-9))),
+            max(1, int(np.ceil(min_size / lb - 1e-9))),
+            1,
+        )
         atoms = atoms.repeat(rep)
         atoms.wrap()
         order = np.argsort(atoms.positions[:, 2], kind="stable")
@@ -297,7 +309,8 @@ def slabs_from_bulk(
             source=f"{p} ({hkl}) termination {t}",
         )
         system.notes.insert(
-            0, f"cut from {p.name} ({hkl}), termination {t} of {len(slabs)}, repeated {rep[0]}x{rep[1]}"
+            0,
+            f"cut from {p.name} ({hkl}), termination {t} of {len(slabs)}, repeated {rep[0]}x{rep[1]}",
         )
         out.append(system)
     return out

@@ -112,7 +112,9 @@ class ResultStore:
                 self.db.delete([r.id for r in old])
             return self.db.write(atoms, key_value_pairs=kvp, data=data or {})
 
-    def put_many(self, items: list[tuple[Atoms, dict[str, Any], dict[str, Any]]], kind: str, system: str) -> None:
+    def put_many(
+        self, items: list[tuple[Atoms, dict[str, Any], dict[str, Any]]], kind: str, system: str
+    ) -> None:
         """Write several new rows ``(atoms, data, keys)`` in one transaction (all or none)."""
         with self.db:
             for atoms, data, keys in items:

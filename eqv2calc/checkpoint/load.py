@@ -33,13 +33,15 @@ class LoadedModel:
     accounting: dict = field(default_factory=dict)  # key -> "loaded as <ours>" | "derived" | ...
 
 
-def _translate(parsed: ParsedCheckpoint, state: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
+def _translate(
+    parsed: ParsedCheckpoint, state: dict[str, torch.Tensor]
+) -> tuple[dict, dict, list[str]]:
     ours: dict[str, torch.Tensor] = {}
     accounting: dict[str, str] = {}
     unknown: list[str] = []
     classic = parsed.layout == "classic"
     for key, value in state.items():
-        name = key[len(parsed.prefix):]
+        name = key[len(parsed.prefix) :]
         target = names.to_ours(name, parsed.head_modules, classic)
         if target is not None:
             ours[target] = value
@@ -51,15 +53,22 @@ def _translate(parsed: ParsedCheckpoint, state: dict[str, torch.Tensor]) -> tupl
     return ours, accounting, unknown
 
 
-def _apply_ema(data: dict, parsed: ParsedCheckpoint, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _apply_ema(
+    data: dict, parsed: ParsedCheckpoint, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     ema = data.get("ema") or {}
     shadow = ema.get("shadow_params") or []
     if not shadow:
         raise CheckpointError(f"{parsed.path}: use_ema=True but the file holds no EMA weights")
     # shadow_params follow the reference model's trainable-parameter order = state-dict order of
     # parameters (buffers and the frozen OC22 reference vector excluded).
-    trainable = [k for k in state if not names.is_derived(k[len(parsed.prefix):])
-                 and not k.endswith("distance_expansion.offset") and not k.endswith("energy_lin_ref")]
+    trainable = [
+        k
+        for k in state
+        if not names.is_derived(k[len(parsed.prefix) :])
+        and not k.endswith("distance_expansion.offset")
+        and not k.endswith("energy_lin_ref")
+    ]
     if len(trainable) != len(shadow):
         raise CheckpointError(
             f"{parsed.path}: EMA has {len(shadow)} tensors but the state dict has {len(trainable)} parameters"
@@ -67,7 +76,9 @@ def _apply_ema(data: dict, parsed: ParsedCheckpoint, state: dict[str, torch.Tens
     out = dict(state)
     for key, value in zip(trainable, shadow):
         if tuple(value.shape) != tuple(state[key].shape):
-            raise CheckpointError(f"{parsed.path}: EMA tensor for {key} has shape {tuple(value.shape)}, expected {tuple(state[key].shape)}")
+            raise CheckpointError(
+                f"{parsed.path}: EMA tensor for {key} has shape {tuple(value.shape)}, expected {tuple(state[key].shape)}"
+            )
         out[key] = value
     return out
 
@@ -101,16 +112,24 @@ def load_checkpoint(
         state = _apply_ema(data, parsed, state)
     ours, accounting, unknown = _translate(parsed, state)
     if unknown:
-        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        shown = ", ".join(unknown[:5]) + (
+            f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        )
         raise CheckpointError(f"{path}: state-dict keys not understood: {shown}")
 
     model = EquiformerV2Potential(
-        parsed.config, parsed.heads, parsed.normalizers, parsed.element_references, parsed.energy_kind
+        parsed.config,
+        parsed.heads,
+        parsed.normalizers,
+        parsed.element_references,
+        parsed.energy_kind,
     )
     expected = model.state_dict()
     missing = [k for k in expected if k not in ours and k != "element_references"]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        shown = ", ".join(missing[:5]) + (
+            f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        )
         raise CheckpointError(f"{path}: checkpoint lacks values for: {shown}")
     for key, value in ours.items():
         if tuple(expected[key].shape) != tuple(value.shape):
@@ -121,5 +140,9 @@ def load_checkpoint(
     model.load_state_dict(ours, strict=True)
     model.eval().to(device=device, dtype=dtype)
     c = parsed.config
-    settings = GraphSettings(float(c.max_radius), int(c.max_neighbors), bool(c.enforce_max_neighbors_strictly))
-    return LoadedModel(model, settings, path, parsed.layout, parsed.energy_kind, use_ema, accounting)
+    settings = GraphSettings(
+        float(c.max_radius), int(c.max_neighbors), bool(c.enforce_max_neighbors_strictly)
+    )
+    return LoadedModel(
+        model, settings, path, parsed.layout, parsed.energy_kind, use_ema, accounting
+    )

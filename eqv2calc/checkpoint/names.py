@@ -52,8 +52,16 @@ _BACKBONE_MODULES = [
     ("sphere_embedding.weight", "sphere_embedding.weight", None),
     ("distance_expansion.offset", "distance_basis.centres", None),
     ("force_embedding.{p}", "force_embedding.{p}", None),
-    ("edge_degree_embedding.source_embedding.weight", "edge_degree.edge_invariants.source_embedding.weight", None),
-    ("edge_degree_embedding.target_embedding.weight", "edge_degree.edge_invariants.target_embedding.weight", None),
+    (
+        "edge_degree_embedding.source_embedding.weight",
+        "edge_degree.edge_invariants.source_embedding.weight",
+        None,
+    ),
+    (
+        "edge_degree_embedding.target_embedding.weight",
+        "edge_degree.edge_invariants.target_embedding.weight",
+        None,
+    ),
     ("edge_degree_embedding.rad_func.net.{i}.{p}", "edge_degree.radial.net.{i}.{p}", None),
     ("blocks.{b}.norm_1.", "blocks.{b}.norm_1.", _NORM),
     ("blocks.{b}.norm_2.", "blocks.{b}.norm_2.", _NORM),
@@ -105,7 +113,7 @@ def _translate_modules(modules, name: str, reverse: bool) -> str | None:
         head = _fill(dst, match.groupdict())
         if inner is None:
             return head
-        rest = _translate_within(inner, name[match.end():], reverse)
+        rest = _translate_within(inner, name[match.end() :], reverse)
         if rest is not None:
             return head + rest
     return None
@@ -141,10 +149,10 @@ def to_ours(name: str, heads: dict[str, tuple[str, str]], classic: bool) -> str 
         rest = _translate_modules(_BACKBONE_MODULES, name, reverse=False)
         return f"backbone.{rest}" if rest else None
     if name.startswith("backbone."):
-        rest = _translate_modules(_BACKBONE_MODULES, name[len("backbone."):], reverse=False)
+        rest = _translate_modules(_BACKBONE_MODULES, name[len("backbone.") :], reverse=False)
         return f"backbone.{rest}" if rest else None
     if name.startswith("output_heads."):
-        file_key, _, rest = name[len("output_heads."):].partition(".")
+        file_key, _, rest = name[len("output_heads.") :].partition(".")
         for out_name, (kind, module) in heads.items():
             if out_name == file_key:
                 inner = _translate_modules(head_modules(kind, module), rest, reverse=False)
@@ -157,12 +165,12 @@ def to_reference(name: str, heads: dict[str, tuple[str, str]], classic: bool) ->
     if name == "energy_lin_ref":
         return "energy_lin_ref"
     if name.startswith("backbone."):
-        rest = _translate_modules(_BACKBONE_MODULES, name[len("backbone."):], reverse=True)
+        rest = _translate_modules(_BACKBONE_MODULES, name[len("backbone.") :], reverse=True)
         if rest is None:
             return None
         return rest if classic else f"backbone.{rest}"
     if name.startswith("heads."):
-        out_name, _, rest = name[len("heads."):].partition(".")
+        out_name, _, rest = name[len("heads.") :].partition(".")
         kind, module = heads[out_name]
         inner = _translate_modules(head_modules(kind, module), rest, reverse=True)
         if inner is None:

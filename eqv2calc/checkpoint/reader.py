@@ -33,7 +33,9 @@ def read_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict:
             "If you trust the file, load it with allow_pickle=True or set EQV2CALC_ALLOW_PICKLE=1."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format?): {exc}") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or another format?): {exc}"
+        ) from None
     if not isinstance(data, dict) or "state_dict" not in data or "config" not in data:
         found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(
@@ -44,18 +46,38 @@ def read_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict:
 
 # Module names as configs give them (registry names or import paths), by role.
 _BACKBONES = {
-    "equiformer_v2", "equiformer_v2_backbone", "EquiformerV2", "EquiformerV2Backbone",
-    "EqV2DeNSBackbone", "equiformer_v2_dens_backbone", "EquiformerV2_DeNS",
+    "equiformer_v2",
+    "equiformer_v2_backbone",
+    "EquiformerV2",
+    "EquiformerV2Backbone",
+    "EqV2DeNSBackbone",
+    "equiformer_v2_dens_backbone",
+    "EquiformerV2_DeNS",
 }
 _ENERGY_HEADS = {
-    "equiformer_v2_energy_head", "EquiformerV2EnergyHead", "equiformerV2_scalar_head", "EqV2ScalarHead",
-    "DeNSScalarHead", "equiformer_v2_dens_energy_head", "DeNSEnergyHead",
+    "equiformer_v2_energy_head",
+    "EquiformerV2EnergyHead",
+    "equiformerV2_scalar_head",
+    "EqV2ScalarHead",
+    "DeNSScalarHead",
+    "equiformer_v2_dens_energy_head",
+    "DeNSEnergyHead",
 }
 _FORCE_HEADS = {
-    "equiformer_v2_force_head", "EquiformerV2ForceHead", "equiformerV2_vector_head", "EqV2VectorHead",
-    "DeNSVectorHead", "equiformer_v2_dens_force_head", "DeNSForceHead",
+    "equiformer_v2_force_head",
+    "EquiformerV2ForceHead",
+    "equiformerV2_vector_head",
+    "EqV2VectorHead",
+    "DeNSVectorHead",
+    "equiformer_v2_dens_force_head",
+    "DeNSForceHead",
 }
-_RANK2_HEADS = {"rank2_symmetric_head", "Rank2SymmetricTensorHead", "DeNSRank2Head", "dens_rank2_symmetric_head"}
+_RANK2_HEADS = {
+    "rank2_symmetric_head",
+    "Rank2SymmetricTensorHead",
+    "DeNSRank2Head",
+    "dens_rank2_symmetric_head",
+}
 _HEAD_OPTIONS = {
     "energy": {"reduce"},
     "forces": set(),
@@ -112,14 +134,16 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
     model = config.get("model")
     state = data["state_dict"]
     prefix = _state_prefix(state)
-    keys = {k[len(prefix):] for k in state}
+    keys = {k[len(prefix) :] for k in state}
 
     if isinstance(model, dict) and model.get("name") == "hydra":
         layout = "hydra"
         backbone_opts = dict(model.get("backbone") or {})
         backbone_name = short_name(str(backbone_opts.pop("model", "")))
         if backbone_name not in _BACKBONES:
-            raise CheckpointError(f"{path}: unsupported backbone {backbone_name!r} (expected an EquiformerV2 backbone)")
+            raise CheckpointError(
+                f"{path}: unsupported backbone {backbone_name!r} (expected an EquiformerV2 backbone)"
+            )
         if "DeNS" in backbone_name or "dens" in backbone_name:
             backbone_opts.setdefault("use_force_encoding", True)
         heads, head_modules = {}, {}
@@ -132,22 +156,40 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
             elif module in _RANK2_HEADS:
                 kind = "rank2"
             else:
-                raise CheckpointError(f"{path}: head {file_key!r} uses unsupported module {head.get('module')!r}")
+                raise CheckpointError(
+                    f"{path}: head {file_key!r} uses unsupported module {head.get('module')!r}"
+                )
             options = {k: v for k, v in head.items() if k not in _TRAINING_ONLY}
             unknown = sorted(set(options) - _HEAD_OPTIONS[kind])
             if unknown:
                 raise CheckpointError(f"{path}: head {file_key!r}: unsupported option(s) {unknown}")
             submodule = ""
             if kind == "energy":
-                submodule = next((m for m in ("energy_block", "scalar_block") if any(k.startswith(f"output_heads.{file_key}.{m}.") for k in keys)), "energy_block")
+                submodule = next(
+                    (
+                        m
+                        for m in ("energy_block", "scalar_block")
+                        if any(k.startswith(f"output_heads.{file_key}.{m}.") for k in keys)
+                    ),
+                    "energy_block",
+                )
             elif kind == "forces":
-                submodule = next((m for m in ("force_block", "vector_block") if any(k.startswith(f"output_heads.{file_key}.{m}.") for k in keys)), "force_block")
+                submodule = next(
+                    (
+                        m
+                        for m in ("force_block", "vector_block")
+                        if any(k.startswith(f"output_heads.{file_key}.{m}.") for k in keys)
+                    ),
+                    "force_block",
+                )
                 if any(k.startswith(f"output_heads.{file_key}.denoising_pos_block.") for k in keys):
                     options["denoising_block"] = True
             heads[file_key] = HeadSpec(kind, options)
             head_modules[file_key] = (kind, submodule)
         if "energy" not in heads or "forces" not in heads:
-            raise CheckpointError(f"{path}: hydra model needs 'energy' and 'forces' heads, found {sorted(heads)}")
+            raise CheckpointError(
+                f"{path}: hydra model needs 'energy' and 'forces' heads, found {sorted(heads)}"
+            )
     else:
         layout = "classic"
         if isinstance(model, dict):
@@ -173,7 +215,9 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
         refs = torch.as_tensor(elementrefs["energy"]["element_references"]).float()
 
     written_by_us = (config.get("eqv2calc") or {}).get("energy_kind")
-    dataset = str((config.get("task") or {}).get("dataset", "")) + str((config.get("dataset") or {}).get("format", ""))
+    dataset = str((config.get("task") or {}).get("dataset", "")) + str(
+        (config.get("dataset") or {}).get("format", "")
+    )
     if layout == "classic" and not cfg.load_energy_lin_ref and "oc22" not in dataset.lower():
         energy_kind = "adsorption"
     else:
@@ -182,7 +226,14 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
         energy_kind = written_by_us
 
     return ParsedCheckpoint(
-        path=path, layout=layout, config=cfg, heads=heads, head_modules=head_modules,
-        normalizers=_normalizers(data, path), element_references=refs, energy_kind=energy_kind,
-        prefix=prefix, raw=data,
+        path=path,
+        layout=layout,
+        config=cfg,
+        heads=heads,
+        head_modules=head_modules,
+        normalizers=_normalizers(data, path),
+        element_references=refs,
+        energy_kind=energy_kind,
+        prefix=prefix,
+        raw=data,
     )

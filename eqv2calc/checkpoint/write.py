@@ -12,7 +12,11 @@ import torch
 from eqv2calc.checkpoint import names
 from eqv2calc.model.potential import EquiformerV2Potential
 
-_HEAD_MODULE_NAMES = {"energy": "equiformer_v2_energy_head", "forces": "equiformer_v2_force_head", "rank2": "rank2_symmetric_head"}
+_HEAD_MODULE_NAMES = {
+    "energy": "equiformer_v2_energy_head",
+    "forces": "equiformer_v2_force_head",
+    "rank2": "rank2_symmetric_head",
+}
 _SUBMODULE = {"energy": "energy_block", "forces": "force_block", "rank2": ""}
 
 
@@ -52,7 +56,9 @@ def save_checkpoint(
     cfg = {k: v for k, v in dataclasses.asdict(model.config).items()}
     heads = {name: (spec.kind, _SUBMODULE[spec.kind]) for name, spec in model.head_specs.items()}
     if classic and set(heads) != {"energy", "forces"}:
-        raise ValueError("the classic layout holds exactly an energy and a forces head; use layout='hydra'")
+        raise ValueError(
+            "the classic layout holds exactly an energy and a forces head; use layout='hydra'"
+        )
     prefix = "module.module." if classic else "module."
     state = {}
     for key, value in model.state_dict().items():
@@ -67,12 +73,24 @@ def save_checkpoint(
     if classic:
         normalizers = {}
         if "energy" in norms:
-            normalizers["target"] = {"mean": torch.tensor(norms["energy"].mean), "std": torch.tensor(norms["energy"].std)}
+            normalizers["target"] = {
+                "mean": torch.tensor(norms["energy"].mean),
+                "std": torch.tensor(norms["energy"].std),
+            }
         if "forces" in norms:
-            normalizers["grad_target"] = {"mean": torch.tensor(norms["forces"].mean), "std": torch.tensor(norms["forces"].std)}
-        config = {"model": "equiformer_v2", "model_attributes": cfg, "task": {"dataset": "eqv2calc"}}
+            normalizers["grad_target"] = {
+                "mean": torch.tensor(norms["forces"].mean),
+                "std": torch.tensor(norms["forces"].std),
+            }
+        config = {
+            "model": "equiformer_v2",
+            "model_attributes": cfg,
+            "task": {"dataset": "eqv2calc"},
+        }
     else:
-        normalizers = {k: {"mean": torch.tensor(v.mean), "rmsd": torch.tensor(v.std)} for k, v in norms.items()}
+        normalizers = {
+            k: {"mean": torch.tensor(v.mean), "rmsd": torch.tensor(v.std)} for k, v in norms.items()
+        }
         head_cfg = {}
         for name, spec in model.head_specs.items():
             entry = {"module": _HEAD_MODULE_NAMES[spec.kind]}
@@ -81,14 +99,28 @@ def save_checkpoint(
                 entry["output_name"] = name
             head_cfg[name] = entry
         backbone = {"model": "equiformer_v2_backbone", **cfg}
-        config = {"model": {"name": "hydra", "backbone": backbone, "heads": head_cfg, "pass_through_head_outputs": True}}
+        config = {
+            "model": {
+                "name": "hydra",
+                "backbone": backbone,
+                "heads": head_cfg,
+                "pass_through_head_outputs": True,
+            }
+        }
     config["eqv2calc"] = {"energy_kind": model.energy_kind}
 
     payload = {"state_dict": state, "config": config, "normalizers": normalizers}
     if model.element_references.numel():
-        payload["elementrefs"] = {"energy": {"element_references": model.element_references.detach().cpu()}}
+        payload["elementrefs"] = {
+            "energy": {"element_references": model.element_references.detach().cpu()}
+        }
     if ema_state is not None:
-        payload["ema"] = {"decay": None, "num_updates": None, "shadow_params": [t.detach().cpu() for t in ema_state], "collected_params": []}
+        payload["ema"] = {
+            "decay": None,
+            "num_updates": None,
+            "shadow_params": [t.detach().cpu() for t in ema_state],
+            "collected_params": [],
+        }
     payload.update(extra or {})
     _atomic_save(payload, path)
     return path

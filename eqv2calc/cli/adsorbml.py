@@ -56,7 +56,9 @@ def _parse_binding_atoms(text: str | None) -> list[int] | None:
     try:
         idx = [int(t) for t in re.split(r"[,\s]+", text.strip()) if t]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated atom indices like 0,1; got {text!r}") from None
+        raise click.BadParameter(
+            f"expected comma-separated atom indices like 0,1; got {text!r}"
+        ) from None
     if not idx:
         raise click.BadParameter("give at least one index")
     return idx
@@ -79,10 +81,21 @@ def _list_adsorbates() -> None:
 
 @click.command("adsorbml", help=_HELP)
 @click.option("--slab", "slab_file", type=click.Path(dir_okay=False), help="Clean slab file.")
-@click.option("--bulk", "bulk_file", type=click.Path(dir_okay=False), help="Bulk structure to cut slabs from.")
-@click.option("--miller", nargs=3, type=int, default=None, metavar="H K L", help="Miller index for --bulk.")
-@click.option("--adsorbate", "-a", default=None, metavar="NAME|FILE", help="Library name or structure file.")
-@click.option("--binding-atoms", default=None, metavar="I,J", help="Binding atom indices (0-based) for an adsorbate file.")
+@click.option(
+    "--bulk", "bulk_file", type=click.Path(dir_okay=False), help="Bulk structure to cut slabs from."
+)
+@click.option(
+    "--miller", nargs=3, type=int, default=None, metavar="H K L", help="Miller index for --bulk."
+)
+@click.option(
+    "--adsorbate", "-a", default=None, metavar="NAME|FILE", help="Library name or structure file."
+)
+@click.option(
+    "--binding-atoms",
+    default=None,
+    metavar="I,J",
+    help="Binding atom indices (0-based) for an adsorbate file.",
+)
 @click.option("--list-adsorbates", is_flag=True, help="List the adsorbate library and exit.")
 @model_options
 @click.option(
@@ -92,68 +105,212 @@ def _list_adsorbates() -> None:
     show_default=True,
     help="ASE optimizer for the ML relaxations (batched).",
 )
-@click.option("--fmax", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
-              help="ML relaxation convergence: largest force on a free atom (eV/Å).")
-@click.option("--steps", type=click.IntRange(min=0), default=300, show_default=True,
-              help="Maximum optimizer steps per ML relaxation.")
+@click.option(
+    "--fmax",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.02,
+    show_default=True,
+    help="ML relaxation convergence: largest force on a free atom (eV/Å).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=0),
+    default=300,
+    show_default=True,
+    help="Maximum optimizer steps per ML relaxation.",
+)
 @max_atoms_option
-@click.option("--num-random", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Random placements besides the heuristic sites.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sites and orientations.")
-@click.option("--max-tilt", type=click.FloatRange(0, 90), default=20.0, show_default=True,
-              help="Largest tilt of the adsorbate away from the surface normal (degrees).")
-@click.option("--site-separation", type=click.FloatRange(min=0), default=0.5, show_default=True,
-              help="Smallest distance between random sites (Å).")
-@click.option("--min-distance", type=click.FloatRange(min=0), default=0.9, show_default=True,
-              help="Reject orientations with adsorbate-slab distances below this x the sum of covalent radii.")
-@click.option("--fix-below", type=float, default=None, metavar="Z",
-              help="Fix slab atoms with z below Z (Å) instead of the sub-surface atoms.")
-@click.option("--surface-depth", type=click.FloatRange(min=0, min_open=True), default=None, metavar="D",
-              help="Surface atoms are those within D Å of the top (default: detected by coordination).")
-@click.option("--min-thickness", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
-              help="--bulk: minimum slab thickness (Å).")
-@click.option("--vacuum", type=click.FloatRange(min=0, min_open=True), default=15.0, show_default=True,
-              help="--bulk: minimum vacuum (Å).")
-@click.option("--min-size", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True,
-              help="--bulk: repeat in-plane until a and b are at least this long (Å).")
-@click.option("--no-slab-relax", is_flag=True, help="Use the input slab as the clean-slab reference (no ML relaxation).")
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Configurations handed to DFT.")
-@click.option("--dedup-tol", type=click.FloatRange(min=0), default=0.25, show_default=True,
-              help="Configurations whose adsorbate atoms match within this (Å, modulo slab symmetry) ...")
-@click.option("--dedup-energy-tol", type=click.FloatRange(min=0), default=0.02, show_default=True,
-              help="... and whose ML energies differ by at most this (eV) are the same minimum.")
-@click.option("--dft", "dft_spec", default=None, metavar="SPEC",
-              help="Reference calculator for the top-k: emt, vasp (ASE environment variables) or module:function.")
-@click.option("--dft-mode", type=click.Choice(["sp", "rx"]), default="sp", show_default=True,
-              help="sp: one single point each; rx: relax from the ML geometry (then filtered again).")
-@click.option("--dft-fmax", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
-              help="rx: convergence of the reference relaxations (eV/Å).")
-@click.option("--dft-steps", type=click.IntRange(min=1), default=300, show_default=True,
-              help="rx: maximum ionic steps per reference relaxation.")
-@click.option("--gas-refs", type=click.Choice(["computed", "oc20"]), default="computed", show_default=True,
-              help="Gas-phase references for total-energy models: computed with the same calculator from "
-              "H2/H2O/CO/N2, or OC20's RPBE table (H -3.477, O -7.204, C -7.282, N -8.083 eV).")
-@click.option("--gas-ref", "gas_ref", multiple=True, metavar="EL=VALUE",
-              help="Override one per-element gas reference (eV/atom), e.g. O=-7.204; repeatable.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default adsorbml_<slab>_<adsorbate>).")
+@click.option(
+    "--num-random",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Random placements besides the heuristic sites.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for sites and orientations."
+)
+@click.option(
+    "--max-tilt",
+    type=click.FloatRange(0, 90),
+    default=20.0,
+    show_default=True,
+    help="Largest tilt of the adsorbate away from the surface normal (degrees).",
+)
+@click.option(
+    "--site-separation",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Smallest distance between random sites (Å).",
+)
+@click.option(
+    "--min-distance",
+    type=click.FloatRange(min=0),
+    default=0.9,
+    show_default=True,
+    help="Reject orientations with adsorbate-slab distances below this x the sum of covalent radii.",
+)
+@click.option(
+    "--fix-below",
+    type=float,
+    default=None,
+    metavar="Z",
+    help="Fix slab atoms with z below Z (Å) instead of the sub-surface atoms.",
+)
+@click.option(
+    "--surface-depth",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="D",
+    help="Surface atoms are those within D Å of the top (default: detected by coordination).",
+)
+@click.option(
+    "--min-thickness",
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="--bulk: minimum slab thickness (Å).",
+)
+@click.option(
+    "--vacuum",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="--bulk: minimum vacuum (Å).",
+)
+@click.option(
+    "--min-size",
+    type=click.FloatRange(min=0, min_open=True),
+    default=8.0,
+    show_default=True,
+    help="--bulk: repeat in-plane until a and b are at least this long (Å).",
+)
+@click.option(
+    "--no-slab-relax",
+    is_flag=True,
+    help="Use the input slab as the clean-slab reference (no ML relaxation).",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Configurations handed to DFT.",
+)
+@click.option(
+    "--dedup-tol",
+    type=click.FloatRange(min=0),
+    default=0.25,
+    show_default=True,
+    help="Configurations whose adsorbate atoms match within this (Å, modulo slab symmetry) ...",
+)
+@click.option(
+    "--dedup-energy-tol",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    help="... and whose ML energies differ by at most this (eV) are the same minimum.",
+)
+@click.option(
+    "--dft",
+    "dft_spec",
+    default=None,
+    metavar="SPEC",
+    help="Reference calculator for the top-k: emt, vasp (ASE environment variables) or module:function.",
+)
+@click.option(
+    "--dft-mode",
+    type=click.Choice(["sp", "rx"]),
+    default="sp",
+    show_default=True,
+    help="sp: one single point each; rx: relax from the ML geometry (then filtered again).",
+)
+@click.option(
+    "--dft-fmax",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.05,
+    show_default=True,
+    help="rx: convergence of the reference relaxations (eV/Å).",
+)
+@click.option(
+    "--dft-steps",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="rx: maximum ionic steps per reference relaxation.",
+)
+@click.option(
+    "--gas-refs",
+    type=click.Choice(["computed", "oc20"]),
+    default="computed",
+    show_default=True,
+    help="Gas-phase references for total-energy models: computed with the same calculator from "
+    "H2/H2O/CO/N2, or OC20's RPBE table (H -3.477, O -7.204, C -7.282, N -8.083 eV).",
+)
+@click.option(
+    "--gas-ref",
+    "gas_ref",
+    multiple=True,
+    metavar="EL=VALUE",
+    help="Override one per-element gas reference (eV/atom), e.g. O=-7.204; repeatable.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder (default adsorbml_<slab>_<adsorbate>).",
+)
 @progress_option
 def adsorbml_command(**kw: object) -> None:
     try:
         code = _run(**kw)
     except KeyboardInterrupt:
-        echo_error("interrupted; every finished result is in the database, rerun the same command to resume")
+        echo_error(
+            "interrupted; every finished result is in the database, rerun the same command to resume"
+        )
         raise SystemExit(130) from None
     if code:
         raise SystemExit(code)
 
 
 def _run(
-    slab_file, bulk_file, miller, adsorbate, binding_atoms, list_adsorbates, model, device, dtype,
-    optimizer, fmax, steps, max_atoms, num_random, seed, max_tilt, site_separation, min_distance,
-    fix_below, surface_depth, min_thickness, vacuum, min_size, no_slab_relax, top_k, dedup_tol,
-    dedup_energy_tol, dft_spec, dft_mode, dft_fmax, dft_steps, gas_refs, gas_ref, out_dir, progress,
+    slab_file,
+    bulk_file,
+    miller,
+    adsorbate,
+    binding_atoms,
+    list_adsorbates,
+    model,
+    device,
+    dtype,
+    optimizer,
+    fmax,
+    steps,
+    max_atoms,
+    num_random,
+    seed,
+    max_tilt,
+    site_separation,
+    min_distance,
+    fix_below,
+    surface_depth,
+    min_thickness,
+    vacuum,
+    min_size,
+    no_slab_relax,
+    top_k,
+    dedup_tol,
+    dedup_energy_tol,
+    dft_spec,
+    dft_mode,
+    dft_fmax,
+    dft_steps,
+    gas_refs,
+    gas_ref,
+    out_dir,
+    progress,
 ) -> int:
     from eqv2calc.adsorbml.adsorbates import (
         UnknownAdsorbateError,
@@ -190,7 +347,15 @@ def _run(
             if binding is not None:
                 raise click.UsageError("--binding-atoms is only for an adsorbate structure file")
             if any(c in adsorbate for c in "/\\") or Path(adsorbate).suffix.lower() in {
-                ".xyz", ".extxyz", ".traj", ".cif", ".vasp", ".json", ".pdb", ".sdf", ".mol"
+                ".xyz",
+                ".extxyz",
+                ".traj",
+                ".cif",
+                ".vasp",
+                ".json",
+                ".pdb",
+                ".sdf",
+                ".mol",
             }:
                 raise FileNotFoundError(f"adsorbate file {adsorbate} does not exist")
             ads = get_adsorbate(adsorbate)
@@ -199,15 +364,24 @@ def _run(
             systems = [read_slab(slab_file, fix_below=fix_below, surface_depth=surface_depth)]
         else:
             systems = slabs_from_bulk(
-                bulk_file, tuple(miller), min_thickness=min_thickness, vacuum=vacuum, min_size=min_size,
-                fix_below=fix_below, surface_depth=surface_depth,
+                bulk_file,
+                tuple(miller),
+                min_thickness=min_thickness,
+                vacuum=vacuum,
+                min_size=min_size,
+                fix_below=fix_below,
+                surface_depth=surface_depth,
             )
     except (UnknownAdsorbateError, SlabInputError, FileNotFoundError, ValueError) as err:
         echo_error(str(err))
         return 1
 
     slab_label = Path(slab_file).stem if slab_file else systems[0].name.rsplit("_t", 1)[0]
-    out = Path(out_dir) if out_dir else _default_out(re.sub(r"[^A-Za-z0-9_.-]+", "_", slab_label), ads.name)
+    out = (
+        Path(out_dir)
+        if out_dir
+        else _default_out(re.sub(r"[^A-Za-z0-9_.-]+", "_", slab_label), ads.name)
+    )
     calc = make_calculator(model, device=device, dtype=dtype)
     dft_calc = dft_label = None
     if dft_spec:
@@ -217,12 +391,25 @@ def _run(
             echo_error(str(err))
             return 1
     cfg = AdsorbMLConfig(
-        num_random=num_random, seed=seed, max_tilt=max_tilt, min_distance_scale=min_distance,
-        site_separation=site_separation, optimizer=optimizer,
-        fmax=fmax, steps=steps, max_atoms_per_batch=max_atoms, relax_slab=not no_slab_relax,
-        dedup_position_tol=dedup_tol, dedup_energy_tol=dedup_energy_tol, gas_refs=gas_refs,
-        gas_ref_overrides=overrides, top_k=top_k, dft_mode=dft_mode, dft_fmax=dft_fmax,
-        dft_steps=dft_steps, progress=progress,
+        num_random=num_random,
+        seed=seed,
+        max_tilt=max_tilt,
+        min_distance_scale=min_distance,
+        site_separation=site_separation,
+        optimizer=optimizer,
+        fmax=fmax,
+        steps=steps,
+        max_atoms_per_batch=max_atoms,
+        relax_slab=not no_slab_relax,
+        dedup_position_tol=dedup_tol,
+        dedup_energy_tol=dedup_energy_tol,
+        gas_refs=gas_refs,
+        gas_ref_overrides=overrides,
+        top_k=top_k,
+        dft_mode=dft_mode,
+        dft_fmax=dft_fmax,
+        dft_steps=dft_steps,
+        progress=progress,
     )
     click.echo(
         f"AdsorbML: {ads.name} ({ads.formula}) on {len(systems)} slab(s) "
@@ -230,10 +417,14 @@ def _run(
         err=True,
     )
     try:
-        outcomes = run_adsorbml(systems, ads, calc, out, cfg, dft_calculator=dft_calc, dft_label=dft_label)
+        outcomes = run_adsorbml(
+            systems, ads, calc, out, cfg, dft_calculator=dft_calc, dft_label=dft_label
+        )
     except (ResumeMismatchError, PlacementError, SlabInputError, ValueError, RuntimeError) as err:
         echo_error(str(err))
         return 1
     click.echo(format_table(outcomes))
-    click.echo(f"results: {out / 'adsorbml.db'}, {out / 'summary.json'}, {out / 'energies.png'}, {out / 'topk'}/")
+    click.echo(
+        f"results: {out / 'adsorbml.db'}, {out / 'summary.json'}, {out / 'energies.png'}, {out / 'topk'}/"
+    )
     return 0

@@ -27,24 +27,74 @@ metrics.jsonl. Checkpoints use fairchem's hydra layout (or --layout classic).
 
 @click.command("train", help=_HELP)
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--train", "train_path", type=click.Path(dir_okay=False), help="Training data (overrides data.train).")
-@click.option("--val", "val_path", type=click.Path(dir_okay=False), help="Validation data (default: hold out data.val_fraction).")
-@click.option("--test", "test_path", type=click.Path(dir_okay=False), help="Test data, evaluated with the best model at the end.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (overrides run.out_dir).")
+@click.option(
+    "--train",
+    "train_path",
+    type=click.Path(dir_okay=False),
+    help="Training data (overrides data.train).",
+)
+@click.option(
+    "--val",
+    "val_path",
+    type=click.Path(dir_okay=False),
+    help="Validation data (default: hold out data.val_fraction).",
+)
+@click.option(
+    "--test",
+    "test_path",
+    type=click.Path(dir_okay=False),
+    help="Test data, evaluated with the best model at the end.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (overrides run.out_dir)."
+)
 @click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Structures per optimizer step.")
 @click.option("--lr", type=float, help="Peak learning rate.")
-@click.option("--init", "init", type=click.Path(dir_okay=False), help="Checkpoint to fine-tune from (path or registry name).")
-@click.option("--freeze-backbone", is_flag=True, default=None, help="With --init: train only the output heads.")
-@click.option("--resume", is_flag=True, help="Continue from <out>/last.pt (config defaults to <out>/config.yaml).")
-@click.option("--layout", type=click.Choice(["hydra", "classic"]), help="Checkpoint layout (default hydra).")
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(dir_okay=False),
+    help="Checkpoint to fine-tune from (path or registry name).",
+)
+@click.option(
+    "--freeze-backbone",
+    is_flag=True,
+    default=None,
+    help="With --init: train only the output heads.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from <out>/last.pt (config defaults to <out>/config.yaml).",
+)
+@click.option(
+    "--layout", type=click.Choice(["hydra", "classic"]), help="Checkpoint layout (default hydra)."
+)
 @click.option("--device", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
 @click.option("--amp/--no-amp", default=None, help="bfloat16 mixed precision on CUDA.")
 @click.option("--seed", type=int, help="Seed of the split, initial weights and shuffling.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.")
-def train_command(config, train_path, val_path, test_path, out_dir, epochs, batch_size, lr, init,
-                  freeze_backbone, resume, layout, device, amp, seed, threads, progress) -> None:
+def train_command(
+    config,
+    train_path,
+    val_path,
+    test_path,
+    out_dir,
+    epochs,
+    batch_size,
+    lr,
+    init,
+    freeze_backbone,
+    resume,
+    layout,
+    device,
+    amp,
+    seed,
+    threads,
+    progress,
+) -> None:
     from eqv2calc.checkpoint import CheckpointError
     from eqv2calc.training import TrainConfig, TrainingDataError, load_config, train
 
@@ -53,11 +103,20 @@ def train_command(config, train_path, val_path, test_path, out_dir, epochs, batc
             config = str(Path(out_dir) / "config.yaml")
         cfg = load_config(config) if config else TrainConfig()
         overrides = {
-            ("data", "train"): train_path, ("data", "val"): val_path, ("data", "test"): test_path,
-            ("run", "out_dir"): out_dir, ("run", "epochs"): epochs, ("run", "batch_size"): batch_size,
-            ("optim", "lr"): lr, ("run", "freeze_backbone"): freeze_backbone, ("run", "layout"): layout,
-            ("run", "device"): device, ("run", "amp"): amp, ("run", "seed"): seed,
-            ("run", "num_threads"): threads, ("run", "progress"): progress,
+            ("data", "train"): train_path,
+            ("data", "val"): val_path,
+            ("data", "test"): test_path,
+            ("run", "out_dir"): out_dir,
+            ("run", "epochs"): epochs,
+            ("run", "batch_size"): batch_size,
+            ("optim", "lr"): lr,
+            ("run", "freeze_backbone"): freeze_backbone,
+            ("run", "layout"): layout,
+            ("run", "device"): device,
+            ("run", "amp"): amp,
+            ("run", "seed"): seed,
+            ("run", "num_threads"): threads,
+            ("run", "progress"): progress,
         }
         for (section, key), value in overrides.items():
             if value is not None:
@@ -68,14 +127,25 @@ def train_command(config, train_path, val_path, test_path, out_dir, epochs, batc
         result = train(cfg, log=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except (TrainingDataError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (
+        TrainingDataError,
+        CheckpointError,
+        ValueError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as err:
         raise click.ClickException(" ".join(str(err).split())) from None
 
     click.echo(f"epochs completed: {result.epochs_completed}")
     click.echo(f"last checkpoint:  {result.last_checkpoint}")
     if result.best_checkpoint is not None:
-        click.echo(f"best checkpoint:  {result.best_checkpoint} (epoch {result.best_metrics.get('epoch')})")
-    for label, metrics, prefix in (("validation", result.best_metrics, "val_"), ("test", result.test_metrics or {}, "")):
+        click.echo(
+            f"best checkpoint:  {result.best_checkpoint} (epoch {result.best_metrics.get('epoch')})"
+        )
+    for label, metrics, prefix in (
+        ("validation", result.best_metrics, "val_"),
+        ("test", result.test_metrics or {}, ""),
+    ):
         parts = [
             f"{name} {metrics[prefix + key] * scale:.{digits}f} {unit}"
             for name, key, scale, unit, digits in (

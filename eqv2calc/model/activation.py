@@ -48,7 +48,9 @@ class GateActivation(nn.Module):
             degrees += 2 * list(range(m, lmax + 1))
         self.register_buffer("gate_index_om", torch.tensor(degrees[1:]) - 1, persistent=False)
 
-    def forward(self, gates: torch.Tensor, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+    def forward(
+        self, gates: torch.Tensor, x: torch.Tensor, order_major: bool = False
+    ) -> torch.Tensor:
         """``x`` degree-major, or order-major (``order_major``); its first row is l = 0 in both."""
         gates = torch.sigmoid(gates).view(-1, self.lmax, self.channels)
         gates = gates.index_select(1, self.gate_index_om if order_major else self.gate_index)
@@ -79,7 +81,9 @@ class SeparableS2Activation(nn.Module):
         super().__init__()
         self.s2 = S2Activation(grid)
 
-    def forward(self, scalars: torch.Tensor, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
+    def forward(
+        self, scalars: torch.Tensor, x: torch.Tensor, order_major: bool = False
+    ) -> torch.Tensor:
         # the l = 0 coefficient is the first one in both layouts
         out = self.s2(x, order_major)
         return torch.cat((torch.nn.functional.silu(scalars).unsqueeze(1), out[:, 1:]), dim=1)

@@ -71,13 +71,19 @@ class EquivariantGraphAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.layout = layout
-        self.num_heads, self.alpha_channels, self.value_channels = num_heads, alpha_channels, value_channels
+        self.num_heads, self.alpha_channels, self.value_channels = (
+            num_heads,
+            alpha_channels,
+            value_channels,
+        )
         self.hidden_channels = hidden_channels
         self.use_m_share_rad = use_m_share_rad
         self.use_gate_act, self.use_sep_s2_act = use_gate_act, use_sep_s2_act
         lmax = layout.lmax
 
-        self.edge_invariants = EdgeInvariants(num_elements, edge_channels[-1], use_element_embedding)
+        self.edge_invariants = EdgeInvariants(
+            num_elements, edge_channels[-1], use_element_embedding
+        )
         edge_in = list(edge_channels)
         if use_element_embedding:
             edge_in[0] += 2 * edge_channels[-1]
@@ -104,7 +110,11 @@ class EquivariantGraphAttention(nn.Module):
         )
         self.alpha_norm = nn.LayerNorm(alpha_channels) if use_attn_renorm else nn.Identity()
         self.alpha_act = SmoothLeakyReLU(0.2)
-        self.alpha_dot = nn.Parameter(torch.empty(num_heads, alpha_channels).uniform_(-alpha_channels**-0.5, alpha_channels**-0.5))
+        self.alpha_dot = nn.Parameter(
+            torch.empty(num_heads, alpha_channels).uniform_(
+                -(alpha_channels**-0.5), alpha_channels**-0.5
+            )
+        )
 
         if use_gate_act:
             self.value_act = GateActivation(lmax, layout.mmax, hidden_channels)
@@ -132,18 +142,32 @@ class EquivariantGraphAttention(nn.Module):
         num_nodes, num_edges = x.shape[0], edge_index.shape[1]
         dst = edge_index[1]
         logits = x.new_empty(num_edges, self.num_heads)
-        values = x.new_empty(num_edges, self.layout.num_reduced, self.num_heads * self.value_channels)
+        values = x.new_empty(
+            num_edges, self.layout.num_reduced, self.num_heads * self.value_channels
+        )
         for start, stop in edge_chunks(num_edges, x.device):
             logits[start:stop], values[start:stop] = self.edge_values(
-                x, atomic_numbers, distance_basis[start:stop], edge_index[:, start:stop], rotation.narrow(start, stop)
+                x,
+                atomic_numbers,
+                distance_basis[start:stop],
+                edge_index[:, start:stop],
+                rotation.narrow(start, stop),
             )
         alpha = segment_softmax(logits, dst, num_nodes)  # [E, heads]
 
         summed = x.new_zeros(num_nodes, self.layout.num_full, values.shape[2])
         for start, stop in edge_chunks(num_edges, x.device):
             n = stop - start
-            weighted = values[start:stop].view(n, -1, self.num_heads, self.value_channels) * alpha[start:stop].view(n, 1, self.num_heads, 1)
-            summed.index_add_(0, dst[start:stop], rotation.narrow(start, stop).rotate_back(weighted.view(n, -1, values.shape[2]), order_major=True))
+            weighted = values[start:stop].view(n, -1, self.num_heads, self.value_channels) * alpha[
+                start:stop
+            ].view(n, 1, self.num_heads, 1)
+            summed.index_add_(
+                0,
+                dst[start:stop],
+                rotation.narrow(start, stop).rotate_back(
+                    weighted.view(n, -1, values.shape[2]), order_major=True
+                ),
+            )
         return self.proj(summed)
 
     def edge_values(
@@ -166,7 +190,9 @@ class EquivariantGraphAttention(nn.Module):
         # edge frame, order-major layout from here on (the SO(2) convolutions' own layout)
         message = rotation.rotate(message, order_major=True)  # [E, R, 2C]
 
-        values, scalars = self.conv_1(message, None if self.use_m_share_rad else edge_inv, order_major=True)
+        values, scalars = self.conv_1(
+            message, None if self.use_m_share_rad else edge_inv, order_major=True
+        )
         logits_in = scalars[:, : self.num_alpha]
         if self.use_gate_act or self.use_sep_s2_act:
             values = self.value_act(scalars[:, self.num_alpha :], values, order_major=True)
@@ -174,7 +200,8 @@ class EquivariantGraphAttention(nn.Module):
             values = self.value_act(values, order_major=True)
         values, _ = self.conv_2(values, order_major=True)  # [E, R, heads * value]
 
-        logits = self.alpha_act(self.alpha_norm(logits_in.view(-1, self.num_heads, self.alpha_channels)))
+        logits = self.alpha_act(
+            self.alpha_norm(logits_in.view(-1, self.num_heads, self.alpha_channels))
+        )
         logits = torch.einsum("ehk,hk->eh", logits, self.alpha_dot)
         return logits, values
-

@@ -66,11 +66,22 @@ class EquiformerV2Backbone(nn.Module):
             self.force_embedding = DegreeWiseLinear(1, c.sphere_channels, lmax)
 
         self.edge_degree = EdgeDegreeEmbedding(
-            self.layout, c.sphere_channels, self.edge_channels, c.max_num_elements,
-            c.use_atom_edge_embedding, c.avg_degree, c.radial_bias,
+            self.layout,
+            c.sphere_channels,
+            self.edge_channels,
+            c.max_num_elements,
+            c.use_atom_edge_embedding,
+            c.avg_degree,
+            c.radial_bias,
         )
         self.blocks = nn.ModuleList(
-            TransformerBlock(self.make_attention(c.sphere_channels), self.make_ffn(c.sphere_channels), c.norm_type, lmax, c.sphere_channels)
+            TransformerBlock(
+                self.make_attention(c.sphere_channels),
+                self.make_ffn(c.sphere_channels),
+                c.norm_type,
+                lmax,
+                c.sphere_channels,
+            )
             for _ in range(c.num_layers)
         )
         self.norm = make_norm(c.norm_type, lmax, c.sphere_channels)
@@ -78,17 +89,34 @@ class EquiformerV2Backbone(nn.Module):
     def make_attention(self, out_channels: int) -> EquivariantGraphAttention:
         c = self.config
         return EquivariantGraphAttention(
-            self.layout, self.grid_reduced, c.sphere_channels, c.attn_hidden_channels, c.num_heads,
-            c.attn_alpha_channels, c.attn_value_channels, out_channels, self.edge_channels,
-            c.max_num_elements, c.use_atom_edge_embedding, c.use_m_share_rad, c.use_gate_act,
-            c.use_sep_s2_act, c.use_attn_renorm, c.radial_bias,
+            self.layout,
+            self.grid_reduced,
+            c.sphere_channels,
+            c.attn_hidden_channels,
+            c.num_heads,
+            c.attn_alpha_channels,
+            c.attn_value_channels,
+            out_channels,
+            self.edge_channels,
+            c.max_num_elements,
+            c.use_atom_edge_embedding,
+            c.use_m_share_rad,
+            c.use_gate_act,
+            c.use_sep_s2_act,
+            c.use_attn_renorm,
+            c.radial_bias,
         )
 
     def make_ffn(self, out_channels: int) -> FeedForward:
         c = self.config
         return FeedForward(
-            self.grid_full, c.sphere_channels, c.ffn_hidden_channels, out_channels,
-            c.use_gate_act, c.use_grid_mlp, c.use_sep_s2_act,
+            self.grid_full,
+            c.sphere_channels,
+            c.ffn_hidden_channels,
+            out_channels,
+            c.use_gate_act,
+            c.use_grid_mlp,
+            c.use_sep_s2_act,
         )
 
     def forward(self, graph: GraphInput) -> BackboneOutput:
@@ -99,7 +127,13 @@ class EquiformerV2Backbone(nn.Module):
         distance = graph.edge_vec.norm(dim=1)
         basis = self.distance_basis(distance)
 
-        x = torch.zeros(num_nodes, self.layout.num_full, c.sphere_channels, dtype=graph.edge_vec.dtype, device=z.device)
+        x = torch.zeros(
+            num_nodes,
+            self.layout.num_full,
+            c.sphere_channels,
+            dtype=graph.edge_vec.dtype,
+            device=z.device,
+        )
         x[:, 0] = self.sphere_embedding(z)
         if c.use_force_encoding:
             x[:, 0] = x[:, 0] + self.force_embedding.bias

@@ -14,7 +14,14 @@ from eqv2calc.model.so3 import EdgeRotation
 class TransformerBlock(nn.Module):
     """``x + Attn(Norm(x))`` then ``x + FFN(Norm(x))`` (drop-path / dropout only in training)."""
 
-    def __init__(self, attention: EquivariantGraphAttention, ffn: FeedForward, norm_type: str, lmax: int, channels: int) -> None:
+    def __init__(
+        self,
+        attention: EquivariantGraphAttention,
+        ffn: FeedForward,
+        norm_type: str,
+        lmax: int,
+        channels: int,
+    ) -> None:
         super().__init__()
         self.norm_1 = make_norm(norm_type, lmax, channels)
         self.attention = attention

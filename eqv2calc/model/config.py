@@ -79,13 +79,17 @@ class EquiformerV2Config:
                 f"lmax_list/mmax_list must have one entry (one resolution); got {self.lmax_list}/{self.mmax_list}"
             )
         if self.distance_function != "gaussian":
-            problems.append(f"distance_function {self.distance_function!r} (only 'gaussian' is supported)")
+            problems.append(
+                f"distance_function {self.distance_function!r} (only 'gaussian' is supported)"
+            )
         if self.use_s2_act_attn:
             problems.append("use_s2_act_attn=True (the reference does not implement it either)")
         if self.share_atom_edge_embedding:
             problems.append("share_atom_edge_embedding=True (no released checkpoint uses it)")
         if self.use_noise_schedule_sigma_encoding:
-            problems.append("use_noise_schedule_sigma_encoding=True (no released checkpoint uses it)")
+            problems.append(
+                "use_noise_schedule_sigma_encoding=True (no released checkpoint uses it)"
+            )
         if self.norm_type not in ("layer_norm", "layer_norm_sh", "rms_norm_sh"):
             problems.append(f"norm_type {self.norm_type!r}")
         if self.use_energy_lin_ref and not self.load_energy_lin_ref:
@@ -112,7 +116,14 @@ class EquiformerV2Config:
     @classmethod
     def from_dict(cls, options: dict, *, where: str = "model config") -> EquiformerV2Config:
         """Build from a checkpoint's model options; unknown keys raise, naming each key."""
-        ignored = {"name", "model", "num_targets", "bond_feat_dim", "num_atoms", "activation_checkpoint"}
+        ignored = {
+            "name",
+            "model",
+            "num_targets",
+            "bond_feat_dim",
+            "num_atoms",
+            "activation_checkpoint",
+        }
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in options if k not in known and k not in ignored)
         if unknown:

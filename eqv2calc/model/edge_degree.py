@@ -29,7 +29,9 @@ class EdgeDegreeEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.layout, self.channels, self.avg_degree = layout, channels, avg_degree
-        self.edge_invariants = EdgeInvariants(num_elements, edge_channels[-1], use_element_embedding)
+        self.edge_invariants = EdgeInvariants(
+            num_elements, edge_channels[-1], use_element_embedding
+        )
         edge_in = list(edge_channels)
         if use_element_embedding:
             edge_in[0] += 2 * edge_channels[-1]
@@ -50,5 +52,7 @@ class EdgeDegreeEmbedding(nn.Module):
             edge_inv = self.edge_invariants(distance_basis[start:stop], atomic_numbers, part)
             # edge frame: only the m = 0 coefficients are non-zero, one per degree [n, lmax+1, C]
             m0 = self.radial(edge_inv).view(-1, self.num_m0, self.channels)
-            out.index_add_(0, part[1], rotation.narrow(start, stop).rotate_back_zonal(m0))  # [n, K, C]
+            out.index_add_(
+                0, part[1], rotation.narrow(start, stop).rotate_back_zonal(m0)
+            )  # [n, K, C]
         return out / self.avg_degree

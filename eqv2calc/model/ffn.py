@@ -32,7 +32,11 @@ class FeedForward(nn.Module):
         super().__init__()
         lmax = grid.lmax
         self.grid = grid
-        self.use_gate_act, self.use_grid_mlp, self.use_sep_s2_act = use_gate_act, use_grid_mlp, use_sep_s2_act
+        self.use_gate_act, self.use_grid_mlp, self.use_sep_s2_act = (
+            use_gate_act,
+            use_grid_mlp,
+            use_sep_s2_act,
+        )
         self.linear_1 = DegreeWiseLinear(in_channels, hidden, lmax)
         self.scalar_linear = None
         if use_grid_mlp:

@@ -54,7 +54,9 @@ class ForceHead(nn.Module):
 
     def forward(self, emb: BackboneOutput) -> torch.Tensor:
         g = emb.graph
-        out = self.attention(emb.node_features, g.atomic_numbers, emb.distance_basis, g.edge_index, emb.rotation)
+        out = self.attention(
+            emb.node_features, g.atomic_numbers, emb.distance_basis, g.edge_index, emb.rotation
+        )
         return out[:, 1:4, 0]
 
 
@@ -128,7 +130,9 @@ class Rank2Head(nn.Module):
             self.tensor_mlp = mlp()
 
     def _pool(self, values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
-        return segment_sum(values, segment, n) if self.extensive else segment_mean(values, segment, n)
+        return (
+            segment_sum(values, segment, n) if self.extensive else segment_mean(values, segment, n)
+        )
 
     def forward(self, emb: BackboneOutput) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         g = emb.graph
@@ -167,7 +171,11 @@ class Rank2Head(nn.Module):
         outer = (vec.unsqueeze(2) * vec.unsqueeze(1)).reshape(-1, 9)  # [E, 9]
         edge_outer = edge_feat.unsqueeze(2) * outer.unsqueeze(1)  # [E, width, 9]
         if self.edge_level_mlp:
-            node = segment_mean(self.tensor_mlp(edge_outer.transpose(1, 2)).view(-1, 9), dst, num_nodes)
+            node = segment_mean(
+                self.tensor_mlp(edge_outer.transpose(1, 2)).view(-1, 9), dst, num_nodes
+            )
         else:
-            node = self.tensor_mlp(segment_mean(edge_outer, dst, num_nodes).transpose(1, 2)).view(-1, 9)
+            node = self.tensor_mlp(segment_mean(edge_outer, dst, num_nodes).transpose(1, 2)).view(
+                -1, 9
+            )
         return self._pool(node, g.batch, g.num_graphs).view(-1, 3, 3)

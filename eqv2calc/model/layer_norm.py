@@ -102,5 +102,7 @@ def make_norm(norm_type: str, lmax: int, channels: int) -> nn.Module:
         "rms_norm_sh": BalancedRMSNorm,
     }
     if norm_type not in classes:
-        raise ValueError(f"norm_type {norm_type!r} is not supported; expected one of {sorted(classes)}")
+        raise ValueError(
+            f"norm_type {norm_type!r} is not supported; expected one of {sorted(classes)}"
+        )
     return classes[norm_type](lmax, channels)

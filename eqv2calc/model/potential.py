@@ -73,7 +73,9 @@ class EquiformerV2Potential(nn.Module):
         self.normalizers = dict(normalizers or {})
         self.register_buffer(
             "element_references",
-            element_references.clone().float() if element_references is not None else torch.zeros(0),
+            element_references.clone().float()
+            if element_references is not None
+            else torch.zeros(0),
         )
         self.energy_kind = energy_kind
         iso, aniso = symmetric_tensor_basis(torch.float64)
@@ -118,9 +120,9 @@ class EquiformerV2Potential(nn.Module):
                     ni, na = self._norm("stress_isotropic"), self._norm("stress_anisotropic")
                     iso = iso * ni.std + ni.mean
                     aniso = aniso * na.std + na.mean
-                    stress = iso.view(-1, 1, 1) * self.stress_iso_basis.to(iso.dtype) + torch.einsum(
-                        "bm,mij->bij", aniso, self.stress_aniso_basis.to(aniso.dtype)
-                    )
+                    stress = iso.view(-1, 1, 1) * self.stress_iso_basis.to(
+                        iso.dtype
+                    ) + torch.einsum("bm,mij->bij", aniso, self.stress_aniso_basis.to(aniso.dtype))
                 else:
                     n = self._norm("stress")
                     stress = raw * n.std + n.mean

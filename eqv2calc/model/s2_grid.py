@@ -55,8 +55,12 @@ class SphereGrid(nn.Module):
         self.register_buffer("from_mat", from_mat, persistent=False)
         num_points = resolution * resolution
         # the same matrices flattened over grid points: to_flat [P, R], from_flat [R, P]
-        self.register_buffer("to_flat", to_mat.reshape(num_points, -1).contiguous(), persistent=False)
-        self.register_buffer("from_flat", from_mat.reshape(num_points, -1).t().contiguous(), persistent=False)
+        self.register_buffer(
+            "to_flat", to_mat.reshape(num_points, -1).contiguous(), persistent=False
+        )
+        self.register_buffer(
+            "from_flat", from_mat.reshape(num_points, -1).t().contiguous(), persistent=False
+        )
         # ... and with the coefficients in the order-major layout (see CoefficientLayout)
         order = CoefficientLayout(lmax, mmax).to_order_major
         self.register_buffer("to_flat_om", self.to_flat[:, order].contiguous(), persistent=False)

@@ -72,7 +72,10 @@ class SO2Convolution(nn.Module):
             self.radial = RadialMLP([*edge_channels, sum(self.radial_sizes)], bias=radial_bias)
 
     def forward(
-        self, x: torch.Tensor, edge_invariants: torch.Tensor | None = None, order_major: bool = False
+        self,
+        x: torch.Tensor,
+        edge_invariants: torch.Tensor | None = None,
+        order_major: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[E, R, C_in]`` → ``([E, R, C_out], extra scalars [E, extra] or None)``.
 

@@ -26,7 +26,9 @@ def degree_index(lmax: int, start: int = 0) -> torch.Tensor:
 
     Used to expand per-degree weights ``[lmax + 1 - start, C]`` to every coefficient.
     """
-    return torch.tensor([l - start for l in range(start, lmax + 1) for _ in range(2 * l + 1)], dtype=torch.long)
+    return torch.tensor(
+        [l - start for l in range(start, lmax + 1) for _ in range(2 * l + 1)], dtype=torch.long
+    )
 
 
 class CoefficientLayout(torch.nn.Module):
@@ -63,7 +65,9 @@ class CoefficientLayout(torch.nn.Module):
         for m in range(mmax + 1):
             signs = (1,) if m == 0 else (1, -1)
             for sign in signs:
-                order_major += [i for i, (l, mm) in enumerate(zip(degrees, orders)) if mm == sign * m]
+                order_major += [
+                    i for i, (l, mm) in enumerate(zip(degrees, orders)) if mm == sign * m
+                ]
         to_order_major = torch.tensor(order_major, dtype=torch.long)
         to_degree_major = torch.empty_like(to_order_major)
         to_degree_major[to_order_major] = torch.arange(len(order_major))
@@ -113,7 +117,9 @@ def _x_to_y_swap(l: int) -> torch.Tensor:
     exactly from e3nn's float64 spherical harmonics: ``Y_l(r Rᵀ) = Y_l(r) Dᵀ``.
     """
     rot = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    points = torch.randn(4 * l + 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    points = torch.randn(
+        4 * l + 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     y = o3.spherical_harmonics(l, points, normalize=True)
     y_rot = o3.spherical_harmonics(l, points @ rot.T, normalize=True)
     return torch.linalg.lstsq(y, y_rot).solution.T.contiguous()
@@ -184,11 +190,15 @@ class EdgeRotation:
     def __init__(self, edge_vec: torch.Tensor, layout: CoefficientLayout) -> None:
         blocks = edge_rotation_blocks(edge_vec, layout.lmax)
         num_edges, mmax = edge_vec.shape[0], layout.mmax
-        to_edge = edge_vec.new_zeros(num_edges, layout.num_reduced, layout.num_full)  # rows degree-major
+        to_edge = edge_vec.new_zeros(
+            num_edges, layout.num_reduced, layout.num_full
+        )  # rows degree-major
         row = 0
         for l, block in enumerate(blocks):
             kept = min(l, mmax)  # orders -kept..kept of degree l survive
-            to_edge[:, row : row + 2 * kept + 1, l * l : (l + 1) ** 2] = block[:, l - kept : l + kept + 1]
+            to_edge[:, row : row + 2 * kept + 1, l * l : (l + 1) ** 2] = block[
+                :, l - kept : l + kept + 1
+            ]
             row += 2 * kept + 1
         self.layout = layout
         self.to_edge = to_edge.index_select(1, layout.to_order_major)

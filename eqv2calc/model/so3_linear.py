@@ -19,13 +19,13 @@ class DegreeWiseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.lmax = in_features, out_features, lmax
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.empty(lmax + 1, out_features, in_features).uniform_(-bound, bound))
+        self.weight = nn.Parameter(
+            torch.empty(lmax + 1, out_features, in_features).uniform_(-bound, bound)
+        )
         self.bias = nn.Parameter(torch.zeros(out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(
-            x.shape[0], x.shape[1], self.out_features, dtype=x.dtype, device=x.device
-        )
+        out = torch.empty(x.shape[0], x.shape[1], self.out_features, dtype=x.dtype, device=x.device)
         for l in range(self.lmax + 1):  # lmax + 1 small matmuls, no per-m copy
             sl = slice(l * l, (l + 1) ** 2)
             out[:, sl] = x[:, sl] @ self.weight[l].t()

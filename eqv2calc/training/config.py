@@ -209,30 +209,52 @@ class TrainConfig:
         if self.run.freeze_backbone and not self.run.init:
             problems.append("run.freeze_backbone needs run.init (a checkpoint to fine-tune)")
         if self.loss.energy_loss not in ("mae", "mse"):
-            problems.append(f"loss.energy_loss must be 'mae' or 'mse', got {self.loss.energy_loss!r}")
+            problems.append(
+                f"loss.energy_loss must be 'mae' or 'mse', got {self.loss.energy_loss!r}"
+            )
         if self.loss.forces_loss not in ("l2mae", "mse"):
-            problems.append(f"loss.forces_loss must be 'l2mae' or 'mse', got {self.loss.forces_loss!r}")
+            problems.append(
+                f"loss.forces_loss must be 'l2mae' or 'mse', got {self.loss.forces_loss!r}"
+            )
         if self.loss.stress_loss not in ("mae", "mse"):
-            problems.append(f"loss.stress_loss must be 'mae' or 'mse', got {self.loss.stress_loss!r}")
+            problems.append(
+                f"loss.stress_loss must be 'mae' or 'mse', got {self.loss.stress_loss!r}"
+            )
         if self.heads.stress not in (True, False, "auto"):
-            problems.append(f"heads.stress must be true, false or 'auto', got {self.heads.stress!r}")
+            problems.append(
+                f"heads.stress must be true, false or 'auto', got {self.heads.stress!r}"
+            )
         if self.heads.energy_reduce not in ("sum", "mean"):
-            problems.append(f"heads.energy_reduce must be 'sum' or 'mean', got {self.heads.energy_reduce!r}")
+            problems.append(
+                f"heads.energy_reduce must be 'sum' or 'mean', got {self.heads.energy_reduce!r}"
+            )
         if self.run.fit_element_references not in (True, False, "auto"):
             problems.append(
                 f"run.fit_element_references must be true, false or 'auto', got {self.run.fit_element_references!r}"
             )
         if self.optim.ema_decay is not None and not 0.0 < self.optim.ema_decay < 1.0:
-            problems.append(f"optim.ema_decay must be in (0, 1) or null, got {self.optim.ema_decay}")
+            problems.append(
+                f"optim.ema_decay must be in (0, 1) or null, got {self.optim.ema_decay}"
+            )
         if not 0.0 <= self.optim.warmup_fraction < 1.0:
-            problems.append(f"optim.warmup_fraction must be in [0, 1), got {self.optim.warmup_fraction}")
+            problems.append(
+                f"optim.warmup_fraction must be in [0, 1), got {self.optim.warmup_fraction}"
+            )
         if self.run.layout == "classic" and self.heads.stress is True:
-            problems.append("heads.stress: the classic layout holds no stress head; use run.layout: hydra")
+            problems.append(
+                "heads.stress: the classic layout holds no stress head; use run.layout: hydra"
+            )
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 
 
-_SECTIONS = {"data": DataConfig, "heads": HeadsConfig, "loss": LossConfig, "optim": OptimConfig, "run": RunConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "heads": HeadsConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
 
 
 def config_from_dict(options: dict[str, Any], *, where: str = "training config") -> TrainConfig:
@@ -241,7 +263,9 @@ def config_from_dict(options: dict[str, Any], *, where: str = "training config")
         raise ValueError(f"{where}: expected a mapping of sections, got {type(options).__name__}")
     unknown = sorted(set(options) - set(_SECTIONS) - {"model"})
     if unknown:
-        raise ValueError(f"{where}: unknown section(s) {unknown}; expected {sorted([*_SECTIONS, 'model'])}")
+        raise ValueError(
+            f"{where}: unknown section(s) {unknown}; expected {sorted([*_SECTIONS, 'model'])}"
+        )
     kwargs: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         section = options.get(name) or {}

@@ -87,7 +87,9 @@ def read_structures(path: str | os.PathLike) -> list[Atoms]:
 
         frames = read(str(path), index=":")
     except Exception as exc:  # ASE raises many kinds; report them as one readable line
-        raise TrainingDataError(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from None
+        raise TrainingDataError(
+            f"{path}: cannot read structures ({type(exc).__name__}: {exc})"
+        ) from None
     return list(frames) if isinstance(frames, list) else [frames]
 
 
@@ -145,14 +147,18 @@ def labelled_structure(
         )
     energy = _lookup(atoms, energy_key, per_atom=False)
     if energy is None:
-        raise TrainingDataError(f"{where}: no energy (looked for {energy_key!r} in calculator results and atoms.info)")
+        raise TrainingDataError(
+            f"{where}: no energy (looked for {energy_key!r} in calculator results and atoms.info)"
+        )
     try:
         energy = float(np.asarray(energy).reshape(()))
     except (TypeError, ValueError):
         raise TrainingDataError(f"{where}: energy {energy!r} is not a number") from None
     forces = _lookup(atoms, forces_key, per_atom=True)
     if forces is None:
-        raise TrainingDataError(f"{where}: no forces (looked for {forces_key!r} in calculator results and atoms.arrays)")
+        raise TrainingDataError(
+            f"{where}: no forces (looked for {forces_key!r} in calculator results and atoms.arrays)"
+        )
     forces = np.asarray(forces, dtype=np.float64)
     if forces.shape != (n, 3):
         raise TrainingDataError(f"{where}: forces have shape {forces.shape}, expected ({n}, 3)")
@@ -164,7 +170,9 @@ def labelled_structure(
         elif stress.shape == (9,):
             stress = stress.reshape(3, 3)
         if stress.shape != (3, 3):
-            raise TrainingDataError(f"{where}: stress has shape {stress.shape}, expected (6,) Voigt or (3, 3)")
+            raise TrainingDataError(
+                f"{where}: stress has shape {stress.shape}, expected (6,) Voigt or (3, 3)"
+            )
     for name, value in (("energy", energy), ("forces", forces), ("stress", stress)):
         if value is not None and not np.all(np.isfinite(value)):
             raise TrainingDataError(f"{where}: {name} contains NaN or inf")
@@ -209,14 +217,21 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 
 
 def collate(
-    items: Sequence[LabelledStructure], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    items: Sequence[LabelledStructure],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Batch:
     """Concatenate structures into one :class:`Batch` (atom indices shifted per structure)."""
     counts = [s.num_atoms for s in items]
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
     edge_index = torch.cat([s.edge_index + off for s, off in zip(items, offsets)], dim=1)
     batch = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts))
-    stress = torch.stack([s.stress if s.stress is not None else torch.zeros(3, 3, dtype=torch.float64) for s in items])
+    stress = torch.stack(
+        [
+            s.stress if s.stress is not None else torch.zeros(3, 3, dtype=torch.float64)
+            for s in items
+        ]
+    )
     graph = GraphInput(
         atomic_numbers=torch.cat([s.numbers for s in items]).to(device),
         edge_index=edge_index.to(device),
@@ -246,7 +261,9 @@ def iterate_batches(
     """Batches of ``batch_size`` structures; shuffled reproducibly when ``shuffle_seed`` is given."""
     order = list(range(len(items)))
     if shuffle_seed is not None:
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+        order = torch.randperm(
+            len(items), generator=torch.Generator().manual_seed(shuffle_seed)
+        ).tolist()
     for start in range(0, len(order), batch_size):
         yield collate([items[i] for i in order[start : start + batch_size]], device, dtype)
 

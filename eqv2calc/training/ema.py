@@ -50,13 +50,22 @@ class ExponentialMovingAverage:
             p.copy_(s)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow_params": [s.clone() for s in self.shadow]}
+        return {
+            "decay": self.decay,
+            "num_updates": self.num_updates,
+            "shadow_params": [s.clone() for s in self.shadow],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         shadow = state["shadow_params"]
         if len(shadow) != len(self.shadow):
-            raise ValueError(f"EMA state has {len(shadow)} tensors, the model {len(self.shadow)} parameters")
-        self.shadow = [t.detach().clone().to(device=s.device, dtype=s.dtype) for t, s in zip(shadow, self.shadow)]
+            raise ValueError(
+                f"EMA state has {len(shadow)} tensors, the model {len(self.shadow)} parameters"
+            )
+        self.shadow = [
+            t.detach().clone().to(device=s.device, dtype=s.dtype)
+            for t, s in zip(shadow, self.shadow)
+        ]
         self.num_updates = int(state.get("num_updates") or 0)
         if state.get("decay") is not None:
             self.decay = float(state["decay"])

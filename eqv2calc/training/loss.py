@@ -91,7 +91,9 @@ class ErrorAccumulator:
     def update(self, pred: dict[str, torch.Tensor], batch: Batch) -> None:
         e_err = (pred["energy"].double() - batch.energy.double()).abs()
         self._add("energy", float(e_err.sum()), int(e_err.numel()))
-        self._add("energy_per_atom", float((e_err / batch.num_atoms.double()).sum()), int(e_err.numel()))
+        self._add(
+            "energy_per_atom", float((e_err / batch.num_atoms.double()).sum()), int(e_err.numel())
+        )
         f_err = pred["forces"].double() - batch.forces.double()
         self._add("forces", float(f_err.abs().sum()), int(f_err.numel()))
         self._add("forces_l2", float(f_err.norm(dim=1).sum()), int(f_err.shape[0]))

@@ -7,7 +7,9 @@ import math
 import torch
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, warmup_factor: float, min_ratio: float) -> float:
+def warmup_cosine_factor(
+    step: int, total_steps: int, warmup_steps: int, warmup_factor: float, min_ratio: float
+) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
 
     Rises linearly from ``warmup_factor`` to 1 over ``warmup_steps``, then follows a cosine
@@ -41,10 +43,14 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
         super().__init__(optimizer, self._factor)
 
     def _factor(self, step: int) -> float:
-        return warmup_cosine_factor(step, self.total_steps, self.warmup_steps, self.warmup_factor, self.min_ratio)
+        return warmup_cosine_factor(
+            step, self.total_steps, self.warmup_steps, self.warmup_factor, self.min_ratio
+        )
 
     def state_dict(self) -> dict:
         return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.optimizer.param_groups)})
+        super().load_state_dict(
+            {**state_dict, "lr_lambdas": [None] * len(self.optimizer.param_groups)}
+        )

@@ -37,7 +37,9 @@ class DatasetStatistics:
     num_with_stress: int
 
 
-def composition_matrix(items: Sequence[LabelledStructure], size: int = NUM_REFERENCE_ELEMENTS) -> np.ndarray:
+def composition_matrix(
+    items: Sequence[LabelledStructure], size: int = NUM_REFERENCE_ELEMENTS
+) -> np.ndarray:
     """``[B, size]`` counts of each atomic number per structure."""
     counts = np.zeros((len(items), size))
     for b, s in enumerate(items):
@@ -45,14 +47,20 @@ def composition_matrix(items: Sequence[LabelledStructure], size: int = NUM_REFER
     return counts
 
 
-def fit_element_references(items: Sequence[LabelledStructure], energies: np.ndarray | None = None) -> np.ndarray:
+def fit_element_references(
+    items: Sequence[LabelledStructure], energies: np.ndarray | None = None
+) -> np.ndarray:
     """Least-squares per-element energies (eV), ``[119]``; elements absent from the data get 0.
 
     ``energies`` defaults to the structures' total energies; pass residuals to fit a correction.
     The minimum-norm solution is taken when compositions are linearly dependent.
     """
     counts = composition_matrix(items)
-    y = np.array([s.energy for s in items]) if energies is None else np.asarray(energies, dtype=np.float64)
+    y = (
+        np.array([s.energy for s in items])
+        if energies is None
+        else np.asarray(energies, dtype=np.float64)
+    )
     present = counts.sum(axis=0) > 0
     refs = np.zeros(NUM_REFERENCE_ELEMENTS)
     solution, *_ = np.linalg.lstsq(counts[:, present], y, rcond=None)
@@ -70,7 +78,9 @@ def stress_parts(stress: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.einsum("bij,ij->b", sym, iso), torch.einsum("bij,mij->bm", sym, aniso)
 
 
-def dataset_statistics(items: Sequence[LabelledStructure], fit_references: bool = True) -> DatasetStatistics:
+def dataset_statistics(
+    items: Sequence[LabelledStructure], fit_references: bool = True
+) -> DatasetStatistics:
     """Measure the statistics of the training structures (see the module docstring)."""
     if not items:
         raise ValueError("no training structures to compute statistics from")
@@ -91,8 +101,12 @@ def dataset_statistics(items: Sequence[LabelledStructure], fit_references: bool 
     with_stress = [s.stress for s in items if s.stress is not None]
     if with_stress:
         iso, aniso = stress_parts(torch.stack(with_stress))
-        normalizers["stress_isotropic"] = Normalizer(float(iso.mean()), max(float(iso.std(unbiased=False)), 1e-4))
-        normalizers["stress_anisotropic"] = Normalizer(0.0, max(float(aniso.pow(2).mean().sqrt()), 1e-4))
+        normalizers["stress_isotropic"] = Normalizer(
+            float(iso.mean()), max(float(iso.std(unbiased=False)), 1e-4)
+        )
+        normalizers["stress_anisotropic"] = Normalizer(
+            0.0, max(float(aniso.pow(2).mean().sqrt()), 1e-4)
+        )
     return DatasetStatistics(
         num_structures=len(items),
         avg_num_nodes=avg_num_nodes,

@@ -54,7 +54,9 @@ from eqv2calc.training.statistics import (
     fit_element_references,
 )
 
-STRESS_HEAD = HeadSpec("rank2", {"decompose": True, "use_source_target_embedding": True, "extensive": False})
+STRESS_HEAD = HeadSpec(
+    "rank2", {"decompose": True, "use_source_target_embedding": True, "extensive": False}
+)
 TRAINING_KEY = "eqv2calc_training"
 
 
@@ -77,7 +79,9 @@ def _resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise ValueError(
+            f"run.device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'"
+        )
     return device
 
 
@@ -120,7 +124,11 @@ class Trainer:
     # ------------------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         c = self.config
-        for key in ("train", "val", "test"):  # absolute, so that the saved config.yaml works anywhere
+        for key in (
+            "train",
+            "val",
+            "test",
+        ):  # absolute, so that the saved config.yaml works anywhere
             if getattr(c.data, key):
                 setattr(c.data, key, str(Path(getattr(c.data, key)).resolve()))
         if c.run.num_threads:
@@ -130,19 +138,29 @@ class Trainer:
         resume_state = None
         if c.run.resume:
             if not self.last_path.is_file():
-                raise FileNotFoundError(f"{self.last_path}: nothing to resume from (run.resume is set)")
+                raise FileNotFoundError(
+                    f"{self.last_path}: nothing to resume from (run.resume is set)"
+                )
             resume_state = read_file(self.last_path)
             loaded = load_checkpoint(self.last_path)
             model, settings = loaded.model, loaded.graph_settings
-            self.log(f"resuming from {self.last_path} (epoch {resume_state.get('epoch', 0)} completed)")
+            self.log(
+                f"resuming from {self.last_path} (epoch {resume_state.get('epoch', 0)} completed)"
+            )
         elif c.run.init:
             loaded = load_checkpoint(c.run.init)
             model, settings = loaded.model, loaded.graph_settings
-            self.log(f"fine-tuning {c.run.init} ({loaded.layout} layout, {sum(p.numel() for p in model.parameters()):,} parameters)")
+            self.log(
+                f"fine-tuning {c.run.init} ({loaded.layout} layout, {sum(p.numel() for p in model.parameters()):,} parameters)"
+            )
         else:
             model = None
             opts = c.model_options()
-            settings = (float(opts["max_radius"]), opts["max_neighbors"], bool(opts.get("enforce_max_neighbors_strictly", True)))
+            settings = (
+                float(opts["max_radius"]),
+                opts["max_neighbors"],
+                bool(opts.get("enforce_max_neighbors_strictly", True)),
+            )
         if model is not None:
             cutoff, max_neighbors, strict = settings.cutoff, settings.max_neighbors, settings.strict
             max_z = int(model.config.max_num_elements) - 1
@@ -151,9 +169,15 @@ class Trainer:
             max_z = int(c.model_options().get("max_num_elements", 90)) - 1
 
         data_kwargs = dict(
-            cutoff=cutoff, max_neighbors=max_neighbors, strict=strict, max_atomic_number=max_z,
-            energy_key=c.data.energy_key, forces_key=c.data.forces_key, stress_key=c.data.stress_key,
-            force_weights_key=c.data.force_weights_key, fixed_atom_force_weight=c.loss.fixed_atom_force_weight,
+            cutoff=cutoff,
+            max_neighbors=max_neighbors,
+            strict=strict,
+            max_atomic_number=max_z,
+            energy_key=c.data.energy_key,
+            forces_key=c.data.forces_key,
+            stress_key=c.data.stress_key,
+            force_weights_key=c.data.force_weights_key,
+            fixed_atom_force_weight=c.loss.fixed_atom_force_weight,
         )
         t0 = time.time()
         items = load_dataset(c.data.train, **data_kwargs)
@@ -177,7 +201,9 @@ class Trainer:
         if c.run.energy_kind:
             model.energy_kind = c.run.energy_kind
         if c.run.layout == "classic" and model.has_stress:
-            raise ValueError("run.layout 'classic' cannot hold the model's stress head; use 'hydra'")
+            raise ValueError(
+                "run.layout 'classic' cannot hold the model's stress head; use 'hydra'"
+            )
         if c.run.freeze_backbone:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
@@ -191,11 +217,19 @@ class Trainer:
 
         self.steps_per_epoch = num_batches(len(self.train_items), c.run.batch_size)
         total = self.steps_per_epoch * c.run.epochs
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, c.optim.weight_decay), lr=c.optim.lr)
-        self.scheduler = WarmupCosine(
-            self.optimizer, total, int(c.optim.warmup_fraction * total), c.optim.warmup_factor, c.optim.min_lr_ratio
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, c.optim.weight_decay), lr=c.optim.lr
         )
-        self.ema = ExponentialMovingAverage(self.model, c.optim.ema_decay) if c.optim.ema_decay else None
+        self.scheduler = WarmupCosine(
+            self.optimizer,
+            total,
+            int(c.optim.warmup_fraction * total),
+            c.optim.warmup_factor,
+            c.optim.min_lr_ratio,
+        )
+        self.ema = (
+            ExponentialMovingAverage(self.model, c.optim.ema_decay) if c.optim.ema_decay else None
+        )
         if resume_state is not None:
             self._restore(resume_state)
         else:
@@ -211,21 +245,32 @@ class Trainer:
         opts.setdefault("avg_num_nodes", stats.avg_num_nodes)
         opts.setdefault("avg_degree", stats.avg_degree)
         config = EquiformerV2Config(**opts)
-        heads = {"energy": HeadSpec("energy", {"reduce": c.heads.energy_reduce}), "forces": HeadSpec("forces")}
-        want_stress = c.heads.stress is True or (c.heads.stress == "auto" and stats.num_with_stress > 0)
+        heads = {
+            "energy": HeadSpec("energy", {"reduce": c.heads.energy_reduce}),
+            "forces": HeadSpec("forces"),
+        }
+        want_stress = c.heads.stress is True or (
+            c.heads.stress == "auto" and stats.num_with_stress > 0
+        )
         if want_stress and c.run.layout == "classic":
             self.log("note: no stress head (the classic layout cannot hold one)")
             want_stress = False
         if want_stress:
             heads["stress"] = STRESS_HEAD
-        normalizers = {k: v for k, v in stats.normalizers.items() if want_stress or not k.startswith("stress")}
+        normalizers = {
+            k: v for k, v in stats.normalizers.items() if want_stress or not k.startswith("stress")
+        }
         self.log(
             f"statistics: avg_num_nodes {stats.avg_num_nodes:.2f}, avg_degree {stats.avg_degree:.2f}, "
             f"energy residual after element references {stats.energy_residual_rms_per_atom:.4f} eV/atom (RMS), "
             f"force RMS {stats.normalizers['forces'].std:.4f} eV/Å, {stats.num_with_stress} structures with stress"
         )
         return EquiformerV2Potential(
-            config, heads, normalizers, stats.element_references if fit else None, energy_kind="total"
+            config,
+            heads,
+            normalizers,
+            stats.element_references if fit else None,
+            energy_kind="total",
         )
 
     def _prepare_finetune(self, model: EquiformerV2Potential) -> EquiformerV2Potential:
@@ -233,21 +278,30 @@ class Trainer:
         has_stress_data = any(s.stress is not None for s in self.train_items)
         if c.heads.stress is True and not model.has_stress:
             if c.run.layout == "classic":
-                raise ValueError("heads.stress: a stress head cannot be added in the classic layout; use run.layout: hydra")
+                raise ValueError(
+                    "heads.stress: a stress head cannot be added in the classic layout; use run.layout: hydra"
+                )
             stats = dataset_statistics(self.train_items, fit_references=False)
             if stats.num_with_stress == 0:
                 raise ValueError("heads.stress is true but no training structure carries stress")
             heads = {**model.head_specs, "stress": STRESS_HEAD}
-            normalizers = {**model.normalizers, **{k: v for k, v in stats.normalizers.items() if k.startswith("stress")}}
+            normalizers = {
+                **model.normalizers,
+                **{k: v for k, v in stats.normalizers.items() if k.startswith("stress")},
+            }
             refs = model.element_references if model.element_references.numel() else None
             grown = EquiformerV2Potential(model.config, heads, normalizers, refs, model.energy_kind)
             missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
             if unexpected or any(not k.startswith("heads.stress.") for k in missing):
-                raise RuntimeError(f"could not add a stress head: missing {missing[:3]}, unexpected {unexpected[:3]}")
+                raise RuntimeError(
+                    f"could not add a stress head: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                )
             model = grown
             self.log("added a new stress head (trained from scratch)")
         elif has_stress_data and not model.has_stress:
-            self.log("note: the checkpoint has no stress head; stress labels are ignored (set heads.stress: true to add one)")
+            self.log(
+                "note: the checkpoint has no stress head; stress labels are ignored (set heads.stress: true to add one)"
+            )
         if c.run.fit_element_references is True:
             model = self._refit_references(model)
         return model
@@ -277,7 +331,9 @@ class Trainer:
         if self.ema is not None:
             ema = state.get("ema") or {}
             if ema.get("shadow_params"):
-                self.ema.load_state_dict({**ema, "decay": None, "num_updates": training.get("ema_num_updates", 0)})
+                self.ema.load_state_dict(
+                    {**ema, "decay": None, "num_updates": training.get("ema_num_updates", 0)}
+                )
         self.epoch = int(state.get("epoch", 0))
         self.step = int(state.get("step", 0))
         best = state.get("best_val_metric")
@@ -301,16 +357,26 @@ class Trainer:
         if c.run.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.run.epochs}", leave=False, unit="step")
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{c.run.epochs}",
+                leave=False,
+                unit="step",
+            )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         for batch in iterate_batches(
-            self.train_items, c.run.batch_size, shuffle_seed=c.run.seed * 1_000_003 + epoch, device=self.device
+            self.train_items,
+            c.run.batch_size,
+            shuffle_seed=c.run.seed * 1_000_003 + epoch,
+            device=self.device,
         ):
             with self._autocast():
                 pred = self.model(batch.graph)
             loss, parts = compute_loss(pred, batch, c.loss, self.scales)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at step {self.step} (epoch {epoch + 1}): {parts}")
+                raise FloatingPointError(
+                    f"non-finite training loss at step {self.step} (epoch {epoch + 1}): {parts}"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c.optim.clip_grad_norm:
@@ -337,7 +403,9 @@ class Trainer:
         component, ``forces_l2_mae`` eV/Å per atom, ``stress_mae`` eV/Å³) and the loss."""
         if not items:
             return {}
-        context = self.ema.applied(self.model) if (use_ema and self.ema is not None) else nullcontext()
+        context = (
+            self.ema.applied(self.model) if (use_ema and self.ema is not None) else nullcontext()
+        )
         acc = ErrorAccumulator()
         loss_sum, count = 0.0, 0
         with context:
@@ -374,7 +442,13 @@ class Trainer:
             TRAINING_KEY: self._training_state(),
         }
         ema_state = self.ema.shadow if self.ema is not None else None
-        return save_checkpoint(self.model, self.last_path, layout=self.config.run.layout, extra=extra, ema_state=ema_state)
+        return save_checkpoint(
+            self.model,
+            self.last_path,
+            layout=self.config.run.layout,
+            extra=extra,
+            ema_state=ema_state,
+        )
 
     def save_best(self, extra_metrics: dict | None = None) -> Path:
         extra = {
@@ -392,7 +466,9 @@ class Trainer:
         }
         context = self.ema.applied(self.model) if self.ema is not None else nullcontext()
         with context:
-            return save_checkpoint(self.model, self.best_path, layout=self.config.run.layout, extra=extra)
+            return save_checkpoint(
+                self.model, self.best_path, layout=self.config.run.layout, extra=extra
+            )
 
     def _append_metrics(self, record: dict) -> None:
         with open(self.out_dir / "metrics.jsonl", "a") as fh:
@@ -445,7 +521,9 @@ class Trainer:
                     + ("  *best*" if improved else "")
                 )
         except KeyboardInterrupt:
-            self.log(f"interrupted during epoch {self.epoch + 1}; {self.last_path} holds epoch {self.epoch}: rerun with --resume")
+            self.log(
+                f"interrupted during epoch {self.epoch + 1}; {self.last_path} holds epoch {self.epoch}: rerun with --resume"
+            )
             raise
         test_metrics = None
         if self.epoch >= c.run.epochs and self.test_items and self.best_path.is_file():
@@ -464,7 +542,9 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def evaluate_checkpoint(self, path: str | os.PathLike, items: Sequence[LabelledStructure]) -> dict:
+    def evaluate_checkpoint(
+        self, path: str | os.PathLike, items: Sequence[LabelledStructure]
+    ) -> dict:
         """MAEs of a saved checkpoint (as :meth:`evaluate`), e.g. the best model on the test set."""
         loaded = load_checkpoint(path, device=self.device)
         acc = ErrorAccumulator()
@@ -473,7 +553,11 @@ class Trainer:
         return acc.result()
 
     def _write_summary(self, test_metrics: dict) -> None:
-        summary = {"best_epoch": self.best_metrics.get("epoch"), "best": self.best_metrics, "test": test_metrics}
+        summary = {
+            "best_epoch": self.best_metrics.get("epoch"),
+            "best": self.best_metrics,
+            "test": test_metrics,
+        }
         tmp = self.out_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         os.replace(tmp, self.out_dir / "summary.json")
@@ -490,6 +574,8 @@ def _format_metrics(metrics: dict) -> str:
     return "MAE " + ", ".join(parts)
 
 
-def train(config: TrainConfig, *, log: Callable[[str], None] = print, max_epochs: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, log: Callable[[str], None] = print, max_epochs: int | None = None
+) -> TrainResult:
     """Train (or fine-tune, or resume) as ``config`` says; see :class:`Trainer`."""
     return Trainer(config, log=log).fit(max_epochs=max_epochs)

@@ -64,8 +64,14 @@ def main() -> None:
     args = parser.parse_args()
     model = EquiformerV2Calculator(model=args.model, device="cpu")
     rows = []
-    for metal, facet, site in (("Cu", "111", "fcc"), ("Pt", "111", "fcc"), ("Cu", "100", "hollow"),
-                               ("Pt", "100", "hollow"), ("Pt", "111", "ontop"), ("Cu", "211", "step")):
+    for metal, facet, site in (
+        ("Cu", "111", "fcc"),
+        ("Pt", "111", "fcc"),
+        ("Cu", "100", "hollow"),
+        ("Pt", "100", "hollow"),
+        ("Pt", "111", "ontop"),
+        ("Cu", "211", "step"),
+    ):
         start = _case(metal, facet, site)
         ref, ref_ok, ref_steps = _relax(start, EMT())
         ml, ml_ok, ml_steps = _relax(start, model)
@@ -76,7 +82,9 @@ def main() -> None:
             "case": f"O/{metal}({facet}) {site}",
             "emt": {**_geometry(ref), "converged": ref_ok, "steps": ref_steps},
             "model": {**_geometry(ml), "converged": ml_ok, "steps": ml_steps},
-            "max_displacement_between_minima": float(np.linalg.norm(ml.positions - ref.positions, axis=1).max()),
+            "max_displacement_between_minima": float(
+                np.linalg.norm(ml.positions - ref.positions, axis=1).max()
+            ),
             "model_force_error_at_emt_minimum": float(np.abs(at_ref.get_forces() - emt_f).max()),
         }
         rows.append(row)

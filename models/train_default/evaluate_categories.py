@@ -24,7 +24,10 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(HERE.parent / "eqv2calc-demo-emt.pt"))
-    parser.add_argument("--data", default=str(HERE.parent.parent / "scratch" / "train_default" / "data" / "test.extxyz"))
+    parser.add_argument(
+        "--data",
+        default=str(HERE.parent.parent / "scratch" / "train_default" / "data" / "test.extxyz"),
+    )
     args = parser.parse_args()
     calc = EquiformerV2Calculator(model=args.model, device="cpu")
     frames = read(args.data, ":")
@@ -37,8 +40,13 @@ def main() -> None:
             group["f"].extend(np.abs(pred["forces"] - atoms.get_forces()).ravel())
             group["ref"].extend(np.abs(atoms.get_forces()).ravel())
     print(f"{'category':10s} {'n':>5s} {'E meV/atom':>11s} {'F meV/Å':>9s} {'mean |F| eV/Å':>14s}")
-    for name, g in [*sorted(errors.items()), ("total", {k: sum((v[k] for v in errors.values()), []) for k in ("e", "f", "ref")})]:
-        print(f"{name:10s} {len(g['e']):5d} {np.mean(g['e']) * 1000:11.1f} {np.mean(g['f']) * 1000:9.1f} {np.mean(g['ref']):14.3f}")
+    for name, g in [
+        *sorted(errors.items()),
+        ("total", {k: sum((v[k] for v in errors.values()), []) for k in ("e", "f", "ref")}),
+    ]:
+        print(
+            f"{name:10s} {len(g['e']):5d} {np.mean(g['e']) * 1000:11.1f} {np.mean(g['f']) * 1000:9.1f} {np.mean(g['ref']):14.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -151,7 +151,11 @@ def generate(seed: int, scale: float) -> list[Atoms]:
             del atoms[int(rng.integers(len(atoms)))]
         if rng.uniform() < 0.7:
             a = atoms.cell.array[1, 1]
-            site = np.array([0.5 * a, 0.0, 0.0]) if rng.uniform() < 0.5 else np.array([0.25, 0.25, 0.25]) * a
+            site = (
+                np.array([0.5 * a, 0.0, 0.0])
+                if rng.uniform() < 0.5
+                else np.array([0.25, 0.25, 0.25]) * a
+            )
             atoms += Atoms(str(rng.choice(LIGHT)), positions=[site + rng.normal(0, 0.1, 3)])
         atoms.rattle(float(rng.uniform(0.02, 0.1)), seed=int(rng.integers(2**31)))
         out.append(_label(atoms, "defect"))
@@ -185,13 +189,19 @@ def generate(seed: int, scale: float) -> list[Atoms]:
         if i % 2 == 0:
             atoms = _bulk_cell(str(rng.choice(METALS)), rng)
         else:
-            atoms = _place(_slab(str(rng.choice(METALS)), str(rng.choice(FACETS[:3])), rng, layers=3),
-                           str(rng.choice(ADSORBATES)), rng, (1.3, 2.0))
+            atoms = _place(
+                _slab(str(rng.choice(METALS)), str(rng.choice(FACETS[:3])), rng, layers=3),
+                str(rng.choice(ADSORBATES)),
+                rng,
+                (1.3, 2.0),
+            )
             _fix_bottom(atoms)
         temperature = float(rng.uniform(300, 1200))
         atoms.calc = EMT()
         thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
-        dyn = Langevin(atoms, 2 * fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng)
+        dyn = Langevin(
+            atoms, 2 * fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng
+        )
         for _ in range(8):
             dyn.run(15)
             out.append(_label(atoms, "md"))
@@ -202,7 +212,9 @@ def generate(seed: int, scale: float) -> list[Atoms]:
         atoms.pbc = False
         if rng.uniform() < 0.5:
             top = atoms.positions[np.argmax(atoms.positions[:, 2])]
-            atoms += Atoms(str(rng.choice(LIGHT)), positions=[top + [0, 0, float(rng.uniform(1.2, 2.0))]])
+            atoms += Atoms(
+                str(rng.choice(LIGHT)), positions=[top + [0, 0, float(rng.uniform(1.2, 2.0))]]
+            )
         atoms.rattle(float(rng.uniform(0.02, 0.12)), seed=int(rng.integers(2**31)))
         out.append(_label(atoms, "cluster"))
     return [a for a in out if a is not None]
@@ -221,15 +233,32 @@ def _write(frames: list[Atoms], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="scratch/train_default/data", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training set (test: seed + 1000)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the training set (test: seed + 1000)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every structure count")
-    parser.add_argument("--test-scale", type=float, default=0.25, help="size of the test set relative to scale 1")
-    parser.add_argument("--max-force", type=float, default=20.0, help="drop structures with any |F_i,a| above this (eV/Å)")
+    parser.add_argument(
+        "--test-scale", type=float, default=0.25, help="size of the test set relative to scale 1"
+    )
+    parser.add_argument(
+        "--max-force",
+        type=float,
+        default=20.0,
+        help="drop structures with any |F_i,a| above this (eV/Å)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"seed": args.seed, "scale": args.scale, "test_scale": args.test_scale, "max_force": args.max_force}
-    for name, seed, scale in (("train", args.seed, args.scale), ("test", args.seed + 1000, args.test_scale)):
+    summary = {
+        "seed": args.seed,
+        "scale": args.scale,
+        "test_scale": args.test_scale,
+        "max_force": args.max_force,
+    }
+    for name, seed, scale in (
+        ("train", args.seed, args.scale),
+        ("test", args.seed + 1000, args.test_scale),
+    ):
         t0 = time.time()
         frames = _drop_outliers(generate(seed, scale), args.max_force)
         _write(frames, out / f"{name}.extxyz")

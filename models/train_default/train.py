@@ -27,8 +27,14 @@ REPO = HERE.parent.parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(HERE / "train_config.yaml"))
-    parser.add_argument("--out", default=str(REPO / "scratch" / "train_default" / "run"), help="run folder")
-    parser.add_argument("--target", default=str(REPO / "models" / "eqv2calc-demo-emt.pt"), help="where the model goes")
+    parser.add_argument(
+        "--out", default=str(REPO / "scratch" / "train_default" / "run"), help="run folder"
+    )
+    parser.add_argument(
+        "--target",
+        default=str(REPO / "models" / "eqv2calc-demo-emt.pt"),
+        help="where the model goes",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override run.epochs")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     args = parser.parse_args()
