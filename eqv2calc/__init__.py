@@ -5,7 +5,7 @@ Units throughout: energies in eV, forces in eV/Å, stress in eV/Å³, lengths in
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from eqv2calc.version import __version__
 
 __all__ = ["EquiformerV2Calculator", "load_checkpoint", "__version__"]
 
