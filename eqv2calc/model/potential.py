@@ -12,6 +12,7 @@ Heads predict normalised targets; :class:`OutputScaling` turns them into eV, eV/
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +79,9 @@ class EquiformerV2Potential(nn.Module):
             else torch.zeros(0),
         )
         self.energy_kind = energy_kind
+        # "direct": forces/stress from their heads; "gradient": −∂E/∂x and (1/V)·∂E/∂ε, computed
+        # by eqv2calc.model.conservative (the checkpoint records which)
+        self.forces_kind = "direct"
         iso, aniso = symmetric_tensor_basis(torch.float64)
         self.register_buffer("stress_iso_basis", iso.float(), persistent=False)
         self.register_buffer("stress_aniso_basis", aniso.float(), persistent=False)
@@ -93,11 +97,16 @@ class EquiformerV2Potential(nn.Module):
     def _norm(self, key: str) -> Normalizer:
         return self.normalizers.get(key, Normalizer())
 
-    def forward(self, graph: GraphInput) -> dict[str, torch.Tensor]:
+    def forward(
+        self, graph: GraphInput, outputs: Collection[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Outputs of the heads named in ``outputs`` (all heads when None)."""
         emb = self.backbone(graph)
         out: dict[str, torch.Tensor] = {}
         z = graph.atomic_numbers
         for name, head in self.heads.items():
+            if outputs is not None and name not in outputs:
+                continue
             raw = head(emb)
             if name == "energy":
                 energy = raw
