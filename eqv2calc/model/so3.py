@@ -160,7 +160,7 @@ def edge_rotation_blocks(edge_vec: torch.Tensor, lmax: int) -> list[torch.Tensor
     of multiples of ``beta``. Right-multiplying by ``Z`` mixes columns ``j`` and ``2l - j``:
     ``(M Z)[:, j] = M[:, j] cos_j - M[:, 2l - j] sin_j``. Evaluated in float64 and cast back.
     """
-    vec64 = edge_vec.detach().to(torch.float64)
+    vec64 = edge_vec.to(torch.float64)  # not detached: gradient forces differentiate the frames
     alpha, beta = edge_frame_angles(vec64)
     blocks = []
     for l in range(lmax + 1):
