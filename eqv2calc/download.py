@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from eqv2calc.io import atomic_path
 
 __all__ = ["DownloadError", "download_file", "sha256_of"]
 
@@ -135,9 +136,6 @@ def download_file(
             dest=dest,
         )
     expected_sha = sha256.lower() if sha256 else None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
 
     def fail(problem: str, status: int | None = None) -> DownloadError:
         extra = f" {hint.strip()}" if hint.strip() else ""
@@ -149,8 +147,8 @@ def download_file(
             status=status,
         )
 
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(dest, durable=True, tmp_suffix=".part") as tmp:
+        with open(tmp, "wb") as out:
             try:
                 response = _open(url, token, timeout)
             except urllib.error.HTTPError as exc:
@@ -182,8 +180,6 @@ def download_file(
                             bar.update(len(block))
                     except (OSError, http.client.HTTPException) as exc:
                         raise fail(f"{_reason(exc)} after {received} bytes") from exc
-            out.flush()
-            os.fsync(out.fileno())
         if announced is not None and received != announced:
             raise fail(f"incomplete transfer: received {received} of {announced} bytes")
         if expected_size is not None and received != expected_size:
@@ -192,8 +188,4 @@ def download_file(
             raise fail(
                 f"SHA-256 mismatch: got {digest.hexdigest()}, the model card says {expected_sha}"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest

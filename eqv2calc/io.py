@@ -7,17 +7,27 @@ patterns. Every read problem becomes a :class:`StructureReadError` whose message
 file, so a driver can report it in one line and carry on with the other inputs.
 
 All writers are atomic: they write a temporary file in the target directory and then
-``os.replace`` it, so an interrupted run never leaves a half-written result behind.
-Lengths are in Å throughout.
+``os.replace`` it, so an interrupted run never leaves a half-written result behind. Files are
+created with the permissions the umask allows (``0666 & ~umask``), as any ordinary file, so a
+group on a shared cluster can read them. :func:`lock_directory` keeps two runs from writing
+into one output folder at once, and :func:`check_writable_dir` finds an unusable output
+folder before any work starts. Lengths are in Å throughout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
 import glob
 import json
 import os
+import socket
+import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +36,25 @@ import numpy as np
 from ase import Atoms
 
 __all__ = [
+    "LOCK_FILE_NAME",
     "STRUCTURE_SUFFIXES",
+    "OutputDirLocked",
+    "OutputNotWritableError",
     "StructureEntry",
     "StructureReadError",
+    "atomic_path",
+    "atomic_write_bytes",
     "atomic_write_text",
+    "check_writable_dir",
+    "check_writable_file",
+    "lock_directory",
     "expand_inputs",
     "load_structures",
     "output_format",
     "read_structure_file",
+    "clean_label",
+    "calculator_label",
+    "default_file_mode",
     "write_json_atomic",
     "write_structure",
 ]
@@ -169,38 +190,69 @@ def _read_with_pymatgen(path: Path) -> list[Atoms]:
     return [AseAtomsAdaptor.get_atoms(structure)]
 
 
-def read_structure_file(path: str | os.PathLike) -> list[Atoms]:
-    """Read all structures from one file.
+def _locate_bad_frame(path: Path, fmt: str | None) -> int | None:
+    """Index of the first frame ASE cannot read in a multi-frame file (None if not found)."""
+    import ase.io
 
-    A ``.traj`` file is read as the history of one structure, so only its last frame is
-    returned; other multi-frame files (extxyz, multi-block CIF) give one structure per frame.
-    ASE is tried first, pymatgen second.
+    count = 0
+    try:
+        for _ in ase.io.iread(path, index=":", format=fmt):
+            count += 1
+    except Exception:
+        return count
+    return None
+
+
+def read_structure_file(
+    path: str | os.PathLike,
+    index: str | int | None = None,
+    *,
+    what: str = "structure file",
+) -> list[Atoms]:
+    """Read structures from one file: the one reader every command uses.
+
+    By default a ``.traj`` file is read as the history of one structure, so only its last
+    frame is returned; other multi-frame files (extxyz, multi-block CIF) give one structure per
+    frame. ASE is tried first, pymatgen second (single-structure formats only).
 
     Args:
         path: The file.
+        index: ASE frame selection: ``":"`` for every frame, ``-1`` for the last, ``0``...;
+            None for the default described above.
+        what: How messages call the file (``"slab file"``, ``"adsorbate file"``...).
 
     Returns:
         The structures (at least one).
 
     Raises:
-        StructureReadError: Neither ASE nor pymatgen can read the file, or it holds no frames.
+        StructureReadError: The file does not exist, neither ASE nor pymatgen can read it, or
+            it holds no frames. The message names the file and, where a multi-frame file
+            breaks part way, the first frame that cannot be read.
     """
     import ase.io
 
     path = Path(path)
+    if not path.exists():
+        raise StructureReadError(f"{what} {path} does not exist")
     if not path.is_file():
-        raise StructureReadError(f"{path}: no such file")
-    index: str | int = -1 if path.suffix.lower() == ".traj" else ":"
+        raise StructureReadError(f"{what} {path} is not a file")
+    if index is None:
+        index = -1 if path.suffix.lower() == ".traj" else ":"
+    fmt = _format_from_suffix(path)
     try:
-        frames = ase.io.read(path, index=index, format=_format_from_suffix(path))
+        frames = ase.io.read(path, index=index, format=fmt)
     except Exception as ase_error:
         try:
             frames = _read_with_pymatgen(path)
         except Exception:
-            reason = str(ase_error).strip().splitlines()[0] if str(ase_error).strip() else ""
-            reason = reason or type(ase_error).__name__
+            text = str(ase_error).strip()
+            reason = text.splitlines()[0] if text else type(ase_error).__name__
+            where = ""
+            if index == ":":
+                bad = _locate_bad_frame(path, fmt)
+                where = f", frame {bad}" if bad else ""
             raise StructureReadError(
-                f"{path}: cannot read as a structure file ({reason})"
+                f"{path}{where}: cannot read as a structure file ({reason})"
             ) from ase_error
     if isinstance(frames, Atoms):
         frames = [frames]
@@ -211,7 +263,7 @@ def read_structure_file(path: str | os.PathLike) -> list[Atoms]:
 
 
 def _safe_label(text: str) -> str:
-    cleaned = "".join(ch if (ch.isalnum() or ch in "-_.+") else "_" for ch in text)
+    cleaned = clean_label(text, "-_.+", strip="", fallback="")
     # Output names built from the label (``<label>_relaxed.extxyz``) must not contain
     # fragments that make ASE ignore the extension, so POSCAR becomes poscar.
     for token in _NAME_TRIGGERS:
@@ -286,23 +338,75 @@ def output_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
+def _current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def default_file_mode() -> int:
+    """Permissions of a newly created ordinary file: ``0o666 & ~umask``."""
+    return 0o666 & ~_current_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(
+    path: str | os.PathLike, *, durable: bool = False, tmp_suffix: str | None = None
+) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    For writers that want a file name (``torch.save``, ``ase.io.write``, ``savefig``). The
+    temporary name keeps the target's extension (``.x.png.<random>.tmp.png``), so writers
+    that guess a format from the name still work, and starts with a dot, so folder scans
+    skip it. The parent folder is created if needed. The file gets the permissions the umask
+    allows (``0o666 & ~umask``), not ``mkstemp``'s 0600. On any exception (Ctrl-C included)
+    the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: The final file.
+        durable: ``fsync`` the file before the rename (for large downloads).
+        tmp_suffix: End of the temporary name (default ``.tmp`` + the target's extension).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.",
+        suffix=tmp_suffix if tmp_suffix is not None else f".tmp{path.suffix}",
+        dir=path.parent,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, default_file_mode())
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``), umask honoured."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` (UTF-8) to ``path`` atomically, umask honoured."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_default(obj: Any) -> Any:
@@ -320,7 +424,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
     Non-finite floats are written as ``NaN``/``Infinity`` (Python's JSON dialect).
     """
-    text = json.dumps(data, indent=2, default=_json_default) + "\n"
+    text = json.dumps(data, indent=2, default=_json_default, ensure_ascii=False) + "\n"
     return atomic_write_text(path, text)
 
 
@@ -328,6 +432,7 @@ def write_structure(
     path: str | os.PathLike,
     images: Atoms | Sequence[Atoms],
     format: str | None = None,
+    **kwargs: Any,
 ) -> Path:
     """Write one structure (or several frames) atomically, format from the file name.
 
@@ -336,6 +441,7 @@ def write_structure(
         images: The structure(s). Results of an attached calculator (energy in eV, forces in
             eV/Å, stress in eV/Å³) are written where the format supports them (extxyz, traj).
         format: ASE format name; guessed from ``path`` when None.
+        **kwargs: Passed to :func:`ase.io.write` (e.g. ``direct=True`` for VASP).
 
     Returns:
         The path written.
@@ -344,12 +450,232 @@ def write_structure(
 
     path = Path(path)
     fmt = format or output_format(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        ase.io.write(tmp, images, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        ase.io.write(tmp, images, format=fmt, **kwargs)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# output folders: writability check and a lock against concurrent runs
+# ----------------------------------------------------------------------------------------------
+
+
+class OutputNotWritableError(OSError):
+    """An output folder or file cannot be written; the message names the path and why."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "output not writable"
+
+
+def _first_existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def check_writable_dir(path: str | os.PathLike, *, what: str = "output folder") -> Path:
+    """Make sure ``path`` is a folder this process can create files in (creating it if needed).
+
+    Called before a run starts, so a bad ``--output-dir`` fails at once, not after hours.
+
+    Args:
+        path: The folder.
+        what: How the message calls the folder (e.g. ``"--output-dir"``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputNotWritableError: ``path`` (or a parent) is a file, the folder cannot be
+            created, or no file can be created in it (read-only folder or file system).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputNotWritableError(f"{what} {path}: is a file, not a folder")
+    if not path.exists():
+        ancestor = _first_existing_ancestor(path.parent)
+        if ancestor.exists() and not ancestor.is_dir():
+            raise OutputNotWritableError(
+                f"{what} {path}: cannot create it, {ancestor} is a file, not a folder"
+            )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise OutputNotWritableError(f"{what} {path}: cannot create it ({reason})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".eqv2calc-write-test.", dir=path)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OutputNotWritableError(
+            f"{what} {path}: cannot write files there ({reason})"
+        ) from None
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, *, what: str = "output file") -> Path:
+    """Make sure the file ``path`` can be written (its folder is created if needed).
+
+    Raises:
+        OutputNotWritableError: ``path`` is a folder, or its folder is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputNotWritableError(f"{what} {path}: is a folder, not a file")
+    check_writable_dir(path.parent if str(path.parent) else Path("."), what=f"folder of {what}")
+    return path
+
+
+#: Name of the lock file :func:`lock_directory` keeps inside a locked folder.
+LOCK_FILE_NAME = ".eqv2calc.lock"
+
+
+class OutputDirLocked(RuntimeError):
+    """Another process is writing into the output folder; the message names it."""
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+# Folders this process holds, with a nesting count (a job inside a job may lock again).
+_HELD: dict[str, list[Any]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _describe_holder(info: dict[str, Any]) -> str:
+    if not info:
+        return "another process (no details recorded yet)"
+    parts = [f"pid {info.get('pid', '?')} on {info.get('host', '?')}"]
+    if info.get("command"):
+        parts.append(f"running {info['command']!r}")
+    if info.get("purpose"):
+        parts.append(f"({info['purpose']})")
+    if info.get("started"):
+        parts.append(f"since {info['started']}")
+    return " ".join(parts)
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 65536)
+        info = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+@contextlib.contextmanager
+def lock_directory(path: str | os.PathLike, purpose: str) -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder for the duration of a run.
+
+    The lock is an ``fcntl.flock`` on ``<path>/.eqv2calc.lock``, which records the holder's
+    pid, host, command line, purpose and start time (UTC). The kernel releases it when the
+    process ends, however it ends (Ctrl-C, SIGKILL, power loss of the node), so a stale lock
+    file never blocks a later run. The folder is created if needed. Locking a folder this
+    process already holds nests.
+
+    Args:
+        path: The output folder.
+        purpose: What the run does, e.g. ``"relax"`` (shown to a second run).
+
+    Yields:
+        The folder as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputDirLocked: Another process holds the lock; the message names it.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(folder)
+    with _HELD_GUARD:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield folder
+        finally:
+            with _HELD_GUARD:
+                _HELD[key][1] -= 1
+        return
+    lock_path = folder / LOCK_FILE_NAME
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, default_file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            info = _read_holder(fd)
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise OutputDirLocked(
+                f"output folder {folder} is in use by {_describe_holder(info)}; wait for it "
+                "to finish or choose another output folder",
+                holder=info,
+            ) from None
+        # The holder before us may have removed the file after we opened it: then our lock is
+        # on a deleted file, and we must lock the file that is there now.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+        "purpose": purpose,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+    with _HELD_GUARD:
+        _HELD[key] = [fd, 0]
+    try:
+        yield folder
+    finally:
+        with _HELD_GUARD:
+            del _HELD[key]
+        with contextlib.suppress(OSError):
+            lock_path.unlink()  # removed while still locked, so no one else holds this file
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------
+# names
+# ----------------------------------------------------------------------------------------------
+
+
+def clean_label(
+    text: str,
+    keep: str = "-_.+",
+    *,
+    collapse: bool = False,
+    strip: str = ".",
+    fallback: str = "structure",
+) -> str:
+    """A file-system-safe name: letters, digits and the characters in ``keep`` stay, every
+    other character (or, with ``collapse``, every run of them) becomes ``_``; the characters in
+    ``strip`` are then stripped from both ends and an empty result becomes ``fallback``."""
+    out: list[str] = []
+    for ch in text:
+        if ch.isalnum() or ch in keep:
+            out.append(ch)
+        elif not (collapse and out and out[-1] == "\0"):
+            out.append("\0")
+    return "".join(out).replace("\0", "_").strip(strip) or fallback
+
+
+def calculator_label(calc: Any) -> str:
+    """Which calculator this is: ``calc.model_label`` for eqv2calc calculators, else the class
+    name (``EMT``, ``Vasp``...)."""
+    return str(getattr(calc, "model_label", None) or type(calc).__name__)

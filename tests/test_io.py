@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -172,3 +173,135 @@ def test_write_structure_failure_leaves_no_file(tmp_path):
 def test_write_json_atomic_handles_numpy(tmp_path):
     path = write_json_atomic(tmp_path / "s.json", {"a": np.float64(1.5), "b": np.arange(3)})
     assert json.loads(path.read_text()) == {"a": 1.5, "b": [0, 1, 2]}
+
+
+# ----------------------------------------------------------------------------------------------
+# one atomic writer family, output-folder lock, writability check, names
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022():
+    import os
+
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_writers_honour_umask(tmp_path, umask_022):
+    import stat
+
+    from eqv2calc.io import atomic_path, atomic_write_bytes, atomic_write_text
+
+    written = [
+        atomic_write_bytes(tmp_path / "a.bin", b"x"),
+        atomic_write_text(tmp_path / "b.txt", "x"),
+        write_json_atomic(tmp_path / "c.json", {"a": 1}),
+        write_structure(tmp_path / "d.extxyz", molecule("H2O")),
+    ]
+    with atomic_path(tmp_path / "e.png") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.suffix == ".png"
+        tmp.write_bytes(b"png")
+    written.append(tmp_path / "e.png")
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+
+
+def test_atomic_path_failure_keeps_old_file_and_removes_temp(tmp_path):
+    from eqv2calc.io import atomic_path
+
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+_HOLD_LOCK = """
+import sys, time
+from eqv2calc.io import lock_directory
+with lock_directory(sys.argv[1], "relax"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_lock_directory_names_the_other_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from eqv2calc.io import LOCK_FILE_NAME, OutputDirLocked, lock_directory
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirLocked) as info:
+            with lock_directory(tmp_path, "md"):
+                pass
+        message = str(info.value)
+        assert f"pid {proc.pid}" in message and os.uname().nodename in message
+        assert "relax" in message and "since" in message and str(tmp_path) in message
+        assert isinstance(info.value, RuntimeError)
+    finally:
+        proc.kill()
+        proc.wait()
+    # the kernel released the lock with the process: the folder is free again
+    with lock_directory(tmp_path, "md"):
+        with lock_directory(tmp_path, "nested"):  # the same process may lock again
+            assert (tmp_path / LOCK_FILE_NAME).exists()
+    assert not (tmp_path / LOCK_FILE_NAME).exists()
+
+
+def test_check_writable_dir_reports_the_path_and_reason(tmp_path):
+    from eqv2calc.io import OutputNotWritableError, check_writable_dir, check_writable_file
+
+    assert check_writable_dir(tmp_path / "new" / "deep").is_dir()
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    with pytest.raises(OutputNotWritableError, match=r"file.txt: is a file, not a folder"):
+        check_writable_dir(afile)
+    with pytest.raises(OutputNotWritableError, match=r"file.txt is a file, not a folder"):
+        check_writable_dir(afile / "sub" / "deeper")
+    with pytest.raises(OutputNotWritableError, match=r"is a folder, not a file"):
+        check_writable_file(tmp_path)
+    if Path("/proc/self").is_dir():  # read-only even for root
+        with pytest.raises(OutputNotWritableError, match=r"/proc/self: cannot write files there"):
+            check_writable_dir("/proc/self")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_read_error_names_the_frame(tmp_path):
+    path = tmp_path / "three.extxyz"
+    ase.io.write(path, [molecule("H2O"), molecule("NH3"), molecule("CH4")])
+    lines = path.read_text().splitlines()
+    # corrupt frame 2: a position that is not a number
+    n_first = 2 + 3
+    n_second = 2 + 4
+    i = n_first + n_second + 2
+    lines[i] = lines[i].replace(lines[i].split()[1], "garbage", 1)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StructureReadError, match=r"three.extxyz, frame 2: cannot read"):
+        read_structure_file(path)
+
+
+def test_clean_label_and_calculator_label():
+    from eqv2calc.io import calculator_label, clean_label
+
+    assert clean_label("Cu (111)/a b") == "Cu__111__a_b"
+    assert clean_label("Cu (111)/a b", "_.-", collapse=True, strip="") == "Cu_111_a_b"
+    assert clean_label("*OH", "", collapse=True, strip="_", fallback="ads") == "OH"
+    assert clean_label("***", "", strip="_", fallback="ads") == "ads"
+    assert calculator_label(EMT()) == "EMT"
+
+    class Named(EMT):
+        model_label = "my-model"
+
+    assert calculator_label(Named()) == "my-model"

@@ -532,15 +532,12 @@ def load_adsorbate_file(path: str | os.PathLike, binding_atoms: list[int] | None
     Raises:
         FileNotFoundError / ValueError with the file name and the offending index.
     """
-    from ase.io import read
+    from eqv2calc.io import read_structure_file
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"adsorbate file {p} does not exist")
-    try:
-        atoms = read(str(p))
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"could not read adsorbate file {p}: {exc}") from exc
+    atoms = read_structure_file(p, index=-1, what="adsorbate file")[0]
     if len(atoms) == 0:
         raise ValueError(f"adsorbate file {p} has no atoms")
     idx = [0] if not binding_atoms else list(binding_atoms)

@@ -21,7 +21,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from eqv2calc.adsorbml.adsorbates import Adsorbate
-from eqv2calc.adsorbml.anomalies import ANOMALY_KINDS, detect_anomalies
+from eqv2calc.adsorbml.anomalies import ALL_KINDS, ANOMALY_KINDS, detect_anomalies
+from eqv2calc.adsorbml.cost import CostAccount, SCFModel, account, dense_estimate
 from eqv2calc.adsorbml.dedup import deduplicate
 from eqv2calc.adsorbml.energies import (
     GasReferences,
@@ -34,6 +35,7 @@ from eqv2calc.adsorbml.placement import generate_placements
 from eqv2calc.adsorbml.reference import DFT_MODES, run_reference
 from eqv2calc.adsorbml.slabs import SlabSystem
 from eqv2calc.adsorbml.store import ResultStore
+from eqv2calc.io import calculator_label
 
 __all__ = [
     "AdsorbMLConfig",
@@ -55,10 +57,13 @@ class AdsorbMLConfig:
     (degrees), ``min_distance_scale`` (× covalent radii sum), ``site_separation`` (Å between
     random sites). ML relaxation: ``optimizer``, ``fmax`` (eV/Å), ``steps``,
     ``max_atoms_per_batch``, ``relax_slab``. Filtering: ``desorption_multiplier``,
-    ``surface_change_multiplier``; dedup ``dedup_position_tol`` (Å), ``dedup_energy_tol`` (eV).
+    ``surface_change_multiplier``, ``discard_migrated`` (drop configurations whose binding
+    atom moved to another site type; by default they are reported and kept);
+    dedup ``dedup_position_tol`` (Å), ``dedup_energy_tol`` (eV).
     Energies: ``gas_refs`` "computed" (with the same calculator) or "oc20"; per-element
     ``gas_ref_overrides`` (eV). Reference: ``top_k``, ``dft_mode`` "sp"/"rx", ``dft_fmax``,
-    ``dft_steps``, ``dft_optimizer``.
+    ``dft_steps``, ``dft_optimizer``. Cost: ``scf_first`` / ``scf_later`` (SCF steps of the first
+    / each later ionic step, :class:`~eqv2calc.adsorbml.cost.SCFModel`).
     """
 
     num_random: int = 100
@@ -84,6 +89,18 @@ class AdsorbMLConfig:
     dft_steps: int = 300
     dft_optimizer: str = "BFGS"
     progress: bool = True
+    discard_migrated: bool = False
+    scf_first: float = 25.0
+    scf_later: float = 8.0
+
+    @property
+    def discarded_kinds(self) -> tuple[str, ...]:
+        """Flag kinds that make a configuration invalid."""
+        return ANOMALY_KINDS + (("migrated",) if self.discard_migrated else ())
+
+    @property
+    def scf_model(self) -> SCFModel:
+        return SCFModel(self.scf_first, self.scf_later)
 
     def placement_settings(self) -> dict[str, Any]:
         return {
@@ -122,10 +139,13 @@ class MLRecord:
     error: str | None
     atoms: Atoms
     initial: Atoms
+    final_site: str | None = None
+    discarded_kinds: tuple[str, ...] = ANOMALY_KINDS
 
     @property
     def valid(self) -> bool:
-        return self.status == "ok" and not self.anomalies and math.isfinite(self.e_ml)
+        bad = set(self.anomalies) & set(self.discarded_kinds)
+        return self.status == "ok" and not bad and math.isfinite(self.e_ml)
 
 
 @dataclass
@@ -143,10 +163,12 @@ class DFTRecord:
     reasons: list[str]
     error: str | None
     atoms: Atoms
+    discarded_kinds: tuple[str, ...] = ANOMALY_KINDS
 
     @property
     def valid(self) -> bool:
-        return self.error is None and not self.anomalies and math.isfinite(self.energy)
+        bad = set(self.anomalies) & set(self.discarded_kinds)
+        return self.error is None and not bad and math.isfinite(self.energy)
 
 
 @dataclass
@@ -189,7 +211,7 @@ class SystemOutcome:
 
     @property
     def anomaly_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(ANOMALY_KINDS, 0)
+        counts = dict.fromkeys(ALL_KINDS, 0)
         for r in self.ml:
             for k in r.anomalies:
                 counts[k] += 1
@@ -213,6 +235,30 @@ class SystemOutcome:
             f"{n} placements x {mean:.1f} mean ionic steps of the ML relaxations (proxy for "
             "reference relaxations)"
         )
+
+    def cost(self, scf_model: SCFModel | None = None) -> dict[str, Any]:
+        """Reference cost in both accountings (:mod:`~eqv2calc.adsorbml.cost`): per k (the best k
+        configurations computed), the dense estimate and the speed-ups dense / used."""
+        model = scf_model or SCFModel()
+        dense_calls, basis = self.exhaustive_estimate()
+        n = len(self.ml)
+        mean = dense_calls / n if n else float("nan")
+        dense = dense_estimate(n, mean, model)
+        by_k = []
+        ks = sorted({d.rank for d in self.dft})
+        for k in ks:
+            used = account([d.calls for d in self.dft if d.rank <= k], model)
+            by_k.append({"k": k, **_cost_row(used, dense)})
+        total = account([d.calls for d in self.dft], model)
+        return {
+            "mode": self.dft_mode,
+            "scf_model": model.as_dict(),
+            "used": _cost_row(total, dense),
+            "by_k": by_k,
+            "dense_estimate": dense.as_dict(),
+            "dense_basis": basis,
+            "overhead_calls": self.dft_overhead_calls,
+        }
 
     def best_dft(self) -> DFTRecord | None:
         valid = [d for d in self.dft if d.valid]
@@ -243,10 +289,6 @@ def _structure_hash(atoms: Atoms) -> str:
     return h.hexdigest()[:16]
 
 
-def _model_label(calc: Any) -> str:
-    return str(getattr(calc, "model_label", None) or type(calc).__name__)
-
-
 def _attach(atoms: Atoms, energy: float, forces: np.ndarray | None = None) -> Atoms:
     out = atoms.copy()
     kw: dict[str, Any] = {"energy": float(energy)}
@@ -261,6 +303,19 @@ def _relax_kwargs(cfg: AdsorbMLConfig) -> dict[str, Any]:
     if cfg.max_atoms_per_batch is not None:
         kw["max_atoms_per_batch"] = cfg.max_atoms_per_batch
     return kw
+
+
+def _cost_row(used: CostAccount, dense: CostAccount) -> dict[str, Any]:
+    from eqv2calc.adsorbml.cost import speedup
+
+    row: dict[str, Any] = used.as_dict()
+    row["speedup_ionic"] = _round(speedup(dense.ionic_steps, used.ionic_steps))
+    row["speedup_scf"] = _round(speedup(dense.scf_steps, used.scf_steps))
+    return row
+
+
+def _round(x: float, nd: int = 1) -> float | None:
+    return round(float(x), nd) if math.isfinite(x) else None
 
 
 def _gas_references(
@@ -312,7 +367,7 @@ def run_system(
     slab = system.atoms
     n_slab = len(slab)
     kind = energy_kind(calculator)
-    model_label = _model_label(calculator)
+    model_label = calculator_label(calculator)
     ads_symbols = adsorbate.symbols
 
     store.check_settings(
@@ -406,6 +461,7 @@ def run_system(
             gas_ml = _gas_from_row(grow)
 
     # 4. ML relaxations, each written as soon as it finishes
+    binding = [n_slab + i for i in adsorbate.binding_indices]
     done = {int(r.pid) for r in store.all("ml", name)}
     todo = [pid for pid in sorted(initial) if pid not in done]
 
@@ -432,6 +488,7 @@ def run_system(
             slab_ml,
             desorption_multiplier=cfg.desorption_multiplier,
             surface_change_multiplier=cfg.surface_change_multiplier,
+            binding=binding,
         )
         store.put(
             res.atoms,
@@ -446,6 +503,8 @@ def run_system(
             converged=bool(res.converged),
             max_force=float(res.max_force),
             anomaly=rep.label(),
+            placed_site=rep.placed_site,
+            final_site=rep.final_site,
         )
 
     if todo:
@@ -485,6 +544,8 @@ def run_system(
                 error=r.get("error"),
                 atoms=r.toatoms(),
                 initial=initial[pid],
+                final_site=r.get("final_site"),
+                discarded_kinds=cfg.discarded_kinds,
             )
         )
     valid = [m for m in ml if m.valid]
@@ -523,7 +584,7 @@ def run_system(
 
     # 6. reference calculations
     if dft_calculator is not None and top_k:
-        _run_dft(outcome, store, cfg, dft_calculator, dft_label or type(dft_calculator).__name__)
+        _run_dft(outcome, store, cfg, dft_calculator, dft_label or calculator_label(dft_calculator))
     return outcome
 
 
@@ -615,6 +676,7 @@ def _run_dft(
                     slab_ref,
                     desorption_multiplier=cfg.desorption_multiplier,
                     surface_change_multiplier=cfg.surface_change_multiplier,
+                    binding=[outcome.n_slab + i for i in outcome.adsorbate.binding_indices],
                 )
                 anomaly, reasons = rep.label(), rep.reasons
             store.put(
@@ -665,6 +727,7 @@ def _run_dft(
                 reasons=list(row.data.get("reasons", [])),
                 error=row.get("error"),
                 atoms=row.toatoms(),
+                discarded_kinds=cfg.discarded_kinds,
             )
         )
     outcome.dft = records

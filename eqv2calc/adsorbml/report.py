@@ -5,16 +5,14 @@ Every file is written atomically (temporary file, then ``os.replace``). Energies
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from eqv2calc.adsorbml.anomalies import ANOMALY_KINDS
+from eqv2calc.io import atomic_path, write_json_atomic, write_structure
 
 __all__ = [
     "format_table",
@@ -29,32 +27,6 @@ def _num(x: float | None, nd: int = 4) -> float | None:
     if x is None or not math.isfinite(float(x)):
         return None
     return round(float(x), nd)
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_atoms(path: Path, atoms: Any, fmt: str, **kw: Any) -> None:
-    from ase.io import write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp, atoms, format=fmt, **kw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,10 +60,10 @@ def write_top_k(outcome: Any, out_dir: Path) -> list[dict[str, str]]:
             atoms.info["e_ads_ml_eV"] = rec.e_ads
         xyz = folder / f"{stem}.extxyz"
         poscar = folder / f"{stem}.vasp"
-        _atomic_write_atoms(xyz, atoms, "extxyz")
+        write_structure(xyz, atoms, format="extxyz")
         bare = atoms.copy()
         bare.calc = None
-        _atomic_write_atoms(poscar, bare, "vasp", direct=True)
+        write_structure(poscar, bare, format="vasp", direct=True)
         files.append({"extxyz": str(xyz), "poscar": str(poscar)})
     return files
 
@@ -406,15 +378,9 @@ def write_plot(outcomes: list[Any], path: Path) -> None:
         if recs:
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
 
@@ -425,9 +391,7 @@ def write_outputs(outcomes: list[Any], out_dir: Path, config: Any) -> dict[str, 
     files = {o.name: write_top_k(o, out_dir) for o in outcomes}
     summary = summary_dict(outcomes, config, files)
     json_path = out_dir / "summary.json"
-    _atomic_write_bytes(
-        json_path, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode()
-    )
+    write_json_atomic(json_path, summary)
     png_path = out_dir / "energies.png"
     write_plot(outcomes, png_path)
     return {"summary": json_path, "plot": png_path, "topk": out_dir / "topk"}

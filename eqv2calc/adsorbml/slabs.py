@@ -8,7 +8,6 @@ adsorbate goes on the top (largest z) side. Lengths are in Å.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from ase import Atoms
 from ase.constraints import FixAtoms
 from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
+
+from eqv2calc.io import clean_label, read_structure_file
 
 __all__ = [
     "SlabSystem",
@@ -205,18 +206,18 @@ def read_slab(
     surface_depth: float | None = None,
 ) -> SlabSystem:
     """Read a slab file. extxyz/traj keep their tags and constraints; other formats (CIF, POSCAR,
-    ...) get surface atoms detected and sub-surface atoms fixed (see :func:`prepare_slab`)."""
-    from ase.io import read
+    ...) get surface atoms detected and sub-surface atoms fixed (see :func:`prepare_slab`).
 
+    Raises:
+        FileNotFoundError: no such file.
+        StructureReadError: the file cannot be read (the message names it).
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"slab file {p} does not exist")
-    try:
-        atoms = read(str(p))
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise SlabInputError(f"could not read slab file {p}: {exc}") from exc
+    atoms = read_structure_file(p, index=-1, what="slab file")[0]
     keeps = p.suffix.lower() in {".extxyz", ".xyz", ".traj", ".json", ".db"}
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.stem)
+    name = clean_label(p.stem, "_.-", collapse=True, strip="", fallback="")
     return prepare_slab(
         atoms,
         name,
@@ -250,7 +251,6 @@ def slabs_from_bulk(
         fix_below, surface_depth: as for :func:`prepare_slab`.
         symmetric_only: keep only terminations whose top and bottom are equivalent.
     """
-    from ase.io import read
     from pymatgen.core.surface import SlabGenerator
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -259,10 +259,7 @@ def slabs_from_bulk(
         raise FileNotFoundError(f"bulk file {p} does not exist")
     if len(miller) != 3 or not any(miller):
         raise SlabInputError(f"--miller needs three integers, not all zero (got {miller})")
-    try:
-        bulk = read(str(p))
-    except Exception as exc:  # noqa: BLE001
-        raise SlabInputError(f"could not read bulk file {p}: {exc}") from exc
+    bulk = read_structure_file(p, index=-1, what="bulk file")[0]
     if not bulk.pbc.all():
         raise SlabInputError(f"{p}: a bulk structure must be periodic in all three directions")
     structure = AseAtomsAdaptor.get_structure(bulk)

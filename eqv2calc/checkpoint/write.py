@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from eqv2calc.checkpoint import names
+from eqv2calc.io import atomic_path
 from eqv2calc.model.potential import EquiformerV2Potential
 
 _HEAD_MODULE_NAMES = {
@@ -21,18 +21,8 @@ _SUBMODULE = {"energy": "energy_block", "forces": "force_block", "rank2": ""}
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # umask honoured, like any ordinary file
         torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

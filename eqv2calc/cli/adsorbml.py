@@ -14,6 +14,7 @@ from eqv2calc.cli._common import (
     model_options,
     progress_option,
 )
+from eqv2calc.io import clean_label
 
 _HELP = """Find the lowest-energy configuration of an adsorbate on a surface (AdsorbML).
 
@@ -65,7 +66,7 @@ def _parse_binding_atoms(text: str | None) -> list[int] | None:
 
 
 def _default_out(slab_name: str, ads_name: str) -> Path:
-    clean = re.sub(r"[^A-Za-z0-9]+", "_", ads_name.replace("*", "")).strip("_") or "ads"
+    clean = clean_label(ads_name.replace("*", ""), "", collapse=True, strip="_", fallback="ads")
     return Path(f"adsorbml_{slab_name}_{clean}")
 
 
@@ -380,7 +381,9 @@ def _run(
     out = (
         Path(out_dir)
         if out_dir
-        else _default_out(re.sub(r"[^A-Za-z0-9_.-]+", "_", slab_label), ads.name)
+        else _default_out(
+            clean_label(slab_label, "_.-", collapse=True, strip="", fallback=""), ads.name
+        )
     )
     calc = make_calculator(model, device=device, dtype=dtype)
     dft_calc = dft_label = None

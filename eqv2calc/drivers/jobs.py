@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,14 @@ from eqv2calc.drivers.batch_relax import relax_batch
 from eqv2calc.drivers.batching import DEFAULT_MAX_ATOMS_PER_BATCH
 from eqv2calc.drivers.evaluate import EvalResult, evaluate
 from eqv2calc.drivers.relax import RelaxResult, fix_below
-from eqv2calc.io import StructureEntry, StructureReadError, write_json_atomic, write_structure
+from eqv2calc.io import (
+    StructureEntry,
+    StructureReadError,
+    atomic_path,
+    calculator_label,
+    write_json_atomic,
+    write_structure,
+)
 
 __all__ = [
     "EXIT_FAILED",
@@ -45,11 +51,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 #: Exit status: no failures, but at least one relaxation did not converge.
 EXIT_NOT_CONVERGED = 3
-
-
-def calculator_label(calc: Calculator) -> str:
-    """``calc.model_label`` for EquiformerV2 calculators, else the class name."""
-    return str(getattr(calc, "model_label", None) or type(calc).__name__)
 
 
 @dataclass
@@ -90,6 +91,10 @@ class RelaxPaths:
     relaxed: Path
     trajectory: Path
     log: Path
+
+
+class _NothingToWrite(Exception):
+    """Raised inside :func:`atomic_path` to leave no results file when nothing succeeded."""
 
 
 def relax_paths(
@@ -361,8 +366,6 @@ def run_eval_job(
         report.n_failed += 1
     summary.data["read_errors"] = report.read_errors
     summary.flush()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     records: list[dict[str, Any] | None] = [None] * len(entries)
 
     def done(i: int, result: EvalResult) -> None:
@@ -382,20 +385,30 @@ def run_eval_job(
         if on_result is not None:
             on_result(entry, result)
 
+    stopped: BaseException | None = None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            evaluate(
-                [e.atoms for e in entries],
-                calculator,
-                max_atoms_per_batch=max_atoms_per_batch,
-                labels=[e.label for e in entries],
-                progress=progress,
-                on_result=done,
-            )
+        with atomic_path(output) as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                try:
+                    evaluate(
+                        [e.atoms for e in entries],
+                        calculator,
+                        max_atoms_per_batch=max_atoms_per_batch,
+                        labels=[e.label for e in entries],
+                        progress=progress,
+                        on_result=done,
+                    )
+                except BaseException as err:  # keep what was evaluated, then re-raise
+                    stopped = err
+            if report.n_ok == 0:
+                raise _NothingToWrite
+    except _NothingToWrite:
+        pass
     finally:
-        os.replace(tmp, output)
         report.records = [r for r in records if r is not None]
         summary.data["counts"] = _count(report)
         summary.data["finished"] = _now()
         summary.flush()
+    if stopped is not None:
+        raise stopped
     return report

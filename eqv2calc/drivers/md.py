@@ -33,6 +33,7 @@ from ase.calculators.calculator import Calculator
 
 from eqv2calc.drivers.relax import read_restart
 from eqv2calc.drivers.validate import StructureError, check_stress_support, validate_structure
+from eqv2calc.io import calculator_label
 
 __all__ = ["DIRECT_FORCES_NOTE", "ENSEMBLES", "THERMOSTATS", "MDResult", "run_md"]
 
@@ -462,7 +463,7 @@ def run_md(
         )
         + (f", pressure {pressure / units.GPa:.4f} GPa" if npt else "")
         + f", seed {seed}",
-        f"calculator: {getattr(calculator, 'model_label', None) or type(calculator).__name__}",
+        f"calculator: {calculator_label(calculator)}",
         f"Note: {DIRECT_FORCES_NOTE}",
     ]
     if frames:

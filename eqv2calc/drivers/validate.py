@@ -12,6 +12,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from eqv2calc.drivers.batching import supports_stress
+from eqv2calc.io import calculator_label
 
 __all__ = ["MIN_DISTANCE", "StructureError", "check_stress_support", "validate_structure"]
 
@@ -96,7 +97,7 @@ def validate_structure(
 def check_stress_support(calc: Calculator, what: str = "cell relaxation") -> None:
     """Raise ``ValueError`` unless ``calc`` can give a stress (needed for ``what``)."""
     if not supports_stress(calc):
-        name = getattr(calc, "model_label", None) or type(calc).__name__
+        name = calculator_label(calc)
         props = ", ".join(getattr(calc, "implemented_properties", ())) or "none"
         raise ValueError(
             f"{what} needs the stress, but {name} has no stress head "

@@ -301,8 +301,6 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Write ``config`` as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    from eqv2calc.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -20,6 +20,7 @@ from ase.constraints import FixAtoms
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from eqv2calc.graph import graph_from_atoms
+from eqv2calc.io import StructureReadError, read_structure_file
 from eqv2calc.model.backbone import GraphInput
 
 
@@ -83,14 +84,11 @@ def read_structures(path: str | os.PathLike) -> list[Atoms]:
 
             with ase.db.connect(str(path)) as db:
                 return [row.toatoms(add_additional_information=True) for row in db.select()]
-        from ase.io import read
-
-        frames = read(str(path), index=":")
     except Exception as exc:  # ASE raises many kinds; report them as one readable line
-        raise TrainingDataError(
+        raise StructureReadError(
             f"{path}: cannot read structures ({type(exc).__name__}: {exc})"
         ) from None
-    return list(frames) if isinstance(frames, list) else [frames]
+    return read_structure_file(path, index=":", what="training data file")
 
 
 def _lookup(atoms: Atoms, key: str, per_atom: bool):

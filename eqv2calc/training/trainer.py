@@ -33,6 +33,7 @@ import torch
 
 from eqv2calc.checkpoint import load_checkpoint, save_checkpoint
 from eqv2calc.checkpoint.reader import read_file
+from eqv2calc.io import write_json_atomic
 from eqv2calc.model.config import EquiformerV2Config
 from eqv2calc.model.potential import EquiformerV2Potential, HeadSpec
 from eqv2calc.training.config import TrainConfig, save_config
@@ -558,9 +559,7 @@ class Trainer:
             "best": self.best_metrics,
             "test": test_metrics,
         }
-        tmp = self.out_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, self.out_dir / "summary.json")
+        write_json_atomic(self.out_dir / "summary.json", summary)
 
 
 def _format_metrics(metrics: dict) -> str:
