@@ -23,8 +23,9 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from eqv2calc.checkpoint import LoadedModel, load_checkpoint
-from eqv2calc.graph import batch_graphs, graph_from_atoms
+from eqv2calc.graph import BatchedGraph, batch_graphs, graph_from_atoms
 from eqv2calc.model.backbone import GraphInput
+from eqv2calc.model.conservative import StructureInput, gradient_outputs
 
 log = logging.getLogger("eqv2calc")
 
@@ -112,7 +113,13 @@ class EquiformerV2Calculator(Calculator):
     # --- facts about the model -------------------------------------------------------------
     @property
     def has_stress(self) -> bool:
-        return self.model.has_stress
+        """A stress head, or gradient stress (every gradient model, 3D cells)."""
+        return self.model.has_stress or self.forces_kind == "gradient"
+
+    @property
+    def forces_kind(self) -> str:
+        """``"direct"`` (force/stress heads) or ``"gradient"`` (−∂E/∂x, (1/V)·∂E/∂ε)."""
+        return getattr(self.model, "forces_kind", "direct")
 
     @property
     def cutoff(self) -> float:
@@ -140,8 +147,7 @@ class EquiformerV2Calculator(Calculator):
                 f"but this model covers Z = 1..{self.max_atomic_number}"
             )
 
-    def graph_input(self, atoms_list: Sequence[Atoms]) -> GraphInput:
-        """Batched model input (graphs built with the checkpoint's cutoff and neighbour cap)."""
+    def _batched_graph(self, atoms_list: Sequence[Atoms]) -> BatchedGraph:
         s = self.loaded.graph_settings
         graphs = []
         for k, atoms in enumerate(atoms_list):
@@ -151,7 +157,21 @@ class EquiformerV2Calculator(Calculator):
                     atoms, cutoff=s.cutoff, max_neighbors=s.max_neighbors, strict=s.strict
                 )
             )
-        batched = batch_graphs(graphs)
+        return batch_graphs(graphs)
+
+    def structure_input(self, atoms_list: Sequence[Atoms]) -> StructureInput:
+        """Positions, cells (float64) and edges with lattice offsets: gradient models' input."""
+        return StructureInput.from_batched_graph(
+            self._batched_graph(atoms_list),
+            np.concatenate([a.numbers for a in atoms_list]),
+            np.concatenate([a.positions for a in atoms_list]),
+            np.stack([a.cell.array for a in atoms_list]),
+            device=self.device,
+        )
+
+    def graph_input(self, atoms_list: Sequence[Atoms]) -> GraphInput:
+        """Batched model input (graphs built with the checkpoint's cutoff and neighbour cap)."""
+        batched = self._batched_graph(atoms_list)
         numbers = np.concatenate([a.numbers for a in atoms_list])
         dev = self.device
         return GraphInput(
@@ -171,9 +191,13 @@ class EquiformerV2Calculator(Calculator):
         atoms_list = list(atoms_list)
         if not atoms_list:
             return []
-        graph = self.graph_input(atoms_list)
-        with torch.inference_mode():
-            out = self.model(graph)
+        if self.forces_kind == "gradient":  # forces and stress are energy derivatives
+            out = gradient_outputs(self.model, self.structure_input(atoms_list))
+            out = {k: v.detach() for k, v in out.items()}
+        else:
+            graph = self.graph_input(atoms_list)
+            with torch.inference_mode():
+                out = self.model(graph)
         energy = out["energy"].double().cpu().numpy()
         forces = out["forces"].double().cpu().numpy()
         stress = out["stress"].double().cpu().numpy() if "stress" in out else None
@@ -185,7 +209,7 @@ class EquiformerV2Calculator(Calculator):
                 "free_energy": float(energy[b]),
                 "forces": forces[start : start + n].copy(),
             }
-            if stress is not None:
+            if stress is not None and np.isfinite(stress[b]).all():  # NaN: gradient, no volume
                 s = stress[b]
                 res["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
             results.append(res)

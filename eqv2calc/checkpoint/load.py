@@ -138,6 +138,7 @@ def load_checkpoint(
             )
     ours["element_references"] = expected["element_references"]
     model.load_state_dict(ours, strict=True)
+    model.forces_kind = parsed.forces_kind
     model.eval().to(device=device, dtype=dtype)
     c = parsed.config
     settings = GraphSettings(

@@ -104,6 +104,7 @@ class ParsedCheckpoint:
     energy_kind: str
     prefix: str
     raw: dict = field(repr=False, default_factory=dict)
+    forces_kind: str = "direct"  # "gradient": forces/stress are energy derivatives (eqv2calc)
 
 
 def _normalizers(data: dict, path: Path) -> dict[str, Normalizer]:
@@ -224,6 +225,11 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
         energy_kind = "total"
     if written_by_us in ("adsorption", "total"):
         energy_kind = written_by_us
+    forces_kind = (config.get("eqv2calc") or {}).get("forces", "direct")
+    if forces_kind not in ("direct", "gradient"):
+        raise CheckpointError(
+            f"{path}: config eqv2calc.forces is {forces_kind!r}; expected 'direct' or 'gradient'"
+        )
 
     return ParsedCheckpoint(
         path=path,
@@ -236,4 +242,5 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
         energy_kind=energy_kind,
         prefix=prefix,
         raw=data,
+        forces_kind=forces_kind,
     )

@@ -97,7 +97,10 @@ def save_checkpoint(
                 "pass_through_head_outputs": True,
             }
         }
-    config["eqv2calc"] = {"energy_kind": model.energy_kind}
+    config["eqv2calc"] = {
+        "energy_kind": model.energy_kind,
+        "forces": getattr(model, "forces_kind", "direct"),  # "gradient": −∂E/∂x, (1/V)·∂E/∂ε
+    }
 
     payload = {"state_dict": state, "config": config, "normalizers": normalizers}
     if model.element_references.numel():
