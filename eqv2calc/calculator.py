@@ -216,6 +216,76 @@ class EquiformerV2Calculator(Calculator):
             start += n
         return results
 
+    def predict_state(
+        self,
+        positions: torch.Tensor,
+        cells: torch.Tensor,
+        numbers: torch.Tensor,
+        batch: torch.Tensor,
+        pbc: torch.Tensor,
+        num_graphs: int | None = None,
+        neighbors=None,
+    ) -> dict[str, torch.Tensor]:
+        """Energies, forces (and stress) straight from device tensors, no numpy round trip.
+
+        The graph is built on the tensors' device by :mod:`eqv2calc.neighbors` (same edges as
+        :meth:`graph_input`); pass a :class:`eqv2calc.neighbors.NeighborCache` as
+        ``neighbors`` to reuse neighbour candidates between steps.
+
+        Args:
+            positions: ``[N, 3]`` Å, all structures concatenated (on ``self.device``).
+            cells: ``[B, 3, 3]`` Å (rows are lattice vectors).
+            numbers: ``[N]`` long atomic numbers.
+            batch: ``[N]`` long structure index (non-decreasing).
+            pbc: ``[B, 3]`` or ``[3]`` bool.
+            num_graphs: B (default ``cells.shape[0]``).
+            neighbors: optional ``NeighborCache`` built with this model's graph settings.
+
+        Returns:
+            ``"energy"`` ``[B]`` eV, ``"forces"`` ``[N, 3]`` eV/Å (fixed atoms not zeroed) and,
+            for stress models, ``"stress"`` ``[B, 3, 3]`` eV/Å³; in the model's dtype.
+        """
+        from eqv2calc.neighbors import neighbor_graph
+
+        num_graphs = int(cells.shape[0]) if num_graphs is None else int(num_graphs)
+        s = self.loaded.graph_settings
+        if neighbors is not None:
+            dg = neighbors(positions, cells, pbc, batch, num_graphs)
+        else:
+            dg = neighbor_graph(
+                positions,
+                cells,
+                pbc,
+                batch,
+                num_graphs,
+                cutoff=s.cutoff,
+                max_neighbors=s.max_neighbors,
+                strict=s.strict,
+            )
+        if self.forces_kind == "gradient":  # forces and stress are energy derivatives
+            inputs = StructureInput(
+                atomic_numbers=numbers.long(),
+                positions=positions.detach().double(),
+                cells=cells.detach().double(),
+                edge_index=dg.edge_index,
+                cell_offsets=dg.cell_offsets,
+                batch=batch,
+                edge_batch=dg.edge_batch,
+                num_graphs=num_graphs,
+            )
+            return {k: v.detach() for k, v in gradient_outputs(self.model, inputs).items()}
+        # edge vectors in float64 then cast, exactly as graph_input does
+        vec = dg.edge_vectors(positions.double(), cells.double()).to(self.dtype)
+        graph = GraphInput(
+            atomic_numbers=numbers.long(),
+            edge_index=dg.edge_index,
+            edge_vec=vec,
+            batch=batch,
+            num_graphs=num_graphs,
+        )
+        with torch.inference_mode():
+            return self.model(graph)
+
     def get_property(self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True):
         if name == "stress" and not self.has_stress:
             raise PropertyNotImplementedError(
