@@ -17,6 +17,7 @@ from eqv2calc.cli._common import (
     read_inputs,
     where,
 )
+from eqv2calc.cli.campaign import campaign_options, campaign_requested
 
 _HELP = """Compute energies, forces (and stress) for many structures: no relaxation.
 
@@ -64,6 +65,13 @@ structures are still evaluated).
     help="Print one JSON record per structure instead of a summary line.",
 )
 @progress_option
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Campaign mode: folder of the ledger and of --output (when --output is a bare name).",
+)
+@campaign_options
 def eval_command(
     files: tuple[str, ...],
     model: str | None,
@@ -74,7 +82,24 @@ def eval_command(
     max_atoms: int,
     as_json: bool,
     progress: bool,
+    output_dir: str | None,
+    **campaign: object,
 ) -> None:
+    if campaign_requested(**campaign):
+        from eqv2calc.cli.campaign import eval_campaign
+
+        eval_campaign(
+            files,
+            model=model,
+            device=device,
+            dtype=dtype,
+            output=output,
+            output_dir=output_dir,
+            max_atoms=max_atoms,
+            as_json=as_json,
+            **campaign,
+        )
+        return
     from pathlib import Path
 
     from eqv2calc.drivers.jobs import run_eval_job

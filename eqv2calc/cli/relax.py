@@ -17,6 +17,7 @@ from eqv2calc.cli._common import (
     read_inputs,
     where,
 )
+from eqv2calc.cli.campaign import campaign_options, campaign_requested
 
 _HELP = """Relax the atomic positions (and optionally the cell) of one or more structures.
 
@@ -135,6 +136,7 @@ Units: energies eV, forces eV/Å, lengths Å.
     help="Print one JSON record per structure instead of the summary line.",
 )
 @progress_option
+@campaign_options
 def relax_command(
     files: tuple[str, ...],
     model: str | None,
@@ -154,7 +156,31 @@ def relax_command(
     max_atoms: int,
     as_json: bool,
     progress: bool,
+    **campaign: object,
 ) -> None:
+    if campaign_requested(**campaign):
+        from eqv2calc.cli.campaign import relax_campaign
+
+        if output is not None:
+            fail("--output is for a single structure; a campaign writes into --output-dir")
+        relax_campaign(
+            files,
+            model=model,
+            device=device,
+            dtype=dtype,
+            optimizer=optimizer,
+            fmax=fmax,
+            steps=steps,
+            relax_cell=relax_cell,
+            fix_below=fix_below,
+            output_dir=output_dir,
+            fmt=fmt,
+            summary_path=summary_path,
+            max_atoms=max_atoms,
+            as_json=as_json,
+            **campaign,
+        )
+        return
     from pathlib import Path
 
     from eqv2calc.drivers.jobs import run_relax_job

@@ -1,0 +1,382 @@
+"""Reading ledgers back: status, merging shard ledgers, exports and campaign summaries.
+
+* :func:`find_ledgers` / :func:`campaign_status`: counts per state, failures with reasons and
+  throughput of one or several ledgers (``eqv2calc campaign status``).
+* :func:`merge_ledgers`: combine shard ledgers (same settings) into one
+  (``eqv2calc campaign merge``).
+* :func:`export_eval`: the evaluated structures with their energies (eV), forces (eV/Å) and
+  stress (eV/Å³) as one extxyz file, in input order.
+* :func:`write_adsorbml_summary`: the campaign table and plot of the best adsorption energy
+  per slab x adsorbate system, with the reference (DFT) calls saved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from eqv2calc.campaigns.ledger import LEDGER_NAME, STATES, Ledger, LedgerError
+
+__all__ = [
+    "campaign_status",
+    "export_eval",
+    "find_ledgers",
+    "format_status",
+    "merge_ledgers",
+    "write_adsorbml_summary",
+]
+
+_SHARD_RE = re.compile(r"campaign\.shard-(\d+)-of-(\d+)\.sqlite$")
+
+
+def find_ledgers(paths: list[str | os.PathLike]) -> list[Path]:
+    """Ledger files named by ``paths``: files as given, folders searched for
+    ``campaign.sqlite`` and ``campaign.shard-I-of-N.sqlite``.
+
+    Raises:
+        LedgerError: A path holds no ledger.
+    """
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+            continue
+        if not p.is_dir():
+            raise LedgerError(f"{p}: no such file or folder")
+        here = sorted(p.glob("campaign.shard-*-of-*.sqlite"))
+        if (p / LEDGER_NAME).is_file():
+            here.insert(0, p / LEDGER_NAME)
+        if not here:
+            raise LedgerError(f"{p}: no campaign ledger (campaign*.sqlite) in this folder")
+        found.extend(here)
+    return found
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
+    """Status of the campaign(s) in ``paths`` (folders or ledger files).
+
+    Returns:
+        ``ledgers`` (files read), ``kind``, ``settings``, ``counts`` per state,
+        ``failures`` (label, source, error), ``throughput`` (items finished per second of
+        driver wall time, mean seconds per item on a worker), ``workers`` seen, ``shards``
+        found and missing.
+    """
+    files = find_ledgers(paths)
+    counts = dict.fromkeys(STATES, 0)
+    failures: list[dict[str, Any]] = []
+    intervals: list[tuple[float, float]] = []
+    item_walls: list[float] = []
+    workers: set[str] = set()
+    kinds, settings, fingerprints = set(), None, set()
+    shards: dict[int, set[int]] = {}
+    finished = 0
+    for f in files:
+        m = _SHARD_RE.search(f.name)
+        if m:
+            shards.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+        with Ledger(f) as led:
+            kinds.add(led.kind)
+            settings = settings or led.settings
+            fingerprints.add(led.fingerprint)
+            for k, v in led.counts().items():
+                counts[k] += v
+            for row in led.rows():
+                if row["state"] == "failed":
+                    failures.append(
+                        {"label": row["label"], "source": row["source"], "error": row["error"]}
+                    )
+                if row["state"] in ("done", "failed"):
+                    finished += 1
+                prov = row["provenance"] or {}
+                if prov.get("worker"):
+                    workers.add(str(prov["worker"]))
+                if isinstance(prov.get("wall_s"), (int, float)):
+                    item_walls.append(float(prov["wall_s"]))
+            for run in led.runs():
+                if run["finished"] is not None:
+                    intervals.append((run["started"], run["finished"]))
+    busy = _union_seconds(intervals)
+    missing = {n: sorted(set(range(n)) - got) for n, got in shards.items()}
+    return {
+        "ledgers": [str(f) for f in files],
+        "kind": "/".join(sorted(kinds)),
+        "settings": settings,
+        "same_settings": len(fingerprints) == 1,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "failures": failures,
+        "throughput": {
+            "finished_items": finished,
+            "driver_wall_s": round(busy, 3),
+            "items_per_s": round(finished / busy, 4) if busy > 0 else None,
+            "mean_item_wall_s": round(sum(item_walls) / len(item_walls), 4) if item_walls else None,
+        },
+        "workers": sorted(workers),
+        "shards_missing": {str(n): v for n, v in missing.items() if v},
+    }
+
+
+def format_status(status: dict[str, Any], max_failures: int = 20) -> str:
+    """``campaign_status`` as a few lines of text."""
+    c = status["counts"]
+    t = status["throughput"]
+    lines = [
+        f"{status['kind']} campaign, {status['total']} items in {len(status['ledgers'])} "
+        f"ledger(s): " + ", ".join(f"{c[s]} {s}" for s in STATES),
+    ]
+    if not status["same_settings"]:
+        lines.append("warning: these ledgers hold campaigns with different settings")
+    rate = f"{t['items_per_s']:.3g} items/s" if t["items_per_s"] else "- items/s"
+    mean = f"{t['mean_item_wall_s']:.3g} s" if t["mean_item_wall_s"] is not None else "-"
+    lines.append(
+        f"throughput: {t['finished_items']} finished in {t['driver_wall_s']:.1f} s of driver "
+        f"time ({rate}); mean {mean} per item on a worker; {len(status['workers'])} worker(s)"
+    )
+    for n, missing in status["shards_missing"].items():
+        lines.append(f"shards of {n} not found: {', '.join(map(str, missing))}")
+    for f in status["failures"][:max_failures]:
+        lines.append(f"failed: {f['label']} ({f['source']}): {f['error']}")
+    if len(status["failures"]) > max_failures:
+        lines.append(f"... and {len(status['failures']) - max_failures} more failures")
+    return "\n".join(lines)
+
+
+_RANK = {"done": 3, "failed": 2, "running": 1, "pending": 0}
+
+
+def merge_ledgers(sources: list[str | os.PathLike], dest: str | os.PathLike) -> dict[str, int]:
+    """Merge ledgers with the same settings into ``dest`` (created or extended).
+
+    Per item the most advanced state wins (done > failed > pending); running items become
+    pending (no lease survives a merge). Driver runs are copied for the throughput figures.
+
+    Returns:
+        Items per state in ``dest`` afterwards.
+
+    Raises:
+        LedgerError: No source, or sources/destination with different settings.
+    """
+    dest = Path(dest).resolve()
+    files = [f for f in find_ledgers(sources) if f.resolve() != dest]
+    if not files:
+        raise LedgerError("nothing to merge: no ledger besides the destination")
+    with Ledger(files[0]) as first:
+        kind, settings, fp = first.kind, first.settings, first.fingerprint
+    with Ledger(dest, kind, settings) as out:
+        for f in files:
+            with Ledger(f) as src:
+                if src.fingerprint != fp:
+                    raise LedgerError(
+                        f"{f} holds a campaign with other settings than {files[0]}; "
+                        "only shards of one campaign can be merged"
+                    )
+                rows = src.rows()
+                runs = src.runs()
+            have = {r["key"]: r["state"] for r in out.rows()}
+            with out.transaction() as db:
+                for r in rows:
+                    state = "pending" if r["state"] == "running" else r["state"]
+                    if r["key"] in have and _RANK[have[r["key"]]] >= _RANK[state]:
+                        continue
+                    db.execute(
+                        "INSERT OR REPLACE INTO items (key, seq, label, source, input, state, "
+                        "worker, attempts, result, error, provenance, created, started, "
+                        "finished) VALUES (?, COALESCE((SELECT seq FROM items WHERE key = ?), "
+                        "(SELECT COALESCE(MAX(seq), -1) + 1 FROM items)), ?, ?, ?, ?, ?, ?, ?, "
+                        "?, ?, ?, ?, ?)",
+                        (
+                            r["key"],
+                            r["key"],
+                            r["label"],
+                            r["source"],
+                            r["input"],
+                            state,
+                            r["worker"],
+                            r["attempts"],
+                            _json(r["result"]),
+                            r["error"],
+                            _json(r["provenance"]),
+                            r["created"],
+                            r["started"],
+                            r["finished"],
+                        ),
+                    )
+                    have[r["key"]] = state
+                for run in runs:
+                    db.execute(
+                        "INSERT INTO runs (started, finished, host, pid, executor, workers, done, "
+                        "failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            run["started"],
+                            run["finished"],
+                            run["host"],
+                            run["pid"],
+                            run["executor"],
+                            run["workers"],
+                            run["done"],
+                            run["failed"],
+                        ),
+                    )
+        return out.counts()
+
+
+def _json(value: Any) -> str | None:
+    import json
+
+    return json.dumps(value) if value is not None else None
+
+
+def export_eval(ledger: Ledger, output: str | os.PathLike) -> int:
+    """Write every evaluated structure of an eval campaign to one extxyz file (input order).
+
+    Each frame carries energy (eV), forces (eV/Å) and stress (eV/Å³, when computed) and
+    ``info`` ``label`` and ``source``. Returns the number of frames written.
+    """
+    import numpy as np
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from eqv2calc.campaigns.tasks import text_to_atoms
+    from eqv2calc.io import write_structure
+
+    frames = []
+    for row in ledger.rows("done"):
+        res = row["result"] or {}
+        if not row["input"] or res.get("energy_eV") is None:
+            continue
+        atoms = text_to_atoms(row["input"])
+        atoms.calc = None
+        results: dict[str, Any] = {"energy": res["energy_eV"]}
+        if res.get("forces_eV_per_A") is not None:
+            results["forces"] = np.asarray(res["forces_eV_per_A"], dtype=float)
+        if res.get("stress_eV_per_A3") is not None:
+            results["stress"] = np.asarray(res["stress_eV_per_A3"], dtype=float)
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info.update(label=row["label"], source=row["source"])
+        frames.append(atoms)
+    write_structure(output, frames, format="extxyz")
+    return len(frames)
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def adsorbml_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    """One summary row per system of an AdsorbML campaign (done and failed)."""
+    rows = []
+    for r in ledger.rows():
+        res = r["result"] or {}
+        ml = res.get("ml") or {}
+        best_ml = ml.get("best") or {}
+        ref = res.get("reference") or {}
+        best_ref = ref.get("best") or {}
+        exhaustive = _num(ref.get("exhaustive_calls_estimate"))
+        used = ref.get("adslab_calls")
+        rows.append(
+            {
+                "system": r["label"],
+                "slab": res.get("system"),
+                "adsorbate": res.get("adsorbate"),
+                "state": r["state"],
+                "error": r["error"],
+                "placements": (res.get("placements") or {}).get("total"),
+                "unique_valid": ml.get("unique_valid"),
+                "best_e_ads_ml_eV": _num(best_ml.get("e_ads_ml_eV")),
+                "best_e_ads_ref_eV": _num(best_ref.get("e_ads_eV")),
+                "reference_calls": used,
+                "exhaustive_calls_estimate": exhaustive,
+                "reference_calls_saved": (exhaustive - used)
+                if (exhaustive is not None and used is not None)
+                else None,
+                "output_dir": res.get("output_dir"),
+            }
+        )
+    return rows
+
+
+def _cell(x: Any, fmt: str) -> str:
+    return format(x, fmt) if isinstance(x, (int, float)) else "-"
+
+
+def write_adsorbml_summary(ledger: Ledger, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The AdsorbML campaign summary: ``campaign_summary.json``, ``campaign_summary.txt``
+    (table) and ``campaign_summary.png`` (best adsorption energy per system, eV).
+
+    The best energy is the reference's (DFT) when the top-k were computed, else the ML one.
+    """
+    import json
+
+    from eqv2calc.io import atomic_write_text, write_json_atomic
+
+    out = Path(out_dir)
+    rows = adsorbml_rows(ledger)
+    saved = [r["reference_calls_saved"] for r in rows if r["reference_calls_saved"] is not None]
+    used = [r["reference_calls"] for r in rows if r["reference_calls"] is not None]
+    totals = {
+        "systems": len(rows),
+        "done": sum(1 for r in rows if r["state"] == "done"),
+        "failed": sum(1 for r in rows if r["state"] == "failed"),
+        "reference_calls": sum(used) if used else None,
+        "reference_calls_saved": round(sum(saved), 1) if saved else None,
+    }
+    paths = {"json": out / "campaign_summary.json", "table": out / "campaign_summary.txt"}
+    write_json_atomic(
+        paths["json"], {"settings": ledger.settings, "totals": totals, "systems": rows}
+    )
+    header = (
+        f"{'system':<32} {'state':<7} {'placements':>10} {'E_ads ML':>9} {'E_ads ref':>9} "
+        f"{'ref calls':>9} {'saved':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['system'][:32]:<32} {r['state']:<7} {_cell(r['placements'], '10d'):>10} "
+            f"{_cell(r['best_e_ads_ml_eV'], '9.3f'):>9} {_cell(r['best_e_ads_ref_eV'], '9.3f'):>9} "
+            f"{_cell(r['reference_calls'], '9d'):>9} {_cell(r['reference_calls_saved'], '8.0f'):>8}"
+        )
+        if r["error"]:
+            lines.append(f"    error: {r['error']}")
+    lines.append(f"totals: {json.dumps(totals)}")
+    atomic_write_text(paths["table"], "\n".join(lines) + "\n")
+    plotted = [
+        (r["system"], r["best_e_ads_ref_eV"], r["best_e_ads_ml_eV"])
+        for r in rows
+        if r["best_e_ads_ml_eV"] is not None or r["best_e_ads_ref_eV"] is not None
+    ]
+    if plotted:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(plotted) + 2), 3.5))
+        xs = range(len(plotted))
+        ml = [p[2] if p[2] is not None else math.nan for p in plotted]
+        ref = [p[1] if p[1] is not None else math.nan for p in plotted]
+        ax.bar([x - 0.2 for x in xs], ml, width=0.4, label="best ML")
+        if any(math.isfinite(v) for v in ref):
+            ax.bar([x + 0.2 for x in xs], ref, width=0.4, label="best reference")
+        ax.set_xticks(list(xs), [p[0] for p in plotted], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("best adsorption energy (eV)")
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths["plot"] = out / "campaign_summary.png"
+        tmp = out / ".campaign_summary.png.tmp"
+        fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
+        os.replace(tmp, paths["plot"])
+    return paths

@@ -1,0 +1,168 @@
+"""The worker side of a campaign: build the calculator once, run chunks of items.
+
+:class:`CampaignWorker` is what the local executor runs in-process and what every Ray actor
+wraps: it builds its calculator from a :class:`CalculatorSpec` once, then runs chunks of
+work items with a task (:mod:`eqv2calc.campaigns.tasks`), returning one :class:`Outcome`
+per item with its provenance (model, versions, host, device, timings).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["CalculatorSpec", "CampaignWorker", "Outcome", "versions"]
+
+
+@dataclass(frozen=True)
+class CalculatorSpec:
+    """How a worker builds its calculator.
+
+    Attributes:
+        model: Checkpoint path, registry name, ``"emt"`` (ASE's EMT) or None (bundled
+            demo model).
+        device: Torch device (``auto`` picks CUDA when the worker sees a GPU).
+        dtype: ``float32`` or ``float64``.
+        factory: ``"module:function"`` returning a calculator (called with
+            ``factory_kwargs``) instead of the above; for custom or test calculators.
+        factory_kwargs: Keyword arguments of ``factory``.
+    """
+
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    factory: str | None = None
+    factory_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def build(self) -> Any:
+        """The ASE calculator (raises ValueError with a one-line message if it cannot)."""
+        if self.factory is not None:
+            mod_name, _, func_name = self.factory.partition(":")
+            try:
+                func = getattr(importlib.import_module(mod_name), func_name)
+            except (ImportError, AttributeError) as err:
+                raise ValueError(f"calculator factory {self.factory}: {err}") from err
+            return func(**dict(self.factory_kwargs))
+        if self.model is not None and self.model.strip().lower() == "emt":
+            from ase.calculators.emt import EMT
+
+            return EMT()
+        from eqv2calc.calculator import EquiformerV2Calculator
+
+        try:
+            return EquiformerV2Calculator(model=self.model, device=self.device, dtype=self.dtype)
+        except (FileNotFoundError, KeyError, RuntimeError, OSError) as err:
+            what = self.model if self.model is not None else "the bundled default model"
+            raise ValueError(f"cannot load model {what}: {' '.join(str(err).split())}") from err
+
+    @property
+    def label(self) -> str:
+        """What the settings fingerprint records as the model."""
+        if self.factory is not None:
+            return f"{self.factory}{dict(self.factory_kwargs) or ''}"
+        return self.model if self.model is not None else "eqv2calc-demo-emt (bundled)"
+
+
+@dataclass
+class Outcome:
+    """The result of one work item, as a worker returns it.
+
+    Attributes:
+        key: The item key.
+        ok: False when the item failed (``error`` says why).
+        result: JSON-friendly result record (stored in the ledger).
+        error: One-line reason of a failure.
+        atoms: Result structure for the driver to write (relaxed structure, evaluated
+            structure with results attached), or None.
+        provenance: Model, versions, host, device, timings.
+    """
+
+    key: str
+    ok: bool
+    result: dict[str, Any]
+    error: str | None = None
+    atoms: Any = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, eqv2calc, torch, ase and numpy in this process."""
+    from eqv2calc.version import software_versions
+
+    return software_versions()
+
+
+class CampaignWorker:
+    """Runs chunks of work items with one calculator built once.
+
+    Args:
+        spec: How to build the calculator.
+        task: The campaign task (picklable; see :mod:`eqv2calc.campaigns.tasks`).
+        threads: Torch intra-op threads (None: leave as is).
+        calculator: An already built calculator to use instead of building one.
+    """
+
+    def __init__(
+        self,
+        spec: CalculatorSpec,
+        task: Any,
+        threads: int | None = None,
+        calculator: Any = None,
+    ):
+        if threads is not None:
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            try:
+                import torch
+
+                torch.set_num_threads(int(threads))
+            except ImportError:
+                pass
+        self.spec = spec
+        self.task = task
+        self.calculator = calculator if calculator is not None else spec.build()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._base = {
+            "model": spec.label,
+            "model_label": str(getattr(self.calculator, "model_label", None) or spec.label),
+            "calculator": type(self.calculator).__name__,
+            "device": str(getattr(self.calculator, "device", "cpu")),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "worker": self.worker_id,
+            "versions": versions(),
+        }
+
+    def identity(self) -> str:
+        """``host:pid`` of this worker."""
+        return self.worker_id
+
+    def run(
+        self, payloads: list[dict[str, Any]], emit: Callable[[Outcome], None] | None = None
+    ) -> list[Outcome]:
+        """Run a chunk; ``emit`` is called with each outcome as soon as it is ready.
+
+        Returns:
+            The outcomes, in the order they finished.
+        """
+        outcomes: list[Outcome] = []
+        started = time.time()
+
+        def done(outcome: Outcome) -> None:
+            now = time.time()
+            outcome.provenance = {
+                **self._base,
+                **outcome.provenance,
+                "chunk_started": started,
+                "finished": now,
+            }
+            outcomes.append(outcome)
+            if emit is not None:
+                emit(outcome)
+
+        self.task.work(self.calculator, payloads, done)
+        return outcomes

@@ -1,0 +1,476 @@
+"""Campaign options of ``relax``/``eval``/``adsorbml`` and the ``eqv2calc campaign`` command.
+
+``--executor local|ray``, ``--ray-address``, ``--workers``, ``--gpus-per-worker`` and
+``--shard I/N`` turn a command into a campaign recorded in a ledger in its output folder
+(:mod:`eqv2calc.campaigns`); ``eqv2calc campaign status`` and ``merge`` read ledgers back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from eqv2calc.cli._common import echo_error, echo_line, fail, read_inputs
+
+__all__ = [
+    "adsorbml_campaign",
+    "campaign_command",
+    "campaign_options",
+    "campaign_requested",
+    "eval_campaign",
+    "relax_campaign",
+]
+
+_OPTIONS_HELP = """
+\b
+Campaign mode (any of --executor, --shard, --ray-address, --workers): every item is recorded
+in OUTPUT_DIR/campaign.sqlite (state, result, provenance); rerunning the same command
+continues where it stopped; another command with other settings on that folder is refused.
+"""
+
+
+def campaign_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--executor``, ``--ray-address``, ``--workers``, ``--gpus-per-worker``,
+    ``--shard`` and ``--retry-failed``."""
+    options = [
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default=None,
+            help="Run as a campaign with a ledger in the output folder: local (this process, "
+            "batched) or ray (long-lived Ray workers; pip install 'eqv2calc[ray]').",
+        ),
+        click.option(
+            "--ray-address",
+            default=None,
+            metavar="auto|HOST:PORT",
+            help="Join a running Ray cluster (implies --executor ray); without it a local Ray "
+            "instance is started.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Ray workers (each loads the model once). Default: one per CPU of the Ray "
+            "cluster, or per GPU share with --gpus-per-worker.",
+        ),
+        click.option(
+            "--gpus-per-worker",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="GPUs each Ray worker reserves (0.5: two workers share a GPU).",
+        ),
+        click.option(
+            "--shard",
+            default=None,
+            metavar="I/N",
+            help="Run only shard I of N (0-based, items split by content hash), with its own "
+            "ledger campaign.shard-I-of-N.sqlite; for SLURM arrays (--shard "
+            "$SLURM_ARRAY_TASK_ID/N). Combine with `eqv2calc campaign merge`.",
+        ),
+        click.option(
+            "--retry-failed",
+            is_flag=True,
+            help="Campaign: run items that failed in an earlier run again.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def campaign_requested(
+    executor: str | None,
+    shard: str | None,
+    ray_address: str | None,
+    workers: int | None,
+    **_: Any,
+) -> bool:
+    """True when any campaign option was given."""
+    return any(v is not None for v in (executor, shard, ray_address, workers))
+
+
+def _executor(
+    spec: Any,
+    executor: str | None,
+    ray_address: str | None,
+    workers: int | None,
+    gpus_per_worker: float,
+    calculator: Any = None,
+) -> Any:
+    from eqv2calc.campaigns import LocalExecutor, RayExecutor
+    from eqv2calc.campaigns.executors import RayNotInstalled, import_ray
+
+    kind = executor or ("ray" if (ray_address or workers) else "local")
+    if kind == "local":
+        if ray_address or (workers or 1) > 1 or gpus_per_worker:
+            fail("--ray-address, --workers > 1 and --gpus-per-worker need --executor ray")
+        return LocalExecutor(spec, calculator=calculator)
+    try:
+        import_ray()
+    except RayNotInstalled as err:
+        fail(str(err))
+    return RayExecutor(spec, workers=workers, address=ray_address, gpus_per_worker=gpus_per_worker)
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from eqv2calc.campaigns import parse_shard
+
+    if text is None:
+        return None
+    try:
+        return parse_shard(text)
+    except ValueError as err:
+        fail(str(err))
+    return None
+
+
+def _spec(model: str | None, device: str, dtype: str) -> Any:
+    from eqv2calc.campaigns import CalculatorSpec
+
+    return CalculatorSpec(model=model, device=device, dtype=dtype)
+
+
+def _run(task: Any, specs: list, payloads: list, out: Path, exe: Any, **kw: Any) -> Any:
+    """run_campaign with the expected failures turned into one-line errors."""
+    from eqv2calc.campaigns import CampaignLocked, LedgerError, run_campaign
+    from eqv2calc.campaigns.executors import WorkerStartError
+
+    try:
+        return run_campaign(task, specs, payloads, out, exe, **kw)
+    except (CampaignLocked, LedgerError, WorkerStartError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        echo_error(
+            "interrupted; every finished item is in the ledger, rerun the same command to continue"
+        )
+        raise SystemExit(130) from None
+
+
+def _report_line(rep: Any, what: str) -> str:
+    c = rep.counts
+    extra = f", {rep.not_in_shard} in other shards" if rep.not_in_shard else ""
+    return (
+        f"{what}: {rep.done} done and {rep.failed} failed in this run ({rep.items_per_s:.3g} "
+        f"items/s), {rep.skipped} already finished{extra}; ledger {rep.ledger_path}: "
+        f"{c.get('done', 0)} done, {c.get('failed', 0)} failed, {c.get('pending', 0)} pending"
+    )
+
+
+def _prepare_out(output_dir: str | None, what: str) -> Path:
+    if output_dir is None:
+        fail(
+            f"{what} as a campaign (--executor/--shard/--workers) needs --output-dir: the "
+            "campaign ledger lives there"
+        )
+    from eqv2calc.io import check_writable_dir
+
+    try:
+        return check_writable_dir(output_dir, what="--output-dir")
+    except OSError as err:
+        fail(str(err))
+    except ValueError as err:
+        fail(str(err))
+    return Path(output_dir)
+
+
+def relax_campaign(
+    files: Sequence[str],
+    *,
+    model: str | None,
+    device: str,
+    dtype: str,
+    optimizer: str,
+    fmax: float,
+    steps: int,
+    relax_cell: bool,
+    fix_below: float | None,
+    output_dir: str | None,
+    fmt: str,
+    summary_path: str | None,
+    max_atoms: int,
+    as_json: bool,
+    executor: str | None,
+    ray_address: str | None,
+    workers: int | None,
+    gpus_per_worker: float,
+    shard: str | None,
+    retry_failed: bool,
+) -> None:
+    """``eqv2calc relax`` as a campaign; exits with the relax command's exit status."""
+    from eqv2calc.campaigns import Ledger, RelaxTask
+    from eqv2calc.campaigns.hashing import settings_fingerprint
+
+    out = _prepare_out(output_dir, "relax")
+    shard_t = _shard(shard)
+    entries, read_errors = read_inputs(files)
+    if not entries:
+        fail("no structures to relax")
+    spec = _spec(model, device, dtype)
+    task = RelaxTask(
+        out_dir=str(out.resolve()),
+        model=spec.label,
+        optimizer=optimizer,
+        fmax=fmax,
+        steps=steps,
+        relax_cell=relax_cell,
+        fix_below=fix_below,
+        fmt=fmt.lstrip("."),
+        dtype=dtype,
+        max_atoms_per_batch=max_atoms,
+    )
+    specs, payloads, notes = task.items(entries, settings_fingerprint(task.settings()))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    calc = None
+    if (executor or "local") == "local" and not (ray_address or workers):
+        from eqv2calc.cli._common import make_calculator
+
+        calc = make_calculator(model, device, dtype)
+        if relax_cell:
+            from eqv2calc.drivers.validate import check_stress_support
+
+            try:
+                check_stress_support(calc, "--relax-cell")
+            except ValueError as err:
+                fail(str(err))
+    exe = _executor(spec, executor, ray_address, workers, gpus_per_worker, calc)
+
+    def show(payload: dict, outcome: Any, record: dict) -> None:
+        if not outcome.ok:
+            echo_error(f"{payload['source']}: {outcome.error}")
+        if as_json:
+            echo_line(json.dumps({"source": payload["source"], **record}))
+        elif outcome.ok:
+            status = "converged" if record.get("converged") else "NOT CONVERGED"
+            echo_line(
+                f"{payload['label']}: {status} in {record.get('steps')} steps, "
+                f"E = {record.get('final_energy_eV')} eV -> {record.get('output')}"
+            )
+
+    rep = _run(
+        task, specs, payloads, out, exe, shard=shard_t, retry_failed=retry_failed, on_outcome=show
+    )
+    mine = {s.key for s in specs}
+    with Ledger(rep.ledger_path) as led:
+        rows = [r for r in led.rows() if r["key"] in mine]
+    summary = {
+        "command": "relax",
+        "ledger": str(rep.ledger_path),
+        "settings": task.settings(),
+        "structures": {r["label"]: {"state": r["state"], **(r["result"] or {})} for r in rows},
+        "read_errors": [str(e) for e in read_errors],
+    }
+    from eqv2calc.io import write_json_atomic
+
+    summary_file = (
+        Path(summary_path)
+        if summary_path
+        else out
+        / (
+            "relax_summary.json"
+            if shard_t is None
+            else f"relax_summary.shard-{shard_t[0]}-of-{shard_t[1]}.json"
+        )
+    )
+    write_json_atomic(summary_file, summary)
+    click.echo(_report_line(rep, "relax campaign"), err=True)
+    failed = sum(1 for r in rows if r["state"] == "failed") + len(read_errors)
+    unfinished = sum(1 for r in rows if r["state"] in ("pending", "running"))
+    not_conv = sum(
+        1 for r in rows if r["state"] == "done" and not (r["result"] or {}).get("converged")
+    )
+    if failed or unfinished:
+        raise SystemExit(1)
+    if not_conv:
+        raise SystemExit(3)
+
+
+def eval_campaign(
+    files: Sequence[str],
+    *,
+    model: str | None,
+    device: str,
+    dtype: str,
+    output: str,
+    output_dir: str | None,
+    max_atoms: int,
+    as_json: bool,
+    executor: str | None,
+    ray_address: str | None,
+    workers: int | None,
+    gpus_per_worker: float,
+    shard: str | None,
+    retry_failed: bool,
+) -> None:
+    """``eqv2calc eval`` as a campaign: results in the ledger, exported to extxyz."""
+    from eqv2calc.campaigns import EvalTask, Ledger
+    from eqv2calc.campaigns.hashing import settings_fingerprint
+    from eqv2calc.campaigns.report import export_eval
+
+    out = _prepare_out(output_dir or str(Path(output).parent), "eval")
+    shard_t = _shard(shard)
+    entries, read_errors = read_inputs(files)
+    if not entries:
+        fail("no structures to evaluate")
+    spec = _spec(model, device, dtype)
+    task = EvalTask(model=spec.label, dtype=dtype, max_atoms_per_batch=max_atoms)
+    specs, payloads, notes = task.items(entries, settings_fingerprint(task.settings()))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    calc = None
+    if (executor or "local") == "local" and not (ray_address or workers):
+        from eqv2calc.cli._common import make_calculator
+
+        calc = make_calculator(model, device, dtype)
+    exe = _executor(spec, executor, ray_address, workers, gpus_per_worker, calc)
+
+    def show(payload: dict, outcome: Any, record: dict) -> None:
+        if not outcome.ok:
+            echo_error(f"{payload['source']}: {outcome.error}")
+        if as_json:
+            rec = {k: v for k, v in record.items() if k != "forces_eV_per_A"}
+            echo_line(json.dumps({"source": payload["source"], **rec}))
+
+    rep = _run(
+        task, specs, payloads, out, exe, shard=shard_t, retry_failed=retry_failed, on_outcome=show
+    )
+    target = Path(output)
+    if output_dir is not None and not target.is_absolute() and target.parent == Path("."):
+        target = out / target.name
+    if shard_t is not None:
+        target = target.with_name(f"{target.stem}.shard-{shard_t[0]}-of-{shard_t[1]}.extxyz")
+    with Ledger(rep.ledger_path) as led:
+        n = export_eval(led, target)
+        mine = {s.key for s in specs}
+        rows = [r for r in led.rows() if r["key"] in mine]
+    click.echo(_report_line(rep, "eval campaign") + f"; {n} structures in {target}", err=True)
+    if read_errors or any(r["state"] != "done" for r in rows):
+        raise SystemExit(1)
+
+
+def adsorbml_campaign(
+    systems: list,
+    adsorbates: list,
+    *,
+    out: Path,
+    config: Any,
+    model: str | None,
+    device: str,
+    dtype: str,
+    dft: str | None,
+    executor: str | None,
+    ray_address: str | None,
+    workers: int | None,
+    gpus_per_worker: float,
+    shard: str | None,
+    retry_failed: bool,
+) -> int:
+    """AdsorbML over every slab x adsorbate pair as a campaign; returns the exit status."""
+    from eqv2calc.campaigns import AdsorbMLTask, Ledger
+    from eqv2calc.campaigns.hashing import settings_fingerprint
+    from eqv2calc.campaigns.report import write_adsorbml_summary
+
+    out = _prepare_out(str(out), "adsorbml")
+    shard_t = _shard(shard)
+    spec = _spec(model, device, dtype)
+    task = AdsorbMLTask(
+        out_dir=str(out.resolve()), model=spec.label, config=config, dft=dft, dtype=dtype
+    )
+    specs, payloads, _ = task.items(systems, adsorbates, settings_fingerprint(task.settings()))
+    calc = None
+    if (executor or "local") == "local" and not (ray_address or workers):
+        from eqv2calc.cli._common import make_calculator
+
+        calc = make_calculator(model, device, dtype)
+    exe = _executor(spec, executor, ray_address, workers, gpus_per_worker, calc)
+    click.echo(
+        f"AdsorbML campaign: {len(systems)} slab(s) x {len(adsorbates)} adsorbate(s) = "
+        f"{len(specs)} systems -> {out}",
+        err=True,
+    )
+
+    def show(payload: dict, outcome: Any, record: dict) -> None:
+        if not outcome.ok:
+            echo_error(f"{payload['label']}: {outcome.error}")
+        else:
+            best = ((record.get("ml") or {}).get("best") or {}).get("e_ads_ml_eV")
+            echo_line(f"{payload['label']}: best ML E_ads {best} eV -> {payload['out']}")
+
+    rep = _run(
+        task, specs, payloads, out, exe, shard=shard_t, retry_failed=retry_failed, on_outcome=show
+    )
+    with Ledger(rep.ledger_path) as led:
+        paths = write_adsorbml_summary(led, out)
+        table = paths["table"].read_text(encoding="utf-8")
+        mine = {s.key for s in specs}
+        bad = [r for r in led.rows() if r["key"] in mine and r["state"] != "done"]
+    click.echo(table.rstrip())
+    click.echo(_report_line(rep, "adsorbml campaign"), err=True)
+    click.echo(f"campaign summary: {', '.join(str(p) for p in paths.values())}")
+    return 1 if bad else 0
+
+
+# ------------------------------------------------------------------------------------------
+# eqv2calc campaign status | merge
+# ------------------------------------------------------------------------------------------
+
+
+@click.group("campaign")
+def campaign_command() -> None:
+    """Inspect and combine campaign ledgers (see --executor / --shard of relax, eval, adsorbml)."""
+
+
+@campaign_command.command("status")
+@click.argument("paths", nargs=-1, required=True, metavar="OUT...")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_command(paths: tuple[str, ...], as_json: bool) -> None:
+    """Counts per state, failures with reasons and throughput of the campaign(s) in OUT
+    (folders or ledger files; every shard ledger in a folder is read)."""
+    from eqv2calc.campaigns import LedgerError
+    from eqv2calc.campaigns.report import campaign_status, format_status
+
+    try:
+        status = campaign_status(list(paths))
+    except LedgerError as err:
+        fail(str(err))
+    click.echo(json.dumps(status, indent=2) if as_json else format_status(status))
+
+
+@campaign_command.command("merge")
+@click.argument("paths", nargs=-1, required=True, metavar="OUT...")
+@click.option(
+    "--into",
+    "dest",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Merged ledger (default: campaign.sqlite in the first OUT folder).",
+)
+def merge_command(paths: tuple[str, ...], dest: str | None) -> None:
+    """Merge the shard ledgers found in OUT... (folders or files) into one ledger.
+
+    Per item the most advanced state wins (done > failed > pending); shards must come from
+    the same command (same settings). Missing shards are reported.
+    """
+    from eqv2calc.campaigns import LedgerError
+    from eqv2calc.campaigns.ledger import LEDGER_NAME
+    from eqv2calc.campaigns.report import campaign_status, merge_ledgers
+
+    first = Path(paths[0])
+    target = Path(dest) if dest else (first if first.is_dir() else first.parent) / LEDGER_NAME
+    try:
+        status = campaign_status(list(paths))
+        counts = merge_ledgers(list(paths), target)
+    except LedgerError as err:
+        fail(str(err))
+    click.echo(
+        f"merged {len(status['ledgers'])} ledger(s) into {target}: "
+        + ", ".join(f"{v} {k}" for k, v in counts.items())
+    )
+    for n, missing in status["shards_missing"].items():
+        echo_error(f"shards of {n} not found: {', '.join(map(str, missing))}")
