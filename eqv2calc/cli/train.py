@@ -12,6 +12,8 @@ _HELP = """Train or fine-tune an EquiformerV2 model on energies and forces (stre
   eqv2calc train config.yaml                      train from scratch as the config says
   eqv2calc train --train data.extxyz --out run1   defaults: small model, 20 epochs
   eqv2calc train config.yaml --init eqV2_31M_omat_mp_salex.pt --freeze-backbone
+  eqv2calc train --train data.extxyz --init demo --forces gradient --distill-epochs 1
+                                                  conservative fine-tune (gradient forces)
   eqv2calc train --resume --out run1              continue an interrupted run
 
 Data: extxyz (or any ASE-readable file) or an ASE database (.db) whose structures carry
@@ -22,6 +24,12 @@ given here override it. Data paths in the config are relative to the config file
 After every epoch the run folder gets last.pt (everything needed by --resume), best.pt when
 the validation loss improved (the EMA weights; use it with --model best.pt), and a line in
 metrics.jsonl. Checkpoints use fairchem's hydra layout (or --layout classic).
+
+--forces gradient makes the model conservative: forces = −∂E/∂x and stress = (1/V)·∂E/∂ε
+through the same backbone (slower to train: the force loss needs second derivatives). The
+checkpoint records it, and eqv2calc computes gradients whenever it loads the file.
+--distill-epochs N first trains N epochs on the initial model's own predictions (its
+direct-head forces), then on the labels.
 """
 
 
@@ -64,6 +72,18 @@ metrics.jsonl. Checkpoints use fairchem's hydra layout (or --layout classic).
     help="With --init: train only the output heads.",
 )
 @click.option(
+    "--forces",
+    type=click.Choice(["direct", "gradient"]),
+    help="Force/stress heads (direct) or energy derivatives (gradient, conservative); "
+    "default: as the --init checkpoint (heads.forces).",
+)
+@click.option(
+    "--distill-epochs",
+    type=click.IntRange(min=0),
+    help="With --init and --forces gradient: first epochs trained on the initial model's own "
+    "predictions (run.distill_epochs; counted in --epochs).",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue from <out>/last.pt (config defaults to <out>/config.yaml).",
@@ -87,6 +107,8 @@ def train_command(
     lr,
     init,
     freeze_backbone,
+    forces,
+    distill_epochs,
     resume,
     layout,
     device,
@@ -111,6 +133,8 @@ def train_command(
             ("run", "batch_size"): batch_size,
             ("optim", "lr"): lr,
             ("run", "freeze_backbone"): freeze_backbone,
+            ("heads", "forces"): forces,
+            ("run", "distill_epochs"): distill_epochs,
             ("run", "layout"): layout,
             ("run", "device"): device,
             ("run", "amp"): amp,

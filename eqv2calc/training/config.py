@@ -57,10 +57,15 @@ class HeadsConfig:
         stress: ``True`` adds a rank-2 stress head, ``False`` none, ``"auto"`` adds one when
             some training structures carry stress.
         energy_reduce: ``"sum"`` (extensive, divided by ``avg_num_nodes``) or ``"mean"``.
+        forces: ``"direct"`` (force and stress heads, as released eqV2 models), ``"gradient"``
+            (conservative: forces = −∂E/∂x and stress = (1/V)·∂E/∂ε through the backbone;
+            the checkpoint records it and eqv2calc computes gradients when loading it), or
+            None: as the ``run.init`` checkpoint (direct for a new model).
     """
 
     stress: bool | str = "auto"
     energy_reduce: str = "sum"
+    forces: str | None = None
 
 
 @dataclass
@@ -131,6 +136,9 @@ class RunConfig:
         num_threads: torch CPU threads (None = torch's default).
         progress: show a progress bar.
         energy_kind: override the energy kind stored in the checkpoint (``"total"``, ...).
+        distill_epochs: with ``heads.forces: gradient`` and ``init``: the first epochs train on
+            the initial model's own predictions (energy, direct-head forces and stress) instead
+            of the labels: a direct→gradient distillation stage (counted in ``epochs``).
     """
 
     epochs: int = 20
@@ -147,6 +155,7 @@ class RunConfig:
     num_threads: int | None = None
     progress: bool = True
     energy_kind: str | None = None
+    distill_epochs: int = 0
 
 
 #: small, fast defaults for a model trained from scratch (override in the ``model`` section)
@@ -240,6 +249,21 @@ class TrainConfig:
             problems.append(
                 f"optim.warmup_fraction must be in [0, 1), got {self.optim.warmup_fraction}"
             )
+        if self.heads.forces not in (None, "direct", "gradient"):
+            problems.append(
+                f"heads.forces must be 'direct', 'gradient' or null, got {self.heads.forces!r}"
+            )
+        if self.run.distill_epochs:
+            if not 0 <= self.run.distill_epochs <= self.run.epochs:
+                problems.append(
+                    f"run.distill_epochs must be in [0, run.epochs={self.run.epochs}], "
+                    f"got {self.run.distill_epochs}"
+                )
+            if not self.run.init or self.heads.forces != "gradient":
+                problems.append(
+                    "run.distill_epochs needs run.init and heads.forces: gradient (it distils "
+                    "the initial model's direct forces into gradient forces)"
+                )
         if self.run.layout == "classic" and self.heads.stress is True:
             problems.append(
                 "heads.stress: the classic layout holds no stress head; use run.layout: hydra"

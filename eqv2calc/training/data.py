@@ -1,8 +1,9 @@
 """Labelled structures for training: reading, graph pre-computation, splitting and batching.
 
 Every structure's radius graph is built once (with the model's cutoff and neighbour cap) and
-kept as tensors; the model predicts forces directly, so edge vectors need no gradient and a
-batch is a plain concatenation. Units: energy eV, forces eV/Å, stress eV/Å³ (ASE sign
+kept as tensors; a batch is a plain concatenation. Models with gradient forces
+(``forces_kind == "gradient"``) differentiate the energy with respect to positions and a strain,
+so batches also carry positions, cells and lattice offsets (:attr:`Batch.structure`). Units: energy eV, forces eV/Å, stress eV/Å³ (ASE sign
 convention: positive = tensile), lengths Å.
 """
 
@@ -22,6 +23,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 from eqv2calc.graph import graph_from_atoms
 from eqv2calc.io import StructureReadError, read_structure_file
 from eqv2calc.model.backbone import GraphInput
+from eqv2calc.model.conservative import StructureInput
 
 
 class TrainingDataError(ValueError):
@@ -41,6 +43,8 @@ class LabelledStructure:
         stress: ``[3, 3]`` float64 (eV/Å³) or None.
         force_weights: ``[N]`` float64 per-atom weights of the force loss.
         label: ``"file:index"`` for messages.
+        positions: ``[N, 3]`` float64 (Å); cell: ``[3, 3]`` float64 (Å); cell_offsets:
+            ``[E, 3]`` long lattice offsets of the edges (for gradient forces and stress).
     """
 
     numbers: torch.Tensor
@@ -51,6 +55,9 @@ class LabelledStructure:
     stress: torch.Tensor | None
     force_weights: torch.Tensor
     label: str
+    positions: torch.Tensor | None = None
+    cell: torch.Tensor | None = None
+    cell_offsets: torch.Tensor | None = None
 
     @property
     def num_atoms(self) -> int:
@@ -71,6 +78,7 @@ class Batch:
     force_weights: torch.Tensor  # [N]
     stress: torch.Tensor  # [B, 3, 3] eV/Å³
     has_stress: torch.Tensor  # [B] bool
+    structure: StructureInput | None = None  # positions/cells/offsets (float64), gradient models
 
 
 def read_structures(path: str | os.PathLike) -> list[Atoms]:
@@ -193,6 +201,9 @@ def labelled_structure(
         stress=torch.as_tensor(stress) if stress is not None else None,
         force_weights=torch.as_tensor(weights),
         label=label,
+        positions=torch.as_tensor(atoms.get_positions(), dtype=torch.float64),
+        cell=torch.as_tensor(atoms.cell.array, dtype=torch.float64),
+        cell_offsets=torch.as_tensor(graph.cell_offsets, dtype=torch.long),
     )
 
 
@@ -245,6 +256,26 @@ def collate(
         force_weights=torch.cat([s.force_weights for s in items]).to(device=device, dtype=dtype),
         stress=stress.to(device=device, dtype=dtype),
         has_stress=torch.tensor([s.stress is not None for s in items], device=device),
+        structure=_structure(items, graph, device),
+    )
+
+
+def _structure(
+    items: Sequence[LabelledStructure], graph: GraphInput, device: torch.device | str
+) -> StructureInput | None:
+    """Positions, cells and lattice offsets of a batch (None if an item lacks them)."""
+    if any(s.positions is None or s.cell_offsets is None for s in items):
+        return None
+    edges = torch.tensor([s.edge_index.shape[1] for s in items])
+    return StructureInput(
+        atomic_numbers=graph.atomic_numbers,
+        positions=torch.cat([s.positions for s in items]).to(device),
+        cells=torch.stack([s.cell for s in items]).to(device),
+        edge_index=graph.edge_index,
+        cell_offsets=torch.cat([s.cell_offsets for s in items]).to(device),
+        batch=graph.batch,
+        edge_batch=torch.repeat_interleave(torch.arange(len(items)), edges).to(device),
+        num_graphs=len(items),
     )
 
 

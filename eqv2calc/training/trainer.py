@@ -45,6 +45,7 @@ from eqv2calc.training.data import (
     split_indices,
 )
 from eqv2calc.training.ema import ExponentialMovingAverage
+from eqv2calc.training.gradient import distillation_items, predict
 from eqv2calc.training.loss import ErrorAccumulator, LossScales, compute_loss
 from eqv2calc.training.schedule import WarmupCosine
 from eqv2calc.training.statistics import (
@@ -201,6 +202,13 @@ class Trainer:
             model = self._prepare_finetune(model)
         if c.run.energy_kind:
             model.energy_kind = c.run.energy_kind
+        if c.heads.forces and resume_state is None:
+            model.forces_kind = c.heads.forces
+        if model.forces_kind == "gradient":
+            self.log(
+                "forces: gradient (−∂E/∂x, stress (1/V)·∂E/∂ε, by autograd through the backbone; "
+                "the direct force/stress heads stay in the file, unused and untrained)"
+            )
         if c.run.layout == "classic" and model.has_stress:
             raise ValueError(
                 "run.layout 'classic' cannot hold the model's stress head; use 'hydra'"
@@ -236,6 +244,17 @@ class Trainer:
         else:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(c, self.out_dir / "config.yaml")
+        self.distill_items: list[LabelledStructure] = []
+        if c.run.distill_epochs and self.epoch < c.run.distill_epochs:
+            teacher = load_checkpoint(c.run.init, device=self.device).model
+            self.distill_items = distillation_items(
+                teacher, self.train_items, c.run.batch_size, self.device
+            )
+            del teacher
+            self.log(
+                f"distillation: epochs 1-{c.run.distill_epochs} train on {c.run.init}'s own "
+                "predictions (energy, direct-head forces and stress), then on the labels"
+            )
 
     def _new_model(self) -> EquiformerV2Potential:
         c = self.config
@@ -313,7 +332,7 @@ class Trainer:
         model.eval()
         preds = []
         for batch in iterate_batches(self.train_items, self.config.run.batch_size):
-            preds.append(model(batch.graph)["energy"].double())
+            preds.append(predict(model, batch, create_graph=False)["energy"].double())
         residual = np.array([s.energy for s in self.train_items]) - torch.cat(preds).numpy()
         correction = fit_element_references(self.train_items, residual)
         refs = torch.zeros(NUM_REFERENCE_ELEMENTS)
@@ -366,13 +385,13 @@ class Trainer:
             )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         for batch in iterate_batches(
-            self.train_items,
+            self.distill_items if epoch < c.run.distill_epochs else self.train_items,
             c.run.batch_size,
             shuffle_seed=c.run.seed * 1_000_003 + epoch,
             device=self.device,
         ):
             with self._autocast():
-                pred = self.model(batch.graph)
+                pred = predict(self.model, batch, create_graph=True)
             loss, parts = compute_loss(pred, batch, c.loss, self.scales)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -413,7 +432,7 @@ class Trainer:
             self.model.eval()
             for batch in iterate_batches(items, self.config.run.batch_size, device=self.device):
                 with self._autocast():
-                    pred = self.model(batch.graph)
+                    pred = predict(self.model, batch, create_graph=False)
                 acc.update(pred, batch)
                 loss, _ = compute_loss(pred, batch, self.config.loss, self.scales)
                 loss_sum += float(loss) * batch.graph.num_graphs
@@ -550,7 +569,7 @@ class Trainer:
         loaded = load_checkpoint(path, device=self.device)
         acc = ErrorAccumulator()
         for batch in iterate_batches(items, self.config.run.batch_size, device=self.device):
-            acc.update(loaded.model(batch.graph), batch)
+            acc.update(predict(loaded.model, batch, create_graph=False), batch)
         return acc.result()
 
     def _write_summary(self, test_metrics: dict) -> None:
