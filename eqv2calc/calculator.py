@@ -25,7 +25,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from eqv2calc.checkpoint import LoadedModel, load_checkpoint
 from eqv2calc.graph import BatchedGraph, batch_graphs, graph_from_atoms
 from eqv2calc.model.backbone import GraphInput
-from eqv2calc.model.conservative import StructureInput, gradient_outputs
+from eqv2calc.model.conservative import FORCES_KINDS, StructureInput, gradient_outputs
 
 log = logging.getLogger("eqv2calc")
 
@@ -73,6 +73,9 @@ class EquiformerV2Calculator(Calculator):
         dtype: ``"float32"`` (as the released models were trained) or ``"float64"``.
         use_ema: evaluate the checkpoint's EMA weights instead of its raw weights.
         allow_pickle: allow checkpoints that need arbitrary unpickling (trusted files only).
+        forces: ``None`` (as the checkpoint says), ``"direct"`` (force/stress heads) or
+            ``"gradient"``: forces = −∂E/∂x and stress = (1/V)·∂E/∂ε of the predicted energy,
+            by autograd (conservative; any checkpoint, stress for every 3D-periodic cell).
 
     Results: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å, as predicted — ASE's
     ``get_forces`` zeroes atoms fixed by ``FixAtoms``), and ``stress`` (Voigt
@@ -88,6 +91,7 @@ class EquiformerV2Calculator(Calculator):
         dtype: str | torch.dtype = "float32",
         use_ema: bool = False,
         allow_pickle: bool = False,
+        forces: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -105,12 +109,17 @@ class EquiformerV2Calculator(Calculator):
             path, use_ema=use_ema, device=self.device, dtype=self.dtype, allow_pickle=allow_pickle
         )
         self.model = self.loaded.model
-        self.implemented_properties = ["energy", "free_energy", "forces"] + (
-            ["stress"] if self.has_stress else []
-        )
+        if forces is not None:
+            if forces not in FORCES_KINDS:
+                raise ValueError(f"forces must be 'direct' or 'gradient', got {forces!r}")
+            self.model.forces_kind = forces
         self.model_label = str(model) if model is not None else "eqv2calc-demo-emt (bundled)"
 
     # --- facts about the model -------------------------------------------------------------
+    @property
+    def implemented_properties(self) -> list[str]:  # type: ignore[override]
+        return ["energy", "free_energy", "forces"] + (["stress"] if self.has_stress else [])
+
     @property
     def has_stress(self) -> bool:
         """A stress head, or gradient stress (every gradient model, 3D cells)."""
