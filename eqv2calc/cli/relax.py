@@ -130,6 +130,14 @@ Units: energies eV, forces eV/Å, lengths Å.
 )
 @max_atoms_option
 @click.option(
+    "--engine",
+    type=click.Choice(["torch", "ase"]),
+    default=None,
+    help="torch: the batched device engine (FIRE/LBFGS, FixAtoms); ase: one ASE optimizer "
+    "per structure. Default: torch where it applies (eqv2calc model, FIRE/LBFGS, no "
+    "--restart, only FixAtoms constraints), else ase.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -154,6 +162,7 @@ def relax_command(
     restart: bool,
     batch: bool,
     max_atoms: int,
+    engine: str | None,
     as_json: bool,
     progress: bool,
     **campaign: object,
@@ -227,6 +236,7 @@ def relax_command(
             max_atoms_per_batch=max_atoms,
             progress=progress,
             on_result=report,
+            engine=engine,
         )
     except ValueError as err:
         fail(str(err))

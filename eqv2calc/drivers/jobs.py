@@ -11,9 +11,11 @@ Units in the summaries: eV, eV/Å, eV/Å³, as the key names say.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,9 @@ from eqv2calc.io import (
     StructureReadError,
     atomic_path,
     calculator_label,
+    check_writable_dir,
+    check_writable_file,
+    lock_directory,
     write_json_atomic,
     write_structure,
 )
@@ -124,41 +129,126 @@ def relax_paths(
     )
 
 
-def _load_summary(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+class SummaryWarning(UserWarning):
+    """An earlier summary file could not be merged and was moved aside (the message says where)."""
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-class _Summary:
-    """A JSON summary that is rewritten atomically whenever a record changes."""
+def _move_aside(path: Path, why: str) -> None:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    counter = 2
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
+        counter += 1
+    os.replace(path, target)
+    warnings.warn(f"{path}: {why}; moved to {target.name}", SummaryWarning, stacklevel=3)
 
-    def __init__(self, path: Path | None, command: str, settings: dict[str, Any], keep: bool):
+
+def _load_summary(path: Path | None, command: str) -> dict[str, Any]:
+    """The earlier summary at ``path`` to merge into, or {} (a file that cannot be merged is
+    moved aside, never overwritten)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        _move_aside(path, f"earlier summary is not readable JSON ({type(err).__name__})")
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("structures", {}), dict):
+        _move_aside(path, "earlier summary has an unexpected layout")
+        return {}
+    if data.get("command", command) != command:
+        _move_aside(path, f"holds a summary of '{data.get('command')}', not '{command}'")
+        return {}
+    return data
+
+
+class _Summary:
+    """The JSON summary of a job, rewritten atomically whenever a record changes.
+
+    Records already in the file from earlier runs are kept: records are merged by structure
+    label, a structure run again replaces its own record, and an earlier record of another
+    file under the same label is kept under ``<label>~<n>``. Every run is listed under
+    ``"runs"`` with its settings, counts and status (``finished``, ``interrupted`` or
+    ``failed``). While the job runs, the summary's folder and every output folder are
+    checked for writability and locked (:func:`eqv2calc.io.lock_directory`).
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        command: str,
+        settings: dict[str, Any],
+        *,
+        folders: Sequence[Path] = (),
+    ):
         self.path = path
-        old = _load_summary(path) if (keep and path is not None and path.is_file()) else {}
+        self.stopped_by: BaseException | None = None
+        self._mine: set[str] = set()
+        self._locks = contextlib.ExitStack()
+        dirs = {os.path.realpath(f): Path(f) for f in folders}
+        if path is not None:
+            dirs.setdefault(os.path.realpath(path.parent), path.parent)
+        try:
+            for key in sorted(dirs):
+                check_writable_dir(dirs[key])
+            for key in sorted(dirs):
+                self._locks.enter_context(lock_directory(dirs[key], command))
+            if path is not None:
+                check_writable_file(path, what="summary file")
+            old = _load_summary(path, command)
+        except BaseException:
+            self._locks.close()
+            raise
+        self.run = {"started": _now(), "finished": None, "status": "running"}
         self.data: dict[str, Any] = {
             "command": command,
             "settings": settings,
-            "started": _now(),
+            "started": self.run["started"],
             "finished": None,
-            "structures": dict(old.get("structures", {})) if old else {},
+            "status": "running",
+            "structures": dict(old.get("structures", {})),
             "read_errors": [],
             "counts": {},
+            "runs": list(old.get("runs", [])) + [dict(self.run, settings=settings)],
         }
 
     def set(self, key: str, record: dict[str, Any]) -> None:
-        self.data["structures"][key] = record
+        structures = self.data["structures"]
+        old = structures.get(key)
+        if old is not None and key not in self._mine and old.get("source") != record.get("source"):
+            n = 2
+            while f"{key}~{n}" in structures:
+                n += 1
+            structures[f"{key}~{n}"] = old  # another file under the same label: keep it
+        structures[key] = record
+        self._mine.add(key)
         self.flush()
 
     def flush(self) -> None:
         if self.path is not None:
             write_json_atomic(self.path, self.data)
+
+    def finish(self, counts: dict[str, int]) -> None:
+        """Write the final state (``interrupted`` after Ctrl-C) and release the locks."""
+        err = self.stopped_by
+        status = (
+            "finished"
+            if err is None
+            else ("interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed")
+        )
+        try:
+            self.data.update(counts=counts, finished=_now(), status=status)
+            self.data["runs"][-1].update(
+                finished=self.data["finished"], status=status, counts=counts
+            )
+            self.flush()
+        finally:
+            self._locks.close()
 
 
 def _count(report: JobReport) -> dict[str, int]:
@@ -167,6 +257,27 @@ def _count(report: JobReport) -> dict[str, int]:
         "failed": report.n_failed,
         "not_converged": report.n_not_converged,
     }
+
+
+def _choose_engine(engine, calculator, optimizer, batch, restart, entries) -> str:
+    """Resolve ``engine`` (see :func:`run_relax_job`); explicit "torch" is checked."""
+    from ase.constraints import FixAtoms
+
+    fits = optimizer.upper() in ("FIRE", "LBFGS") and not restart
+    only_fix_atoms = all(
+        isinstance(c, FixAtoms) for e in entries for c in getattr(e.atoms, "constraints", [])
+    )
+    if engine is None:
+        auto = fits and batch and only_fix_atoms and hasattr(calculator, "predict_state")
+        return "torch" if auto else "ase"
+    if engine not in ("ase", "torch"):
+        raise ValueError(f"engine must be 'torch' or 'ase', got {engine!r}")
+    if engine == "torch" and not fits:
+        raise ValueError(
+            "the torch engine runs FIRE and LBFGS without --restart; "
+            f"use --engine ase for {optimizer}" + (" with --restart" if restart else "")
+        )
+    return engine
 
 
 def run_relax_job(
@@ -188,6 +299,7 @@ def run_relax_job(
     max_atoms_per_batch: int = DEFAULT_MAX_ATOMS_PER_BATCH,
     progress: bool = True,
     on_result: Callable[[StructureEntry, RelaxResult, RelaxPaths], None] | None = None,
+    engine: str | None = "ase",
 ) -> JobReport:
     """Relax structures read from files and write every result as soon as it is ready.
 
@@ -204,20 +316,30 @@ def run_relax_job(
         output: File for the relaxed structure (only with a single structure).
         output_dir: Folder for all outputs (default: next to each input).
         fmt: Format (file extension) of relaxed structures when ``output`` is not given.
-        summary_path: JSON summary, rewritten after every structure (None: none).
-        restart: Continue each structure from its trajectory and keep earlier summary
-            records of structures not in this run.
+        summary_path: JSON summary, rewritten after every structure (None: none). Records
+            of an earlier run in the same file are kept (merged by structure).
+        restart: Continue each structure from the last readable frame of its trajectory (a
+            damaged trajectory is moved aside, never deleted).
         batch: Relax all structures together (one model call per step); False relaxes them
             one after another (same optimizers, no batching across structures).
         max_atoms_per_batch: Memory budget of the batch, atoms.
         progress: Show progress bars.
         on_result: Called with ``(entry, result, paths)`` after each structure's files are
             written (e.g. to print a line).
+        engine: ``"ase"`` (one ASE optimizer per structure), ``"torch"`` (the batched device
+            engine, :mod:`eqv2calc.engine`: FIRE/LBFGS, FixAtoms, no restart) or None (torch
+            where it applies: an eqv2calc model, FIRE/LBFGS, batched, no restart, only FixAtoms
+            constraints; else ase).
 
     Returns:
         The :class:`JobReport`; ``report.exit_code`` is the command's exit status.
+
+    Raises:
+        OutputNotWritableError: An output folder cannot be written (checked before any work).
+        OutputDirLocked: Another process is writing into an output folder.
     """
     entries = list(entries)
+    engine = _choose_engine(engine, calculator, optimizer, batch, restart, entries)
     if output is not None and len(entries) > 1:
         raise ValueError(
             f"--output names one file but {len(entries)} structures were given; "
@@ -232,16 +354,25 @@ def run_relax_job(
         "fix_below_A": fix_below_z,
         "batched": batch,
         "max_atoms_per_batch": max_atoms_per_batch,
+        "engine": engine,
     }
-    summary = _Summary(Path(summary_path) if summary_path else None, "relax", settings, restart)
+    paths = [relax_paths(e, output=output, output_dir=output_dir, fmt=fmt) for e in entries]
+    summary = _Summary(
+        Path(summary_path) if summary_path else None,
+        "relax",
+        settings,
+        folders=[p.relaxed.parent for p in paths] + [p.trajectory.parent for p in paths],
+    )
     report = JobReport(summary_path=summary.path)
     for err in read_errors:
         report.read_errors.append(str(err))
         report.n_failed += 1
     summary.data["read_errors"] = report.read_errors
-    summary.flush()
-
-    paths = [relax_paths(e, output=output, output_dir=output_dir, fmt=fmt) for e in entries]
+    try:
+        summary.flush()
+    except BaseException:
+        summary.finish({})
+        raise
     atoms_list = []
     fixed_counts = []
     for entry in entries:
@@ -295,7 +426,26 @@ def run_relax_job(
             progress=progress,
             on_result=finished,
         )
-        if batch:
+        if engine == "torch":
+            from eqv2calc.engine import EngineSettings, relax_engine
+
+            relax_engine(
+                atoms_list,
+                calculator,
+                EngineSettings(
+                    optimizer=optimizer,
+                    fmax=fmax,
+                    steps=steps,
+                    relax_cell=relax_cell,
+                    max_atoms_per_batch=max_atoms_per_batch,
+                ),
+                labels=relax_kwargs["labels"],
+                trajectories=relax_kwargs["trajectories"],
+                logfiles=relax_kwargs["logfiles"],
+                on_result=finished,
+                progress=progress,
+            )
+        elif batch:
             relax_batch(
                 atoms_list, calculator, max_atoms_per_batch=max_atoms_per_batch, **relax_kwargs
             )
@@ -311,11 +461,12 @@ def run_relax_job(
                     progress=False,
                 )
                 relax_batch([atoms], calculator, max_atoms_per_batch=max(len(atoms), 1), **kwargs)
+    except BaseException as err:
+        summary.stopped_by = err
+        raise
     finally:
         report.records = [r for r in records if r is not None]
-        summary.data["counts"] = _count(report)
-        summary.data["finished"] = _now()
-        summary.flush()
+        summary.finish(_count(report))
     return report
 
 
@@ -359,13 +510,20 @@ def run_eval_job(
         "max_atoms_per_batch": max_atoms_per_batch,
         "output": str(output),
     }
-    summary = _Summary(Path(summary_path) if summary_path else None, "eval", settings, False)
+    summary = _Summary(
+        Path(summary_path) if summary_path else None, "eval", settings, folders=[output.parent]
+    )
     report = JobReport(summary_path=summary.path)
     for err in read_errors:
         report.read_errors.append(str(err))
         report.n_failed += 1
     summary.data["read_errors"] = report.read_errors
-    summary.flush()
+    try:
+        check_writable_file(output, what="results file")
+        summary.flush()
+    except BaseException:
+        summary.finish({})
+        raise
     records: list[dict[str, Any] | None] = [None] * len(entries)
 
     def done(i: int, result: EvalResult) -> None:
@@ -406,9 +564,8 @@ def run_eval_job(
         pass
     finally:
         report.records = [r for r in records if r is not None]
-        summary.data["counts"] = _count(report)
-        summary.data["finished"] = _now()
-        summary.flush()
+        summary.stopped_by = stopped if summary.stopped_by is None else summary.stopped_by
+        summary.finish(_count(report))
     if stopped is not None:
         raise stopped
     return report
