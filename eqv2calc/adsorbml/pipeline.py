@@ -508,7 +508,9 @@ def run_system(
         )
 
     if todo:
-        relax_batch(
+        from eqv2calc.engine import relax_auto  # torch engine for eqv2calc models, else ASE
+
+        relax_auto(
             [initial[p] for p in todo],
             calculator,
             progress=cfg.progress,

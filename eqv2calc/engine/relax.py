@@ -34,7 +34,7 @@ from eqv2calc.engine.evaluate import make_evaluator
 from eqv2calc.engine.optimizers import make_optimizer, segment_max_norm
 from eqv2calc.engine.state import fixed_mask
 
-__all__ = ["EngineSettings", "relax_engine"]
+__all__ = ["EngineSettings", "relax_auto", "relax_engine"]
 
 DEFAULT_MAX_ATOMS = 4096
 
@@ -465,4 +465,59 @@ def _result(it, active, k, positions, cells, out, settings, opt_name, converged)
         max_stress=float(np.abs(stress).max()) if stress is not None else None,
         trajectory=it.traj,
         wall_time=time.perf_counter() - it.started,
+    )
+
+
+def relax_auto(
+    atoms_list: Sequence[Atoms],
+    calculator,
+    *,
+    optimizer: str = "FIRE",
+    fmax: float = 0.05,
+    steps: int = 500,
+    relax_cell: bool = False,
+    max_atoms_per_batch: int | None = None,
+    labels: Sequence[str] | None = None,
+    on_result: Callable[[int, Any], None] | None = None,
+    progress: bool = False,
+    **ase_kwargs,
+):
+    """The torch engine where it applies, else :func:`eqv2calc.drivers.relax_batch`.
+
+    Torch when the calculator has ``predict_state`` (an eqv2calc model), the optimizer is FIRE
+    or LBFGS, there are no other keyword arguments (trajectories, restart, ...) and every
+    constraint is ``FixAtoms``; the arguments mean what they mean for ``relax_batch``.
+    """
+    from ase.constraints import FixAtoms
+
+    atoms_list = list(atoms_list)
+    only_fix = all(isinstance(c, FixAtoms) for a in atoms_list for c in a.constraints)
+    use_torch = (
+        hasattr(calculator, "predict_state")
+        and optimizer.upper() in ("FIRE", "LBFGS")
+        and only_fix
+        and not ase_kwargs
+    )
+    budget = {} if max_atoms_per_batch is None else {"max_atoms_per_batch": max_atoms_per_batch}
+    if not use_torch:
+        from eqv2calc.drivers import relax_batch
+
+        return relax_batch(
+            atoms_list,
+            calculator,
+            optimizer=optimizer,
+            fmax=fmax,
+            steps=steps,
+            relax_cell=relax_cell,
+            labels=labels,
+            on_result=on_result,
+            progress=progress,
+            **budget,
+            **ase_kwargs,
+        )
+    settings = EngineSettings(
+        optimizer=optimizer, fmax=fmax, steps=steps, relax_cell=relax_cell, **budget
+    )
+    return relax_engine(
+        atoms_list, calculator, settings, labels=labels, on_result=on_result, progress=progress
     )
