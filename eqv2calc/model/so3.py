@@ -109,6 +109,7 @@ def edge_frame_angles(edge_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 @functools.cache
+@torch.inference_mode(False)  # cached: must stay usable by autograd (gradient forces)
 def _x_to_y_swap(l: int) -> torch.Tensor:
     """``J_l`` ``[2l+1, 2l+1]`` float64: the Wigner matrix of the rotation by -90° about z.
 
@@ -126,6 +127,7 @@ def _x_to_y_swap(l: int) -> torch.Tensor:
 
 
 @functools.cache
+@torch.inference_mode(False)  # cached: must stay usable by autograd (gradient forces)
 def _tilt_basis(l: int) -> torch.Tensor:
     """Constant ``[2(2l+1), (2l+1)**2]`` float64 matrix ``B`` with
     ``J Z(t) Jᵀ = ([cos(f t), sin(f t)] @ B).view(2l+1, 2l+1)`` (see :func:`polar_phases`)."""
