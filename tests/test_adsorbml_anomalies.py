@@ -11,7 +11,7 @@ from ase.data import covalent_radii
 from ase.neighborlist import natural_cutoffs
 
 from eqv2calc.adsorbml.adsorbates import get_adsorbate
-from eqv2calc.adsorbml.anomalies import bond_matrix, detect_anomalies
+from eqv2calc.adsorbml.anomalies import bond_matrix, detect_anomalies, site_type
 from eqv2calc.adsorbml.placement import heuristic_sites, place_adsorbate
 from eqv2calc.adsorbml.slabs import prepare_slab
 
@@ -119,3 +119,49 @@ def test_bond_matrix_matches_ase_neighborlist(slab, mult):
     nl.update(atoms)
     ref = neighborlist.get_connectivity_matrix(nl.nl).toarray() > 0
     np.testing.assert_array_equal(bond_matrix(atoms, mult), ref)
+
+
+def test_site_type_of_the_heuristic_sites(slab):
+    n = len(slab)
+    for kind in ("ontop", "bridge", "hollow"):
+        atoms = _at_site(slab, "O", kind)
+        assert site_type(atoms, n, np.arange(n)) == kind
+
+
+def test_migrated_is_reported_not_an_anomaly(slab):
+    initial = _at_site(slab, "*CO", "ontop")
+    hollow = _at_site(slab, "*CO", "hollow")
+    final = initial.copy()
+    final.positions[len(slab) :] = hollow.positions[len(slab) :]  # slid into the hollow
+    rep = detect_anomalies(initial, final, slab)
+    assert rep.kinds == ["migrated"]
+    assert not rep.is_anomalous
+    assert (rep.placed_site, rep.final_site) == ("ontop", "hollow")
+    assert "placed on ontop, relaxed to hollow" in rep.reasons[0]
+    # staying on the same site type is not a migration
+    settled = initial.copy()
+    settled.positions[len(slab) :, 2] -= 0.1
+    assert detect_anomalies(initial, settled, slab).kinds == []
+
+
+def test_migration_of_a_bidentate_adsorbate_checks_both_binding_atoms(slab):
+    n = len(slab)
+    initial = _at_site(slab, "*N*N", "hollow")
+    binding = [n, n + 1]
+    kinds = [site_type(initial, b, np.arange(n)) for b in binding]
+    assert kinds[1] != "ontop"
+    final = initial.copy()
+    # move only the second binding atom onto an on-top position of another surface atom
+    surface = np.flatnonzero(slab.get_tags() == 1)
+    target = next(
+        s for s in surface if np.linalg.norm(slab.positions[s, :2] - initial.positions[n, :2]) > 1.0
+    )
+    final.positions[n + 1, :2] = slab.positions[target, :2]
+    rep = detect_anomalies(initial, final, slab, binding=binding)
+    assert site_type(final, n + 1, np.arange(n)) == "ontop"
+    assert rep.flags["migrated"]
+    assert rep.placed_site == "+".join(kinds) and rep.final_site.endswith("+ontop")
+    # by default only the first binding atom is compared, and it did not move
+    assert not detect_anomalies(initial, final, slab).flags["migrated"]
+    with pytest.raises(ValueError, match="not an adsorbate atom"):
+        detect_anomalies(initial, final, slab, binding=[0])

@@ -128,3 +128,61 @@ def test_list_adsorbates():
     res = CliRunner().invoke(main, ["adsorbml", "--list-adsorbates"])
     assert res.exit_code == 0
     assert "*COOH" in res.output and "*NH2N(CH3)2" in res.output
+
+
+def test_write_vasp_cost_and_anomaly_counts(tmp_path):
+    from ase.calculators.vasp import Vasp
+
+    slab = _small_slab(tmp_path)
+    out = tmp_path / "vasp_run"
+    args = [
+        "adsorbml",
+        "--slab",
+        str(slab),
+        "--adsorbate",
+        "CO",
+        "--model",
+        "emt",
+        "--dft",
+        "emt",
+        "--dft-mode",
+        "rx",
+        "--num-random",
+        "2",
+        "--fmax",
+        "0.1",
+        "--dft-fmax",
+        "0.1",
+        "--top-k",
+        "2",
+        "--write-vasp",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "migrated" in res.output and "speed-up ionic" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    system = summary["systems"][0]
+    counts = system["anomaly_counts"]
+    assert set(counts) >= {"desorbed", "dissociated", "surface_changed", "intercalated", "migrated"}
+    n_migrated = sum("migrated" in c["anomalies"] for c in system["all_configurations"])
+    assert counts["migrated"] == n_migrated
+    cost = system["reference"]["cost"]
+    assert [row["k"] for row in cost["by_k"]] == [1, 2]
+    calls = [item["dft"]["calls"] for item in system["top_k"]]
+    assert cost["by_k"][-1]["ionic_steps"] == sum(calls)
+    scf = cost["scf_model"]
+    assert cost["by_k"][0]["scf_steps_estimate"] == scf["first"] + (calls[0] - 1) * scf["later"]
+    assert cost["dense_estimate"]["calculations"] == system["placements"]["total"]
+    for item in system["top_k"]:
+        folder = Path(item["files"]["vasp"])
+        atoms = read(folder / "POSCAR", format="vasp")
+        assert len(atoms) == system["n_slab_atoms"] + 2
+        calc = Vasp(directory=str(folder))
+        calc.read_incar(str(folder / "INCAR"))
+        assert calc.int_params["nsw"] == 2000 and calc.int_params["nelm"] == 60  # rx mode
+        assert calc.string_params["gga"] == "RP" and calc.float_params["encut"] == 350
+        assert (folder / "KPOINTS").is_file() and (folder / "POTCAR.README").is_file()
+    assert (out / "vasp" / system["system"] / "slab" / "POSCAR").is_file()

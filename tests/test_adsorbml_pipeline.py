@@ -83,6 +83,7 @@ def test_ranking_and_top_k_files(first_run):
         "dissociated",
         "surface_changed",
         "intercalated",
+        "migrated",
     }
     assert (out / "energies.png").stat().st_size > 1000
 

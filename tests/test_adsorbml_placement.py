@@ -127,3 +127,57 @@ def test_no_surface_atoms_is_an_error(cu100):
     slab.set_tags(0)
     with pytest.raises(PlacementError, match="no surface atoms"):
         generate_placements(slab, get_adsorbate("O"), num_random=2)
+
+
+@pytest.mark.parametrize("name", ["*N*N", "*CH2*O", "*C*C"])
+def test_bidentate_binding_atoms_on_two_sites(name):
+    slab = prepare_slab(fcc111("Cu", size=(3, 3, 3), vacuum=7.0), "cu111").atoms
+    ads = get_adsorbate(name)
+    assert len(ads.binding_indices) == 2
+    placements = generate_placements(slab, ads, num_random=6, seed=3, max_tilt=15.0)
+    n = len(slab)
+    b0, b1 = (n + i for i in ads.binding_indices)
+    pairs = [p for p in placements if p.site_type != "random"]
+    assert pairs and all("+" in p.site_type for p in pairs)
+    # several site-pair kinds, not one orientation repeated
+    assert len({p.site_type for p in pairs}) >= 3
+    every = heuristic_sites(slab, symm_reduce=0.0)
+    cell2 = np.asarray(slab.cell)[:2, :2]
+    for p in placements:
+        pos = p.atoms.positions
+        # tilts turn the molecule about the binding axis: both binding atoms stay level
+        assert pos[b0, 2] == pytest.approx(pos[b1, 2], abs=1e-6)
+        _, d = get_distances(pos[[b0, b1]], pos[:n], cell=p.atoms.cell, pbc=p.atoms.pbc)
+        rsum = covalent_radii[p.atoms.numbers[[b0, b1]]][:, None] + covalent_radii[slab.numbers]
+        ratio = (d / rsum).min(axis=1)
+        assert ratio.min() >= 0.9 - 1e-9
+        if p.lift == 0.0:
+            assert ratio.min() == pytest.approx(1.0, abs=1e-6)  # the lower one touches
+        if p.site_type == "random":
+            continue
+        # the binding pair is centred between two sites, along the line joining them
+        mid = 0.5 * (pos[b0, :2] + pos[b1, :2])
+        u = pos[b1, :2] - pos[b0, :2]
+        u /= np.linalg.norm(u)
+        found = False
+        for _, s0 in every:
+            for _, s1 in every:
+                for sa in (-1, 0, 1):
+                    for sb in (-1, 0, 1):
+                        t = s1 + sa * cell2[0] + sb * cell2[1]
+                        v = t - s0
+                        if np.linalg.norm(v) < 0.3:
+                            continue
+                        same_mid = np.allclose(0.5 * (s0 + t), mid, atol=1e-6)
+                        if same_mid and abs(abs(v @ u) - np.linalg.norm(v)) < 1e-6:
+                            found = True
+        assert found, p.site_type
+
+
+def test_bidentate_placements_are_reproducible():
+    slab = prepare_slab(fcc111("Pt", size=(3, 3, 3), vacuum=7.0), "pt111").atoms
+    a = generate_placements(slab, get_adsorbate("*N*NO"), num_random=4, seed=5)
+    b = generate_placements(slab, get_adsorbate("*N*NO"), num_random=4, seed=5)
+    assert [p.site_type for p in a] == [p.site_type for p in b]
+    for pa, pb in zip(a, b):
+        np.testing.assert_allclose(pa.atoms.positions, pb.atoms.positions)

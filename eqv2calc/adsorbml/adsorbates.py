@@ -176,6 +176,8 @@ _EXTRA_SPECS: dict[str, str] = {
     "*O2": "*O=O",
     "*CO2": "*C(=O)=O",
     "*H2": "*HH",
+    "*N*N": "*N#*N",  # N2 lying flat (side-on), bidentate
+    "*O*O": "*O=*O",  # O2 lying flat (side-on), bidentate
 }
 
 ADSORBATE_SPECS: dict[str, str] = {**_OC20_SPECS, **_EXTRA_SPECS}
@@ -391,9 +393,10 @@ def _embed(
         b = pos[bind_idx[1]] - pos[bind_idx[0]]
         flat = b.copy()
         flat[2] = 0.0
-        if np.linalg.norm(flat) > 1e-6:
-            rot = _rotation_between(b, flat)
-            pos = pos @ rot.T
+        if np.linalg.norm(flat) < 1e-6:  # binding atoms stacked (e.g. side-on *N*N): lay flat
+            flat = np.array([np.linalg.norm(b), 0.0, 0.0])
+        rot = _rotation_between(b, flat)
+        pos = pos @ rot.T
     pos -= pos[root]
     return pos
 

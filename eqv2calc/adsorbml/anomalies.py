@@ -12,7 +12,15 @@ Tags: 0 sub-surface, 1 surface, 2 adsorbate.
 * surface_changed: the slab's bond graph in the relaxed adslab has a bond (m = 1.0) that the
   relaxed clean slab lacks even with m = 1.5, or vice versa (a reconstruction that invalidates
   the clean-slab reference);
-* intercalated: an adsorbate atom is bonded (m = 1.0) to a sub-surface (tag 0) atom.
+* intercalated: an adsorbate atom is bonded (m = 1.0) to a sub-surface (tag 0) atom;
+* migrated (reported, not discarded by default): a binding atom ended on another site type
+  than the one it was placed on. The site type of an atom (:func:`site_type`) is the number of
+  slab atoms whose distance to it is within ``site_tolerance`` (default 1.2) × the nearest
+  slab-atom distance: 1 ``ontop``, 2 ``bridge``, 3 or more ``hollow``; it is computed the same
+  way for the placed and the relaxed structure, so a random placement has a site type too.
+
+:data:`ANOMALY_KINDS` are the AdsorbML filters (discarded); :data:`REPORTED_KINDS` are flagged
+and counted but kept unless the caller discards them (``AdsorbMLConfig.discard_migrated``).
 """
 
 from __future__ import annotations
@@ -25,13 +33,20 @@ from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 
 __all__ = [
+    "ALL_KINDS",
     "ANOMALY_KINDS",
+    "REPORTED_KINDS",
     "AnomalyReport",
     "bond_matrix",
     "detect_anomalies",
+    "site_type",
 ]
 
+#: AdsorbML's anomalies: a configuration with any of them is discarded.
 ANOMALY_KINDS: tuple[str, ...] = ("desorbed", "dissociated", "surface_changed", "intercalated")
+#: Reported and counted, kept by default.
+REPORTED_KINDS: tuple[str, ...] = ("migrated",)
+ALL_KINDS: tuple[str, ...] = ANOMALY_KINDS + REPORTED_KINDS
 NEIGHBORLIST_SKIN = 0.3  # Å per atom, ASE NeighborList default
 
 
@@ -39,19 +54,24 @@ NEIGHBORLIST_SKIN = 0.3  # Å per atom, ASE NeighborList default
 class AnomalyReport:
     """Anomaly flags for one relaxed adslab, with a reason for each flag raised."""
 
-    flags: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(ANOMALY_KINDS, False))
+    flags: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(ALL_KINDS, False))
     reasons: list[str] = field(default_factory=list)
+    placed_site: str | None = None
+    final_site: str | None = None
 
     @property
     def is_anomalous(self) -> bool:
-        return any(self.flags.values())
+        """True when an AdsorbML anomaly (:data:`ANOMALY_KINDS`) is flagged; migration alone is
+        not one."""
+        return any(self.flags[k] for k in ANOMALY_KINDS)
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k in ANOMALY_KINDS if self.flags[k]]
+        """Every flagged kind (anomalies and reported kinds such as ``migrated``)."""
+        return [k for k in ALL_KINDS if self.flags.get(k)]
 
     def label(self) -> str:
-        """Comma-separated anomaly kinds, or "none"."""
+        """Comma-separated flagged kinds, or "none"."""
         return ",".join(self.kinds) or "none"
 
 
@@ -70,6 +90,18 @@ def bond_matrix(
     return mat
 
 
+def site_type(atoms: Atoms, index: int, slab_indices: np.ndarray, tolerance: float = 1.2) -> str:
+    """Site type of atom ``index`` over the slab atoms ``slab_indices``: ``ontop``, ``bridge``
+    or ``hollow`` by how many slab atoms lie within ``tolerance`` × the nearest slab-atom
+    distance (periodic images included; 1, 2, 3+)."""
+    slab_indices = np.asarray(slab_indices)
+    if len(slab_indices) == 0:
+        raise ValueError("site_type needs slab atoms")
+    d = atoms.get_distances(index, slab_indices, mic=bool(np.any(atoms.pbc)))
+    n_near = int(np.sum(d <= tolerance * float(d.min()) + 1e-9))
+    return "ontop" if n_near == 1 else "bridge" if n_near == 2 else "hollow"
+
+
 def _pairs(mat: np.ndarray, idx: np.ndarray, symbols: list[str], limit: int = 4) -> str:
     ii, jj = np.nonzero(np.triu(mat))
     items = [f"{symbols[a]}{idx[a]}-{symbols[b]}{idx[b]}" for a, b in zip(ii, jj)]
@@ -86,6 +118,8 @@ def detect_anomalies(
     desorption_multiplier: float = 1.5,
     surface_change_multiplier: float = 1.5,
     skin: float = NEIGHBORLIST_SKIN,
+    binding: list[int] | None = None,
+    site_tolerance: float = 1.2,
 ) -> AnomalyReport:
     """Flag the AdsorbML anomalies of one relaxation (see module docstring).
 
@@ -97,6 +131,9 @@ def detect_anomalies(
         tags: OC20 tags (default: ``initial.get_tags()``).
         desorption_multiplier, surface_change_multiplier: the cushion m for those two tests.
         skin: per-atom skin (Å) added to every cutoff.
+        binding: indices (into the adslab) of the binding atoms whose site type is compared
+            for ``migrated``; default the first adsorbate atom.
+        site_tolerance: distance factor of :func:`site_type`.
     """
     if len(initial) != len(final):
         raise ValueError(f"initial ({len(initial)} atoms) and final ({len(final)} atoms) differ")
@@ -172,4 +209,19 @@ def detect_anomalies(
                 f"intercalated: adsorbate atom {symbols[ads[a]]}{ads[a]} is bonded to sub-surface "
                 f"atom {symbols[sub[b]]}{sub[b]} (tag 0)"
             )
+
+    # migrated (reported, kept by default)
+    bind = [int(ads[0])] if not binding else [int(b) for b in binding]
+    for b in bind:
+        if b not in set(ads.tolist()):
+            raise ValueError(f"binding atom {b} is not an adsorbate atom (tag 2)")
+    placed = [site_type(initial, b, slab_idx, site_tolerance) for b in bind]
+    ended = [site_type(final, b, slab_idx, site_tolerance) for b in bind]
+    report.placed_site, report.final_site = "+".join(placed), "+".join(ended)
+    if placed != ended:
+        report.flags["migrated"] = True
+        report.reasons.append(
+            f"migrated: binding atom(s) placed on {report.placed_site}, relaxed to "
+            f"{report.final_site}"
+        )
     return report

@@ -63,7 +63,8 @@ class AdsorbMLConfig:
     Energies: ``gas_refs`` "computed" (with the same calculator) or "oc20"; per-element
     ``gas_ref_overrides`` (eV). Reference: ``top_k``, ``dft_mode`` "sp"/"rx", ``dft_fmax``,
     ``dft_steps``, ``dft_optimizer``. Cost: ``scf_first`` / ``scf_later`` (SCF steps of the first
-    / each later ionic step, :class:`~eqv2calc.adsorbml.cost.SCFModel`).
+    / each later ionic step, :class:`~eqv2calc.adsorbml.cost.SCFModel`). Outputs: ``write_vasp``
+    (VASP input folders for the top-k, :mod:`~eqv2calc.adsorbml.vasp_inputs`, in ``dft_mode``).
     """
 
     num_random: int = 100
@@ -90,6 +91,7 @@ class AdsorbMLConfig:
     dft_optimizer: str = "BFGS"
     progress: bool = True
     discard_migrated: bool = False
+    write_vasp: bool = False
     scf_first: float = 25.0
     scf_later: float = 8.0
 

@@ -7,6 +7,16 @@ degrees, and rejects orientations that bring any adsorbate atom closer to the sl
 periodic image) than ``min_distance_scale`` × the sum of covalent radii. All randomness comes
 from one ``numpy.random.Generator`` seeded by ``seed``: the same seed gives the same placements.
 
+Bidentate adsorbates (two or more binding atoms, e.g. ``*CH2*O``, ``*C*C``, ``*N*NO`` or a file
+with ``--binding-atoms i,j``) lie with their first two binding atoms level, and every tilt is
+about the axis through those two atoms, so both stay at one height. Their heuristic placements
+put the two binding atoms on two surface sites: each symmetry-distinct site is paired with the
+(up to ``pairs_per_site``) neighbouring sites whose in-plane distance is closest to the binding
+atoms' separation, and the binding pair is centred on the midpoint of the two sites, along the
+line joining them (site type ``"<kind>+<kind>"``). Random placements of a bidentate adsorbate
+keep a random rotation about the normal. The height is the lowest at which every binding atom
+touches the slab.
+
 Adslab atoms: the slab atoms (tags 0/1, constraints kept) followed by the adsorbate (tag 2),
 binding atom first. Lengths in Å, angles in degrees.
 """
@@ -32,6 +42,7 @@ __all__ = [
     "min_pair_ratio",
     "place_adsorbate",
     "random_sites",
+    "site_pairs",
 ]
 
 
@@ -45,7 +56,8 @@ class Placement:
 
     Attributes:
         pid: placement id (0-based; heuristic sites first, then random ones).
-        site_type: "ontop", "bridge", "hollow" or "random".
+        site_type: "ontop", "bridge", "hollow" or "random"; for bidentate adsorbates on a site
+            pair "<kind>+<kind>" (e.g. "bridge+hollow").
         site: Cartesian position (Å) of the first binding atom.
         rotation: rotation about the surface normal (degrees).
         tilt: tilt of the molecule away from the normal (degrees).
@@ -231,21 +243,80 @@ def place_adsorbate(
     height_scale: float = 1.0,
     lift: float = 0.0,
 ) -> Atoms:
-    """Adslab with the adsorbate's first binding atom over ``xy`` (Å) at its touching height
-    (+ ``lift``), rotated by ``rotation_deg`` about z and tilted by ``tilt_deg`` about the
-    in-plane axis at ``tilt_axis_deg``. Tags: slab kept, adsorbate 2."""
+    """Adslab with the adsorbate's first binding atom over ``xy`` (Å), rotated by
+    ``rotation_deg`` about z and tilted by ``tilt_deg`` about the in-plane axis at
+    ``tilt_axis_deg``, at the lowest height where every binding atom touches the slab
+    (+ ``lift``). Tags: slab kept, adsorbate 2."""
     mol = adsorbate.atoms.positions - adsorbate.atoms.positions[0]
     axis_angle = np.radians(tilt_axis_deg)
     tilt_axis = np.array([np.cos(axis_angle), np.sin(axis_angle), 0.0])
     rot = _rotation_axis(tilt_axis, np.radians(tilt_deg)) @ _rotation_z(np.radians(rotation_deg))
     mol = mol @ rot.T
-    z = binding_height(slab, xy, int(adsorbate.atoms.numbers[0]), height_scale) + lift
+    xy = np.asarray(xy, dtype=float)[:2]
+    z = -np.inf
+    for b in adsorbate.binding_indices or [0]:
+        h = binding_height(slab, xy + mol[b, :2], int(adsorbate.atoms.numbers[b]), height_scale)
+        z = max(z, h - mol[b, 2])
+    z += lift
     mol += np.array([xy[0], xy[1], z])
     ads = Atoms(adsorbate.atoms.numbers, positions=mol, tags=[2] * len(mol))
     adslab = slab.copy()
     adslab.calc = None
     adslab += ads
     return adslab
+
+
+def _binding_axis(adsorbate: Adsorbate) -> np.ndarray | None:
+    """In-plane vector (Å) from the first to the second binding atom, or None (monodentate)."""
+    idx = adsorbate.binding_indices
+    if len(idx) < 2:
+        return None
+    v = adsorbate.atoms.positions[idx[1]] - adsorbate.atoms.positions[idx[0]]
+    v = np.array([v[0], v[1]])
+    return v if np.linalg.norm(v) > 1e-6 else None
+
+
+def site_pairs(
+    slab: Atoms,
+    separation: float,
+    pairs_per_site: int = 2,
+    min_angle: float = 20.0,
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Pairs of surface sites for a bidentate adsorbate whose binding atoms are
+    ``separation`` Å apart in the plane.
+
+    Every symmetry-distinct heuristic site is paired with the ``pairs_per_site`` sites of the
+    full (not symmetry-reduced) site list, periodic images included, whose distance from it is
+    closest to ``separation`` (directions at least ``min_angle`` degrees apart). Returns
+    ``(kind, xy_first, xy_second)`` with kind ``"<kind>+<kind>"``, positions in Å.
+    """
+    firsts = heuristic_sites(slab)
+    every = heuristic_sites(slab, symm_reduce=0.0)
+    cell2 = _inplane(slab)
+    images = []
+    for kind, xy in every:
+        for sa in (-1, 0, 1):
+            for sb in (-1, 0, 1):
+                images.append((kind, xy + sa * cell2[0] + sb * cell2[1]))
+    out: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for kind0, xy0 in firsts:
+        cands = []
+        for kind1, xy1 in images:
+            r = float(np.linalg.norm(xy1 - xy0))
+            if r < 0.3:
+                continue
+            cands.append((abs(r - separation), kind1, xy1))
+        cands.sort(key=lambda c: c[0])
+        kept: list[np.ndarray] = []
+        for _, kind1, xy1 in cands:
+            u = (xy1 - xy0) / np.linalg.norm(xy1 - xy0)
+            if any(np.degrees(np.arccos(np.clip(u @ k, -1.0, 1.0))) < min_angle for k in kept):
+                continue
+            kept.append(u)
+            out.append((f"{kind0}+{kind1}", xy0.copy(), xy1.copy()))
+            if len(kept) == pairs_per_site:
+                break
+    return out
 
 
 def generate_placements(
@@ -260,9 +331,11 @@ def generate_placements(
     height_scale: float = 1.0,
     max_tries: int = 25,
     heuristic: bool = True,
+    pairs_per_site: int = 2,
 ) -> list[Placement]:
-    """All placements of ``adsorbate`` on ``slab``: the heuristic sites, then ``num_random``
-    random ones (see module docstring). Reproducible for a given ``seed``.
+    """All placements of ``adsorbate`` on ``slab``: the heuristic sites (site pairs for a
+    bidentate adsorbate), then ``num_random`` random ones (see module docstring). Reproducible
+    for a given ``seed``.
 
     Raises:
         PlacementError: if the slab has no surface atoms (tag 1) or the adsorbate clashes with
@@ -272,11 +345,23 @@ def generate_placements(
     if not np.any(tags == 1):
         raise PlacementError("slab has no surface atoms (tag 1); cannot find adsorption sites")
     rng = np.random.default_rng(seed)
-    sites: list[tuple[str, np.ndarray]] = heuristic_sites(slab) if heuristic else []
-    sites += [("random", p) for p in random_sites(slab, num_random, rng, site_separation)]
+    axis = _binding_axis(adsorbate)
+    # (kind, xy of the first binding atom, fixed rotation about z in degrees or None)
+    sites: list[tuple[str, np.ndarray, float | None]] = []
+    if heuristic and axis is None:
+        sites += [(kind, xy, None) for kind, xy in heuristic_sites(slab)]
+    elif heuristic:
+        sep = float(np.linalg.norm(axis))
+        axis_angle = np.degrees(np.arctan2(axis[1], axis[0]))
+        for kind, xy0, xy1 in site_pairs(slab, sep, pairs_per_site):
+            u = (xy1 - xy0) / np.linalg.norm(xy1 - xy0)
+            first = 0.5 * (xy0 + xy1) - 0.5 * sep * u  # binding pair centred between the sites
+            rotation = float(np.degrees(np.arctan2(u[1], u[0])) - axis_angle) % 360.0
+            sites.append((kind, first, rotation))
+    sites += [("random", p, None) for p in random_sites(slab, num_random, rng, site_separation)]
     n_slab = len(slab)
     placements: list[Placement] = []
-    for pid, (kind, xy) in enumerate(sites):
+    for pid, (kind, xy, fixed_rotation) in enumerate(sites):
         best = None
         for _ in range(max_tries):
             rotation = float(rng.uniform(0.0, 360.0))
@@ -284,6 +369,14 @@ def generate_placements(
             cos_t = rng.uniform(np.cos(np.radians(max_tilt)), 1.0)
             tilt = float(np.degrees(np.arccos(np.clip(cos_t, -1.0, 1.0))))
             tilt_axis = float(rng.uniform(0.0, 360.0))
+            if axis is not None:
+                # bidentate: tilt only about the binding axis (both binding atoms stay level)
+                if fixed_rotation is not None:
+                    rotation = fixed_rotation
+                rotated = _rotation_z(np.radians(rotation))[:2, :2] @ axis
+                tilt_axis = float(np.degrees(np.arctan2(rotated[1], rotated[0])))
+                if rng.uniform() < 0.5:  # either way about the axis
+                    tilt_axis = (tilt_axis + 180.0) % 360.0
             adslab = place_adsorbate(slab, adsorbate, xy, rotation, tilt, tilt_axis, height_scale)
             ratio = min_pair_ratio(adslab, n_slab)
             if best is None or ratio > best[0]:

@@ -3,9 +3,10 @@
 ``--dft SPEC`` names any ASE calculator:
 
 * ``emt``: ASE's EMT (a fast stand-in for tests and benchmarks);
-* ``vasp``: ASE's VASP calculator with OC20-like settings (RPBE, 350 eV cutoff, k-points
-  ≈ 40 Å / cell length in-plane, Γ-centred, 1 along z), set up through ASE's usual
-  environment variables (``ASE_VASP_COMMAND`` or ``VASP_SCRIPT``, and ``VASP_PP_PATH``);
+* ``vasp``: ASE's VASP calculator with OC20's settings
+  (:data:`~eqv2calc.adsorbml.vasp_inputs.OC20_VASP_FLAGS`: RPBE, 350 eV cutoff, ...; NSW = 0
+  since ASE drives the ionic steps; OC20's k-point rule per structure), set up through ASE's
+  usual environment variables (``ASE_VASP_COMMAND`` or ``VASP_SCRIPT``, and ``VASP_PP_PATH``);
 * ``module:function``: ``function()`` (called with ``directory=<out>/dft_run`` if it has a
   ``directory`` parameter) returns an ASE calculator.
 
@@ -66,26 +67,17 @@ def _vasp_calculator(directory: Path) -> Any:
             "--dft vasp needs ASE's VASP environment: set ASE_VASP_COMMAND (or VASP_SCRIPT) and "
             "VASP_PP_PATH (see https://wiki.fysik.dtu.dk/ase/ase/calculators/vasp.html)"
         )
+    from eqv2calc.adsorbml.vasp_inputs import oc20_vasp_flags
+
+    flags = oc20_vasp_flags("sp")  # NSW = 0: ASE drives the ionic steps
+    flags["nelm"] = 60
     return Vasp(
         directory=str(directory),
-        xc="rpbe",
-        encut=350,
-        ediff=1e-4,
-        ismear=1,
-        sigma=0.2,
-        isym=0,
-        lreal="Auto",
-        lwave=False,
+        setups="minimal",
         lcharg=False,
-        nsw=0,  # ASE drives the ionic steps
-        kpts=(4, 4, 1),  # replaced per structure by _oc20_kpoints
-        gamma=True,
+        kpts=(4, 4, 1),  # replaced per structure by oc20_kpoints
+        **flags,
     )
-
-
-def _oc20_kpoints(atoms: Atoms) -> tuple[int, int, int]:
-    la, lb = atoms.cell.lengths()[:2]
-    return (max(1, round(40.0 / la)), max(1, round(40.0 / lb)), 1)
 
 
 def make_reference_calculator(spec: str, directory: str | os.PathLike = ".") -> tuple[Any, str]:
@@ -145,7 +137,10 @@ def run_reference(
     work = atoms.copy()
     work.calc = None
     if type(calc).__name__ == "Vasp":
-        calc.set(kpts=_oc20_kpoints(work))
+        from eqv2calc.adsorbml.vasp_inputs import oc20_kpoints
+
+        # OC20: NELM 300 for single points, 60 per ionic step of a relaxation
+        calc.set(kpts=oc20_kpoints(work), nelm=300 if mode == "sp" else 60)
     try:
         if mode == "sp":
             work.calc = calc

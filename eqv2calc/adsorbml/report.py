@@ -11,7 +11,7 @@ from typing import Any
 
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from eqv2calc.adsorbml.anomalies import ANOMALY_KINDS
+from eqv2calc.adsorbml.anomalies import ALL_KINDS, ANOMALY_KINDS
 from eqv2calc.io import atomic_path, write_json_atomic, write_structure
 
 __all__ = [
@@ -73,7 +73,9 @@ def write_top_k(outcome: Any, out_dir: Path) -> list[dict[str, str]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _system_dict(o: Any, files: list[dict[str, str]] | None) -> dict[str, Any]:
+def _system_dict(
+    o: Any, files: list[dict[str, str]] | None, scf_model: Any = None
+) -> dict[str, Any]:
     dft_by_pid = {d.pid: d for d in o.dft}
     top = []
     for rank, pid in enumerate(o.top_k, start=1):
@@ -119,8 +121,9 @@ def _system_dict(o: Any, files: list[dict[str, str]] | None) -> dict[str, Any]:
             "relaxed": sum(1 for r in o.ml if r.status == "ok"),
             "converged": sum(1 for r in o.ml if r.converged),
             "failed": counts["failed"],
-            "anomalies": {k: counts[k] for k in ANOMALY_KINDS},
-            "anomalous": sum(1 for r in o.ml if r.anomalies),
+            "anomalies": {k: counts[k] for k in ALL_KINDS},
+            "discarded_kinds": list(o.ml[0].discarded_kinds) if o.ml else list(ANOMALY_KINDS),
+            "anomalous": sum(1 for r in o.ml if set(r.anomalies) & set(ANOMALY_KINDS)),
             "valid": sum(1 for r in o.ml if r.valid),
             "unique_valid": len(o.ranked),
             "new_relaxations_this_run": o.new_ml_relaxations,
@@ -145,6 +148,7 @@ def _system_dict(o: Any, files: list[dict[str, str]] | None) -> dict[str, Any]:
             for r in o.ml
             if r.anomalies or r.status != "ok"
         ],
+        "anomaly_counts": {k: counts[k] for k in (*ALL_KINDS, "failed")},
         "all_configurations": [
             {
                 "pid": r.pid,
@@ -155,6 +159,8 @@ def _system_dict(o: Any, files: list[dict[str, str]] | None) -> dict[str, Any]:
                 "steps": r.steps,
                 "converged": r.converged,
                 "anomalies": r.anomalies,
+                "final_site": r.final_site,
+                "valid": r.valid,
             }
             for r in sorted(o.ml, key=lambda r: r.pid)
         ],
@@ -177,6 +183,7 @@ def _system_dict(o: Any, files: list[dict[str, str]] | None) -> dict[str, Any]:
             "saving_fraction": _num(1.0 - used / exhaustive, 4)
             if exhaustive and math.isfinite(exhaustive)
             else None,
+            "cost": o.cost(scf_model),
             "n_valid": sum(1 for d in o.dft if d.valid),
             "best": None
             if best is None
@@ -211,7 +218,10 @@ def summary_dict(
         },
         "settings": asdict(config),
         "units": {"energy": "eV", "length": "Å", "force": "eV/Å"},
-        "systems": [_system_dict(o, (files or {}).get(o.name)) for o in outcomes],
+        "systems": [
+            _system_dict(o, (files or {}).get(o.name), getattr(config, "scf_model", None))
+            for o in outcomes
+        ],
     }
 
 
@@ -226,8 +236,39 @@ def _f(x: float | None, width: int = 9, nd: int = 3) -> str:
     return f"{x:{width}.{nd}f}"
 
 
-def format_table(outcomes: list[Any]) -> str:
-    """Human-readable summary: best configurations, E_ads, anomalies by kind, reference calls."""
+def format_cost(o: Any, scf_model: Any = None) -> list[str]:
+    """Table lines: the reference cost per k in both accountings (ionic steps, estimated SCF
+    steps) against the dense estimate, with the speed-ups."""
+    c = o.cost(scf_model)
+    m = c["scf_model"]
+    d = c["dense_estimate"]
+    lines = [
+        f"   reference cost ({o.dft_label}, {o.dft_mode}), as in AdsorbML / EquiformerV2 Table 3 "
+        f"(speed-up = dense / used; SCF estimate = {m['first']:g} + (ionic - 1) x {m['later']:g} "
+        "per calculation):",
+        f"   {'k':>4} {'calcs':>6} {'ionic':>8} {'SCF est':>9} {'speed-up ionic':>15} "
+        f"{'speed-up SCF':>13}",
+    ]
+    for row in c["by_k"]:
+        lines.append(
+            f"   {row['k']:>4} {row['calculations']:>6.0f} {row['ionic_steps']:>8.0f} "
+            f"{row['scf_steps_estimate']:>9.0f} {_x(row['speedup_ionic']):>15} "
+            f"{_x(row['speedup_scf']):>13}"
+        )
+    lines.append(
+        f"   dense {d['calculations']:>5.0f} {d['ionic_steps']:>8.0f} {d['scf_steps_estimate']:>9.0f}"
+        f"   ({c['dense_basis']}); slab/gas overhead {c['overhead_calls']} calls, not counted"
+    )
+    return lines
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}x"
+
+
+def format_table(outcomes: list[Any], scf_model: Any = None) -> str:
+    """Human-readable summary: best configurations, E_ads, anomalies by kind (migrated
+    reported), reference calls and cost in both accountings."""
     lines: list[str] = []
     for o in outcomes:
         ads = o.adsorbate
@@ -251,7 +292,10 @@ def format_table(outcomes: list[Any]) -> str:
             "   anomalies: "
             + ", ".join(f"{k} {counts[k]}" for k in ANOMALY_KINDS)
             + (f", failed {counts['failed']}" if counts["failed"] else "")
-            + f" -> valid {sum(1 for r in o.ml if r.valid)}, unique {len(o.ranked)}"
+            + f" -> valid {sum(1 for r in o.ml if r.valid)}, unique {len(o.ranked)}; "
+            + f"migrated {counts['migrated']} ("
+            + ("discarded" if o.ml and "migrated" in o.ml[0].discarded_kinds else "kept")
+            + ")"
         )
         if o.gas_ml is not None:
             refs = ", ".join(f"{k}={v:.3f}" for k, v in sorted(o.gas_ml.refs.items()))
@@ -296,6 +340,7 @@ def format_table(outcomes: list[Any]) -> str:
                 f"{o.dft_overhead_calls} slab/gas overhead; exhaustive ~ {exhaustive:.0f} ({basis}); "
                 f"saving {saving:.1f} %"
             )
+            lines.extend(format_cost(o, scf_model))
         lines.append("")
     return "\n".join(lines)
 
@@ -309,6 +354,7 @@ _MARKERS = {
     "dissociated": "x",
     "surface_changed": "s",
     "intercalated": "v",
+    "migrated": "D",
     "failed": "X",
 }
 
@@ -389,6 +435,13 @@ def write_outputs(outcomes: list[Any], out_dir: Path, config: Any) -> dict[str, 
     """Write ``summary.json``, ``energies.png`` and the top-k files; returns their paths."""
     out_dir = Path(out_dir)
     files = {o.name: write_top_k(o, out_dir) for o in outcomes}
+    if getattr(config, "write_vasp", False):
+        from eqv2calc.adsorbml.vasp_inputs import write_top_k_vasp
+
+        for o in outcomes:
+            vasp = write_top_k_vasp(o, out_dir, getattr(config, "dft_mode", "sp"))
+            for item, folder in zip(files[o.name], vasp["top_k"]):
+                item["vasp"] = folder
     summary = summary_dict(outcomes, config, files)
     json_path = out_dir / "summary.json"
     write_json_atomic(json_path, summary)
