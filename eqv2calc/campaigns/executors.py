@@ -173,19 +173,12 @@ class RayExecutor:
         return max(1, int(res.get("CPU", 1) // max(1, self.cpus_per_worker)))
 
     def _new_actor(self, ray: Any, task: Any) -> Any:
+        # No per-actor runtime_env: it would keep Ray from reusing its pre-started worker
+        # processes. The worker sets its OpenMP environment itself before torch loads.
         actor_class = ray.remote(max_restarts=0, max_task_retries=0)(CampaignWorker)
-        threads = max(1, self.cpus_per_worker)
-        env = {
-            "env_vars": {
-                "OMP_NUM_THREADS": str(threads),
-                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-            }
-        }
         return actor_class.options(
-            num_cpus=self.cpus_per_worker,
-            num_gpus=self.gpus_per_worker,
-            runtime_env=env,
-        ).remote(self.spec, task, threads)
+            num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker
+        ).remote(self.spec, task, max(1, self.cpus_per_worker))
 
     def _start(self, ray: Any, task: Any, n: int) -> list[tuple[Any, str]]:
         actors = [self._new_actor(ray, task) for _ in range(n)]

@@ -45,11 +45,14 @@ def _driver_lock(out: Path, ledger_path: Path, kind: str, sharded: bool) -> Iter
     """One driver per ledger. Unsharded: the output-folder lock every eqv2calc command takes
     (:func:`eqv2calc.io.lock_directory`); shards, which may share a folder: a lock on the
     shard's ledger file."""
+    try:
+        from eqv2calc.io import OutputDirLocked, lock_directory
+    except ImportError:  # an eqv2calc.io without folder locks
+        sharded = True
     if sharded:
         with LedgerLock(ledger_path):
             yield
         return
-    from eqv2calc.io import OutputDirLocked, lock_directory
 
     try:
         ctx = lock_directory(out, f"{kind} campaign")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,10 +93,19 @@ class Outcome:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python, eqv2calc, torch, ase and numpy in this process."""
-    from eqv2calc.version import software_versions
+    """Versions of Python, eqv2calc, torch, ase and numpy installed for this process (read
+    from package metadata: nothing is imported, so an EMT worker never loads torch)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return software_versions()
+    from eqv2calc.version import __version__
+
+    out = {"eqv2calc": __version__, "python": platform.python_version()}
+    for name in ("torch", "ase", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
 
 
 class CampaignWorker:
@@ -114,17 +125,14 @@ class CampaignWorker:
         threads: int | None = None,
         calculator: Any = None,
     ):
-        if threads is not None:
+        if threads is not None:  # before torch (and its OpenMP runtime) loads
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            try:
-                import torch
-
-                torch.set_num_threads(int(threads))
-            except ImportError:
-                pass
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         self.spec = spec
         self.task = task
         self.calculator = calculator if calculator is not None else spec.build()
+        if threads is not None and "torch" in sys.modules:  # a model was loaded
+            sys.modules["torch"].set_num_threads(int(threads))
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._base = {
             "model": spec.label,

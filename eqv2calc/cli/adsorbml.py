@@ -8,13 +8,17 @@ from pathlib import Path
 import click
 
 from eqv2calc.cli._common import (
+    EXIT_INTERRUPTED,
+    FiniteFloat,
+    check_outputs,
     echo_error,
     make_calculator,
     max_atoms_option,
     model_options,
     progress_option,
 )
-from eqv2calc.io import clean_label
+from eqv2calc.cli.campaign import CAMPAIGN_KEYS, campaign_options, campaign_requested
+from eqv2calc.io import clean_label, lock_directory
 
 _HELP = """Find the lowest-energy configuration of an adsorbate on a surface (AdsorbML).
 
@@ -45,6 +49,7 @@ Outputs in --out (default adsorbml_<slab>_<adsorbate>/):
   summary.json    everything in the table below and more (energies, anomalies, calls)
   energies.png    relaxed energies sorted, anomalies marked, top-k highlighted
   topk/<system>/rankN_pidP.extxyz and .vasp (POSCAR)
+  vasp/<system>/rankN_pidP/, slab/   with --write-vasp: POSCAR, INCAR, KPOINTS (OC20)
 
 Exit status: 0 done; 1 bad input or a failure; 130 interrupted (results so far are kept).
 Units: energies eV, forces eV/Å, lengths Å, angles degrees.
@@ -81,7 +86,13 @@ def _list_adsorbates() -> None:
 
 
 @click.command("adsorbml", help=_HELP)
-@click.option("--slab", "slab_file", type=click.Path(dir_okay=False), help="Clean slab file.")
+@click.option(
+    "--slab",
+    "slab_file",
+    type=click.Path(),
+    multiple=True,
+    help="Clean slab file, or a folder of them; repeatable (several slabs: a campaign).",
+)
 @click.option(
     "--bulk", "bulk_file", type=click.Path(dir_okay=False), help="Bulk structure to cut slabs from."
 )
@@ -89,7 +100,11 @@ def _list_adsorbates() -> None:
     "--miller", nargs=3, type=int, default=None, metavar="H K L", help="Miller index for --bulk."
 )
 @click.option(
-    "--adsorbate", "-a", default=None, metavar="NAME|FILE", help="Library name or structure file."
+    "--adsorbate",
+    "-a",
+    multiple=True,
+    metavar="NAME|FILE",
+    help="Library name or structure file; repeatable (several: a campaign).",
 )
 @click.option(
     "--binding-atoms",
@@ -108,7 +123,7 @@ def _list_adsorbates() -> None:
 )
 @click.option(
     "--fmax",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=0.02,
     show_default=True,
     help="ML relaxation convergence: largest force on a free atom (eV/Å).",
@@ -133,56 +148,56 @@ def _list_adsorbates() -> None:
 )
 @click.option(
     "--max-tilt",
-    type=click.FloatRange(0, 90),
+    type=FiniteFloat(0, 90),
     default=20.0,
     show_default=True,
     help="Largest tilt of the adsorbate away from the surface normal (degrees).",
 )
 @click.option(
     "--site-separation",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.5,
     show_default=True,
     help="Smallest distance between random sites (Å).",
 )
 @click.option(
     "--min-distance",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.9,
     show_default=True,
     help="Reject orientations with adsorbate-slab distances below this x the sum of covalent radii.",
 )
 @click.option(
     "--fix-below",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     metavar="Z",
     help="Fix slab atoms with z below Z (Å) instead of the sub-surface atoms.",
 )
 @click.option(
     "--surface-depth",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=None,
     metavar="D",
     help="Surface atoms are those within D Å of the top (default: detected by coordination).",
 )
 @click.option(
     "--min-thickness",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=7.0,
     show_default=True,
     help="--bulk: minimum slab thickness (Å).",
 )
 @click.option(
     "--vacuum",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=15.0,
     show_default=True,
     help="--bulk: minimum vacuum (Å).",
 )
 @click.option(
     "--min-size",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=8.0,
     show_default=True,
     help="--bulk: repeat in-plane until a and b are at least this long (Å).",
@@ -201,14 +216,14 @@ def _list_adsorbates() -> None:
 )
 @click.option(
     "--dedup-tol",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.25,
     show_default=True,
     help="Configurations whose adsorbate atoms match within this (Å, modulo slab symmetry) ...",
 )
 @click.option(
     "--dedup-energy-tol",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.02,
     show_default=True,
     help="... and whose ML energies differ by at most this (eV) are the same minimum.",
@@ -229,7 +244,7 @@ def _list_adsorbates() -> None:
 )
 @click.option(
     "--dft-fmax",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=0.05,
     show_default=True,
     help="rx: convergence of the reference relaxations (eV/Å).",
@@ -263,15 +278,46 @@ def _list_adsorbates() -> None:
     default=None,
     help="Output folder (default adsorbml_<slab>_<adsorbate>).",
 )
+@click.option(
+    "--write-vasp",
+    is_flag=True,
+    help="Also write VASP inputs for the top-k and the clean slab with OC20's settings (RPBE, "
+    "ENCUT 350, EDIFFG -0.03, ...; --dft-mode sp: NSW 0 / NELM 300, rx: NSW 2000 / NELM 60; "
+    "OC20 k-points) under <out>/vasp/<system>/rank<r>_pid<p>/; POTCAR left to you (see "
+    "POTCAR.README there).",
+)
+@click.option(
+    "--discard-migrated",
+    is_flag=True,
+    help="Drop configurations whose binding atom relaxed to another site type than the one it "
+    "was placed on (default: reported and kept).",
+)
 @progress_option
+@campaign_options
 def adsorbml_command(**kw: object) -> None:
+    campaign = {k: kw.pop(k) for k in CAMPAIGN_KEYS}
+    slabs, adsorbates = kw["slab_file"], kw["adsorbate"]
+    if (
+        len(slabs) > 1
+        or len(adsorbates) > 1
+        or any(Path(s).is_dir() for s in slabs)
+        or campaign_requested(**campaign)
+    ):
+        from eqv2calc.cli.campaign import adsorbml_campaign_command
+
+        code = adsorbml_campaign_command(kw, campaign)
+        if code:
+            raise SystemExit(code)
+        return
+    kw["slab_file"] = slabs[0] if slabs else None
+    kw["adsorbate"] = adsorbates[0] if adsorbates else None
     try:
         code = _run(**kw)
     except KeyboardInterrupt:
         echo_error(
             "interrupted; every finished result is in the database, rerun the same command to resume"
         )
-        raise SystemExit(130) from None
+        raise SystemExit(EXIT_INTERRUPTED) from None
     if code:
         raise SystemExit(code)
 
@@ -312,6 +358,8 @@ def _run(
     gas_ref,
     out_dir,
     progress,
+    write_vasp=False,
+    discard_migrated=False,
 ) -> int:
     from eqv2calc.adsorbml.adsorbates import (
         UnknownAdsorbateError,
@@ -385,6 +433,7 @@ def _run(
             clean_label(slab_label, "_.-", collapse=True, strip="", fallback=""), ads.name
         )
     )
+    check_outputs(folders=[out])
     calc = make_calculator(model, device=device, dtype=dtype)
     dft_calc = dft_label = None
     if dft_spec:
@@ -413,6 +462,8 @@ def _run(
         dft_fmax=dft_fmax,
         dft_steps=dft_steps,
         progress=progress,
+        write_vasp=write_vasp,
+        discard_migrated=discard_migrated,
     )
     click.echo(
         f"AdsorbML: {ads.name} ({ads.formula}) on {len(systems)} slab(s) "
@@ -420,14 +471,16 @@ def _run(
         err=True,
     )
     try:
-        outcomes = run_adsorbml(
-            systems, ads, calc, out, cfg, dft_calculator=dft_calc, dft_label=dft_label
-        )
+        with lock_directory(out, "adsorbml"):  # a second run into `out` is refused, by name
+            outcomes = run_adsorbml(
+                systems, ads, calc, out, cfg, dft_calculator=dft_calc, dft_label=dft_label
+            )
     except (ResumeMismatchError, PlacementError, SlabInputError, ValueError, RuntimeError) as err:
         echo_error(str(err))
         return 1
-    click.echo(format_table(outcomes))
+    click.echo(format_table(outcomes, cfg.scf_model))
     click.echo(
         f"results: {out / 'adsorbml.db'}, {out / 'summary.json'}, {out / 'energies.png'}, {out / 'topk'}/"
+        + (f", {out / 'vasp'}/ (VASP inputs, POTCAR not included)" if write_vasp else "")
     )
     return 0

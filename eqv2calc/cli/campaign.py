@@ -14,16 +14,21 @@ from typing import Any
 
 import click
 
-from eqv2calc.cli._common import echo_error, echo_line, fail, read_inputs
+from eqv2calc.cli._common import FiniteFloat, echo_error, echo_line, fail, read_inputs
 
 __all__ = [
+    "CAMPAIGN_KEYS",
     "adsorbml_campaign",
+    "adsorbml_campaign_command",
     "campaign_command",
     "campaign_options",
     "campaign_requested",
     "eval_campaign",
     "relax_campaign",
 ]
+
+#: Keyword names of the options :func:`campaign_options` adds.
+CAMPAIGN_KEYS = ("executor", "ray_address", "workers", "gpus_per_worker", "shard", "retry_failed")
 
 _OPTIONS_HELP = """
 \b
@@ -60,7 +65,7 @@ def campaign_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--gpus-per-worker",
-            type=click.FloatRange(min=0),
+            type=FiniteFloat(min=0),
             default=0.0,
             show_default=True,
             help="GPUs each Ray worker reserves (0.5: two workers share a GPU).",
@@ -414,6 +419,100 @@ def adsorbml_campaign(
     click.echo(_report_line(rep, "adsorbml campaign"), err=True)
     click.echo(f"campaign summary: {', '.join(str(p) for p in paths.values())}")
     return 1 if bad else 0
+
+
+def _slab_files(paths: Sequence[str]) -> list[Path]:
+    from eqv2calc.io import expand_inputs
+
+    return expand_inputs(list(paths))
+
+
+def adsorbml_campaign_command(kw: dict[str, Any], campaign: dict[str, Any]) -> int:
+    """``eqv2calc adsorbml`` with several --slab/--adsorbate (or campaign options): parse the
+    command's options into systems, adsorbates and settings, then :func:`adsorbml_campaign`."""
+    from eqv2calc.adsorbml.adsorbates import (
+        UnknownAdsorbateError,
+        get_adsorbate,
+        load_adsorbate_file,
+    )
+    from eqv2calc.adsorbml.energies import parse_gas_ref
+    from eqv2calc.adsorbml.pipeline import AdsorbMLConfig
+    from eqv2calc.adsorbml.slabs import SlabInputError, read_slab, slabs_from_bulk
+    from eqv2calc.io import StructureReadError
+
+    if kw["list_adsorbates"]:
+        fail("--list-adsorbates goes alone")
+    if not kw["adsorbate"]:
+        raise click.UsageError("--adsorbate is required")
+    if not kw["slab_file"] and not kw["bulk_file"]:
+        raise click.UsageError("give --slab FILE|FOLDER (repeatable) or --bulk FILE --miller H K L")
+    if kw["bulk_file"] and kw["miller"] is None:
+        raise click.UsageError("--bulk needs --miller H K L")
+    binding = None
+    if kw["binding_atoms"]:
+        from eqv2calc.cli.adsorbml import _parse_binding_atoms
+
+        binding = _parse_binding_atoms(kw["binding_atoms"])
+    geometry = {"fix_below": kw["fix_below"], "surface_depth": kw["surface_depth"]}
+    try:
+        overrides = dict(parse_gas_ref(t) for t in kw["gas_ref"])
+        adsorbates = [
+            load_adsorbate_file(a, binding) if Path(a).is_file() else get_adsorbate(a)
+            for a in kw["adsorbate"]
+        ]
+        systems = [read_slab(str(f), **geometry) for f in _slab_files(kw["slab_file"])]
+        if kw["bulk_file"]:
+            systems += slabs_from_bulk(
+                kw["bulk_file"],
+                tuple(kw["miller"]),
+                min_thickness=kw["min_thickness"],
+                vacuum=kw["vacuum"],
+                min_size=kw["min_size"],
+                **geometry,
+            )
+    except (
+        UnknownAdsorbateError,
+        SlabInputError,
+        StructureReadError,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
+        fail(str(err))
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        fail(f"slab names must be unique (file names), got {sorted(names)}")
+    config = AdsorbMLConfig(
+        num_random=kw["num_random"],
+        seed=kw["seed"],
+        max_tilt=kw["max_tilt"],
+        min_distance_scale=kw["min_distance"],
+        site_separation=kw["site_separation"],
+        optimizer=kw["optimizer"],
+        fmax=kw["fmax"],
+        steps=kw["steps"],
+        max_atoms_per_batch=kw["max_atoms"],
+        relax_slab=not kw["no_slab_relax"],
+        dedup_position_tol=kw["dedup_tol"],
+        dedup_energy_tol=kw["dedup_energy_tol"],
+        gas_refs=kw["gas_refs"],
+        gas_ref_overrides=overrides,
+        top_k=kw["top_k"],
+        dft_mode=kw["dft_mode"],
+        dft_fmax=kw["dft_fmax"],
+        dft_steps=kw["dft_steps"],
+        progress=False,
+    )
+    return adsorbml_campaign(
+        systems,
+        adsorbates,
+        out=Path(kw["out_dir"] or "adsorbml_campaign"),
+        config=config,
+        model=kw["model"],
+        device=kw["device"],
+        dtype=kw["dtype"],
+        dft=kw["dft_spec"],
+        **campaign,
+    )
 
 
 # ------------------------------------------------------------------------------------------
