@@ -182,15 +182,14 @@ DRIVER = textwrap.dedent(
     from eqv2calc.io import load_structures
 
     inputs, out, address = sys.argv[1:4]
-    spec = CalculatorSpec(factory="%s", factory_kwargs=(("delay_s", 0.03),))
+    spec = CalculatorSpec(factory="SLOW", factory_kwargs=(("delay_s", 0.03),))
     entries, _ = load_structures([inputs])
     task = RelaxTask(out_dir=out, model=spec.label, fmax=0.01, steps=300)
     specs, payloads, _ = task.items(entries, settings_fingerprint(task.settings()))
     rep = run_campaign(task, specs, payloads, out, RayExecutor(spec, workers=2, address=address))
     print(json.dumps({"done": rep.done, "skipped": rep.skipped, "recovered": rep.recovered}))
     """
-    % SLOW
-)
+).replace("SLOW", SLOW)
 
 
 def test_driver_sigkilled_then_rerun_loses_nothing(cluster, tmp_path):
