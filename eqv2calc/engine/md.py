@@ -1,0 +1,263 @@
+"""Batched molecular dynamics of independent systems on the device (NVE, NVT Langevin).
+
+All systems advance together, one model evaluation per step for the whole batch, with ASE's
+integrators written as tensor operations:
+
+* ``nve``: velocity Verlet (``ase.md.verlet.VelocityVerlet``);
+* ``nvt``: Langevin (``ase.md.langevin.Langevin``, the Vanden-Eijnden–Ciccotti scheme with its
+  ``c1..c5`` coefficients, ``fix_com`` as in ASE), with a per-system temperature and friction;
+  the noise comes from a ``torch.Generator`` on the device (seeded), not from numpy, so runs
+  are reproducible but do not repeat ASE's random numbers.
+
+Atoms fixed by ``FixAtoms`` keep their positions and have zero velocity. Units: time step fs,
+temperature K, friction 1/fs, energies eV (ASE's internal time unit is used inside).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from eqv2calc.engine.evaluate import make_evaluator
+from eqv2calc.engine.optimizers import segment_sum
+from eqv2calc.engine.state import BatchedStructures
+
+__all__ = ["MDSettings", "BatchMDResult", "run_md_engine"]
+
+
+@dataclass
+class MDSettings:
+    """Settings of a batched MD run.
+
+    Attributes:
+        ensemble: ``"nve"`` or ``"nvt"`` (Langevin).
+        timestep_fs: time step, fs.
+        steps: number of steps.
+        temperature_K: Langevin target temperature, K (one value or one per system).
+        friction_per_fs: Langevin friction, 1/fs (one value or one per system).
+        fix_com: remove the centre-of-mass part of the Langevin noise (ASE's default).
+        seed: seed of the device random generator (Langevin noise).
+        log_interval: log line and trajectory frame every this many steps.
+        skin: neighbour-list skin, Å.
+    """
+
+    ensemble: str = "nvt"
+    timestep_fs: float = 1.0
+    steps: int = 100
+    temperature_K: float | Sequence[float] = 300.0
+    friction_per_fs: float | Sequence[float] = 0.01
+    fix_com: bool = True
+    seed: int = 0
+    log_interval: int = 10
+    skin: float = 1.0
+
+
+@dataclass
+class BatchMDResult:
+    """Outcome for one system.
+
+    Attributes:
+        label: name.
+        atoms: final structure with momenta and the final energy/forces attached.
+        potential_energies: eV at every logged step (index 0: start).
+        kinetic_energies: eV at every logged step.
+        temperatures: K at every logged step.
+        steps: steps done.
+        trajectory: trajectory written, if any.
+    """
+
+    label: str
+    atoms: Atoms
+    potential_energies: list[float] = field(default_factory=list)
+    kinetic_energies: list[float] = field(default_factory=list)
+    temperatures: list[float] = field(default_factory=list)
+    steps: int = 0
+    trajectory: Path | None = None
+
+
+def _per_system(value, nb: int, device, name: str) -> torch.Tensor:
+    arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (nb,))
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return torch.as_tensor(arr.copy(), device=device)
+
+
+def run_md_engine(
+    atoms_list: Sequence[Atoms],
+    calculator,
+    settings: MDSettings | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    trajectories: Sequence[str | os.PathLike | None] | None = None,
+    logfiles: Sequence[str | os.PathLike | None] | None = None,
+    evaluator=None,
+) -> list[BatchMDResult]:
+    """Run MD of several independent systems together on the calculator's device.
+
+    Args:
+        atoms_list: the systems, with their starting momenta (``atoms.get_momenta()``;
+            draw them beforehand, e.g. with ``MaxwellBoltzmannDistribution``). Not modified.
+        calculator: an ``EquiformerV2Calculator`` (tensor path) or any ASE calculator.
+        settings: :class:`MDSettings`.
+        labels: names (default ``<formula>_<index>``).
+        trajectories: per-system ASE trajectory files (frames every ``log_interval``).
+        logfiles: per-system logs: time (ps), Etot, Epot, Ekin (eV), T (K).
+        evaluator: override the evaluator (see :mod:`eqv2calc.engine.evaluate`).
+
+    Returns:
+        One :class:`BatchMDResult` per system, in input order.
+    """
+    s = settings or MDSettings()
+    atoms_list = list(atoms_list)
+    nb = len(atoms_list)
+    if s.ensemble not in ("nve", "nvt"):
+        raise ValueError(f"the batched MD engine runs 'nve' and 'nvt', not {s.ensemble!r}")
+    if not s.timestep_fs > 0:
+        raise ValueError(f"timestep_fs must be > 0, got {s.timestep_fs}")
+    ev = evaluator or make_evaluator(calculator, skin=s.skin)
+    dev = ev.device
+    st = BatchedStructures.from_atoms(atoms_list, device=dev)
+    labels = (
+        list(labels)
+        if labels
+        else [f"{a.get_chemical_formula()}_{i}" for i, a in enumerate(atoms_list)]
+    )
+    trajs = [Path(t) if t else None for t in (trajectories or [None] * nb)]
+    logs = [Path(p) if p else None for p in (logfiles or [None] * nb)]
+    for p in trajs + logs:
+        if p is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.unlink(missing_ok=True)
+
+    dt = s.timestep_fs * units.fs
+    m = st.masses.unsqueeze(-1)  # [N, 1] amu
+    free = (~st.fixed).unsqueeze(-1).to(torch.float64)
+    counts = torch.bincount(st.batch, minlength=nb)
+    n_free = segment_sum((~st.fixed).to(torch.float64), st.batch, nb)
+    v = (
+        torch.as_tensor(
+            np.concatenate([a.get_velocities() for a in atoms_list]),
+            dtype=torch.float64,
+            device=dev,
+        )
+        * free
+    )
+    x = st.positions.clone()
+
+    def forces_at(pos):
+        out = ev(pos, st.cells, st.numbers, st.batch, st.pbc, nb, stress=False)
+        return out["energy"], out["forces"] * free
+
+    if s.ensemble == "nvt":
+        kt = _per_system(s.temperature_K, nb, dev, "temperature_K") * units.kB
+        fr = _per_system(s.friction_per_fs, nb, dev, "friction_per_fs") / units.fs
+        kt_a, fr_a = kt[st.batch].unsqueeze(-1), fr[st.batch].unsqueeze(-1)
+        sigma = torch.sqrt(2 * kt_a * fr_a / m)
+        c1 = dt / 2.0 - dt * dt * fr_a / 8.0
+        c2 = dt * fr_a / 2 - dt * dt * fr_a * fr_a / 8.0
+        c3 = np.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr_a * sigma / 8.0
+        c5 = dt**1.5 * sigma / (2 * np.sqrt(3))
+        c4 = fr_a / 2.0 * c5
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(int(s.seed))
+        com_factor = torch.sqrt(counts / (counts - 1.0).clamp_min(1.0))[st.batch].unsqueeze(-1)
+
+    results = [
+        BatchMDResult(label=labels[i], atoms=atoms_list[i], trajectory=trajs[i]) for i in range(nb)
+    ]
+    epot, f = forces_at(x)
+
+    def record(step: int, epot, x, v, f) -> None:
+        ekin = segment_sum(0.5 * m * v * v, st.batch, nb)
+        dof = (3 * n_free).clamp_min(1.0)
+        temp = 2 * ekin / (dof * units.kB)
+        host = torch.cat([epot, ekin, temp]).cpu().numpy()
+        for i, r in enumerate(results):
+            ep, ek, tk = float(host[i]), float(host[nb + i]), float(host[2 * nb + i])
+            r.potential_energies.append(ep)
+            r.kinetic_energies.append(ek)
+            r.temperatures.append(tk)
+            r.steps = step
+            if logs[i] is not None:
+                with open(logs[i], "a") as fh:
+                    if step == 0:
+                        fh.write(
+                            f"{'Time[ps]':>10} {'Etot[eV]':>14} {'Epot[eV]':>14} "
+                            f"{'Ekin[eV]':>12} {'T[K]':>9}\n"
+                        )
+                    t_ps = step * s.timestep_fs / 1000.0
+                    fh.write(f"{t_ps:10.4f} {ep + ek:14.6f} {ep:14.6f} {ek:12.6f} {tk:9.2f}\n")
+        if any(t is not None for t in trajs):
+            _write_frames(trajs, atoms_list, st, x, v, epot, f)
+
+    record(0, epot, x, v, f)
+    start = time.perf_counter()
+    for step in range(1, s.steps + 1):
+        if s.ensemble == "nve":
+            v = v + 0.5 * dt * f / m
+            x = x + dt * v * free
+            epot, f = forces_at(x)
+            v = (v + 0.5 * dt * f / m) * free
+        else:
+            xi = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
+            eta = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
+            rnd_pos = c5 * eta
+            rnd_vel = c3 * xi - c4 * eta
+            if s.fix_com:
+                rnd_pos = rnd_pos - _mean_rows(rnd_pos, st.batch, nb, counts)
+                mom = _sum_rows(rnd_vel * m, st.batch, nb)
+                rnd_vel = rnd_vel - mom[st.batch] / (m * counts[st.batch].unsqueeze(-1))
+                rnd_pos = rnd_pos * com_factor
+                rnd_vel = rnd_vel * com_factor
+            v = v + c1 * f / m - c2 * v + rnd_vel
+            x_new = x + (dt * v + rnd_pos) * free
+            v = (x_new - x - rnd_pos) / dt
+            x = x_new
+            epot, f = forces_at(x)
+            v = (v + c1 * f / m - c2 * v + rnd_vel) * free
+        if step % s.log_interval == 0 or step == s.steps:
+            record(step, epot, x, v, f)
+    del start
+    final = _write_frames([None] * nb, atoms_list, st, x, v, epot, f)
+    for r, a in zip(results, final):
+        r.atoms = a
+    return results
+
+
+def _sum_rows(values: torch.Tensor, batch: torch.Tensor, nb: int) -> torch.Tensor:
+    return torch.zeros(nb, 3, dtype=values.dtype, device=values.device).index_add_(0, batch, values)
+
+
+def _mean_rows(values, batch, nb, counts) -> torch.Tensor:
+    return (_sum_rows(values, batch, nb) / counts.unsqueeze(-1))[batch]
+
+
+def _write_frames(trajs, atoms_list, st, x, v, epot, f) -> list[Atoms]:
+    from ase.io.trajectory import Trajectory
+
+    pos = x.cpu().numpy()
+    vel = v.cpu().numpy()
+    forces = f.cpu().numpy()
+    energy = epot.cpu().numpy()
+    counts = torch.bincount(st.batch, minlength=len(atoms_list)).tolist()
+    out, start = [], 0
+    for i, (a0, n) in enumerate(zip(atoms_list, counts)):
+        a = a0.copy()
+        sl = slice(start, start + n)
+        a.set_positions(pos[sl], apply_constraint=False)
+        a.set_velocities(vel[sl])
+        a.calc = SinglePointCalculator(a, energy=float(energy[i]), forces=forces[sl])
+        if trajs[i] is not None:
+            with Trajectory(str(trajs[i]), "a") as t:
+                t.write(a)
+        out.append(a)
+        start += n
+    return out
