@@ -23,6 +23,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from eqv2calc.checkpoint import LoadedModel, load_checkpoint
+from eqv2calc.checks import MIN_DISTANCE, as_atoms, check_finite_results, check_structure
 from eqv2calc.graph import BatchedGraph, batch_graphs, graph_from_atoms
 from eqv2calc.model.backbone import GraphInput
 from eqv2calc.model.conservative import FORCES_KINDS, StructureInput, gradient_outputs
@@ -73,9 +74,17 @@ class EquiformerV2Calculator(Calculator):
         dtype: ``"float32"`` (as the released models were trained) or ``"float64"``.
         use_ema: evaluate the checkpoint's EMA weights instead of its raw weights.
         allow_pickle: allow checkpoints that need arbitrary unpickling (trusted files only).
+        min_distance: structures with two atoms (or an atom and its own periodic image)
+            closer than this (Å) are refused with a :class:`~eqv2calc.checks.StructureError`,
+            as by the command line; 0 turns the distance checks off.
         forces: ``None`` (as the checkpoint says), ``"direct"`` (force/stress heads) or
             ``"gradient"``: forces = −∂E/∂x and stress = (1/V)·∂E/∂ε of the predicted energy,
             by autograd (conservative; any checkpoint, stress for every 3D-periodic cell).
+
+    Structures may be ``ase.Atoms`` or pymatgen ``Structure``/``Molecule`` objects (converted
+    with :mod:`pymatgen.io.ase`; partially occupied sites are refused). Every structure passes
+    the checks of :func:`eqv2calc.checks.check_structure`, and NaN/inf results raise
+    :class:`~eqv2calc.checks.NonFiniteResultError` instead of being returned.
 
     Results: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å, as predicted — ASE's
     ``get_forces`` zeroes atoms fixed by ``FixAtoms``), and ``stress`` (Voigt
@@ -91,10 +100,12 @@ class EquiformerV2Calculator(Calculator):
         dtype: str | torch.dtype = "float32",
         use_ema: bool = False,
         allow_pickle: bool = False,
+        min_distance: float = MIN_DISTANCE,
         forces: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.min_distance = float(min_distance)
         from eqv2calc.registry import resolve_model
 
         self.device = resolve_device(device)
@@ -146,15 +157,13 @@ class EquiformerV2Calculator(Calculator):
 
     # --- prediction ------------------------------------------------------------------------
     def _check(self, atoms: Atoms, label: str) -> None:
-        if len(atoms) == 0:
-            raise ValueError(f"{label}: the structure has no atoms")
-        bad = np.flatnonzero((atoms.numbers < 1) | (atoms.numbers > self.max_atomic_number))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(
-                f"{label}: atom {i} has atomic number {atoms.numbers[i]} ({atoms.get_chemical_symbols()[i]}), "
-                f"but this model covers Z = 1..{self.max_atomic_number}"
-            )
+        # the same checks as the drivers and the CLI (eqv2calc.checks): one validation path
+        check_structure(
+            atoms,
+            min_distance=self.min_distance,
+            max_atomic_number=self.max_atomic_number,
+            label=label,
+        )
 
     def _batched_graph(self, atoms_list: Sequence[Atoms]) -> BatchedGraph:
         s = self.loaded.graph_settings
@@ -197,7 +206,7 @@ class EquiformerV2Calculator(Calculator):
         Returns one dict per structure: ``"energy"`` (float, eV), ``"forces"`` ((N, 3), eV/Å,
         fixed atoms not zeroed) and, for stress models, ``"stress"`` ((6,) Voigt, eV/Å³).
         """
-        atoms_list = list(atoms_list)
+        atoms_list = [as_atoms(a, f"structure {k}") for k, a in enumerate(atoms_list)]
         if not atoms_list:
             return []
         if self.forces_kind == "gradient":  # forces and stress are energy derivatives
@@ -221,6 +230,7 @@ class EquiformerV2Calculator(Calculator):
             if stress is not None and np.isfinite(stress[b]).all():  # NaN: gradient, no volume
                 s = stress[b]
                 res["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            check_finite_results(res["energy"], res["forces"], res.get("stress"), f"structure {b}")
             results.append(res)
             start += n
         return results
@@ -300,10 +310,14 @@ class EquiformerV2Calculator(Calculator):
             raise PropertyNotImplementedError(
                 f"stress is not available for {self.model_label}: {_STRESS_HINT}"
             )
+        if atoms is not None:
+            atoms = as_atoms(atoms)  # a pymatgen Structure/Molecule is accepted too
         return super().get_property(name, atoms, allow_calculation)
 
     def calculate(
         self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes
     ) -> None:
+        if atoms is not None:
+            atoms = as_atoms(atoms)
         super().calculate(atoms, properties, system_changes)
         self.results = self.predict_batch([self.atoms])[0]

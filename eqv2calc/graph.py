@@ -82,6 +82,8 @@ __all__ = [
     "NONSTRICT_TOLERANCE_A2",
     "TIE_TOL_A",
     "VEC_GRID_A",
+    "MAX_PERIODIC_IMAGES",
+    "closest_pair",
 ]
 
 #: Pairs at or below this distance (Å) are never edges (the reference's d² > 1e-4 Å² rule).
@@ -94,6 +96,10 @@ TIE_TOL_A = 1e-6
 VEC_GRID_A = 1e-4
 
 _SEARCH_PAD_A = 1e-6  # the candidate search uses cutoff + this; exact filtering follows
+#: Most periodic images of the cell the neighbour search may visit per atom. A cell far
+#: thinner than the cutoff (a typo in the lattice, Bohr for Å) would otherwise need millions
+#: of images and exhaust memory; 100,000 allows cells down to ~0.26 cutoff thick per axis.
+MAX_PERIODIC_IMAGES = 100_000
 _TIE_WINDOW_A = 1e-3  # strict ties: rank only candidates up to d_(k+1) + this (see _cap_mask)
 
 
@@ -263,6 +269,54 @@ def _search_lattice(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- candidates
 
 
+def _check_image_count(lattice: np.ndarray, pbc: np.ndarray, radius: float) -> None:
+    """Raise ValueError if a search to ``radius`` Å needs more than MAX_PERIODIC_IMAGES."""
+    volume = abs(float(np.linalg.det(lattice)))
+    counts = []
+    for k in range(3):
+        if not pbc[k]:
+            counts.append(1)
+            continue
+        area = np.linalg.norm(np.cross(lattice[(k + 1) % 3], lattice[(k + 2) % 3]))
+        thickness = volume / area  # distance between neighbouring lattice planes (Å)
+        counts.append(2 * int(np.ceil(radius / thickness)) + 1)
+    images = int(np.prod(counts, dtype=np.float64))
+    if images > MAX_PERIODIC_IMAGES:
+        raise ValueError(
+            f"the cell is far smaller than the {radius:.3g} Å neighbour search: it would need "
+            f"{images:,} periodic images per atom ({' x '.join(map(str, counts))}; at most "
+            f"{MAX_PERIODIC_IMAGES:,}); check the cell vectors and their units (Å) or "
+            "use a supercell"
+        )
+
+
+def closest_pair(positions, cell, pbc, cutoff: float) -> tuple[int, int, float] | None:
+    """The closest two atoms (an atom and its own periodic image included) nearer than
+    ``cutoff`` Å, as ``(i, j, distance)`` with ``i <= j``, or None.
+
+    Unlike :func:`build_graph`, pairs on top of each other (below
+    :data:`MIN_PAIR_DISTANCE_A`) are reported, not dropped.
+
+    Raises:
+        ValueError: bad positions/cell, or the cell needs too many images (see
+            :data:`MAX_PERIODIC_IMAGES`).
+    """
+    pos = _as_positions(positions)
+    pbc_arr = _as_pbc(pbc)
+    cell_arr = _as_cell(cell) if cell is not None else np.zeros((3, 3))
+    if pos.shape[0] == 0:
+        return None
+    ci, nj, offsets = _candidate_pairs(pos, cell_arr, pbc_arr, float(cutoff))
+    vec = pos[nj] + offsets @ cell_arr - pos[ci]
+    d = np.linalg.norm(vec, axis=1)
+    keep = ((ci != nj) | offsets.any(axis=1)) & (d <= cutoff)
+    if not keep.any():
+        return None
+    k = int(np.flatnonzero(keep)[np.argmin(d[keep])])
+    a, b = sorted((int(ci[k]), int(nj[k])))
+    return a, b, float(d[k])
+
+
 def _candidate_pairs(
     pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -283,6 +337,7 @@ def _candidate_pairs(
         from pymatgen.optimization.neighbors import find_points_in_spheres
 
         lattice = _search_lattice(cell, pbc)
+        _check_image_count(lattice, pbc, radius)
         # Wrap along periodic axes first (pymatgen's cell list spans the bounding box of
         # the positions, so far-drifted unwrapped atoms would make it huge), then shift
         # the offsets back so that they refer to the positions as given.

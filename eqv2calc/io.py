@@ -187,7 +187,44 @@ def _read_with_pymatgen(path: Path) -> list[Atoms]:
     from pymatgen.io.ase import AseAtomsAdaptor
 
     structure = Structure.from_file(str(path))
+    for i, site in enumerate(structure.sites):
+        if not site.is_ordered:
+            raise StructureReadError(
+                f"{path}: site {i} is partially occupied ({site.species}); {_ORDER_HINT}"
+            )
     return [AseAtomsAdaptor.get_atoms(structure)]
+
+
+_ORDER_HINT = (
+    "the model needs one element per site: order the structure first (e.g. with pymatgen's "
+    "OrderDisorderedStructureTransformation)"
+)
+
+
+def _check_occupancy(path: Path, frame: int | None, atoms: Atoms) -> None:
+    """Refuse a CIF site that is partially occupied or shared by several elements (ASE keeps
+    one species there and records the occupancies in ``atoms.info["occupancy"]``)."""
+    occupancy = atoms.info.get("occupancy")
+    if not isinstance(occupancy, dict):
+        return
+    kinds = atoms.arrays.get("spacegroup_kinds")
+    for kind, species in occupancy.items():
+        if not isinstance(species, dict):
+            continue
+        total = sum(float(v) for v in species.values())
+        if len(species) == 1 and abs(total - 1.0) < 1e-3:
+            continue
+        index = None
+        if kinds is not None:
+            hits = np.flatnonzero(np.asarray(kinds).astype(str) == str(kind))
+            index = int(hits[0]) if hits.size else None
+        where = f"{path}" + (f", frame {frame}" if frame is not None else "")
+        site = f"site {index}" if index is not None else f"site kind {kind}"
+        if index is not None:
+            frac = ", ".join(f"{x:.4g}" for x in atoms.get_scaled_positions(wrap=False)[index])
+            site += f" at fractional ({frac})"
+        shares = ", ".join(f"{el} {float(occ):g}" for el, occ in species.items())
+        raise StructureReadError(f"{where}: {site} is partially occupied ({shares}); {_ORDER_HINT}")
 
 
 def _locate_bad_frame(path: Path, fmt: str | None) -> int | None:
@@ -259,6 +296,8 @@ def read_structure_file(
     frames = list(frames)
     if not frames:
         raise StructureReadError(f"{path}: file contains no structures")
+    for i, atoms in enumerate(frames):
+        _check_occupancy(path, i if len(frames) > 1 else None, atoms)
     return frames
 
 
@@ -474,6 +513,27 @@ def _first_existing_ancestor(path: Path) -> Path:
     return Path(path.anchor or ".")
 
 
+def _folder_problem(path: Path) -> str | None:
+    """Why files cannot be created in the folder ``path`` (creating it if needed), or None."""
+    if path.exists() and not path.is_dir():
+        return "is a file, not a folder"
+    if not path.exists():
+        ancestor = _first_existing_ancestor(path.parent)
+        if ancestor.exists() and not ancestor.is_dir():
+            return f"cannot be created, {ancestor} is a file, not a folder"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return f"cannot be created ({err.strerror or type(err).__name__})"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".eqv2calc-write-test.", dir=path)
+    except OSError as err:
+        return f"cannot write files there ({err.strerror or type(err).__name__})"
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
+    return None
+
+
 def check_writable_dir(path: str | os.PathLike, *, what: str = "output folder") -> Path:
     """Make sure ``path`` is a folder this process can create files in (creating it if needed).
 
@@ -491,28 +551,9 @@ def check_writable_dir(path: str | os.PathLike, *, what: str = "output folder") 
             created, or no file can be created in it (read-only folder or file system).
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputNotWritableError(f"{what} {path}: is a file, not a folder")
-    if not path.exists():
-        ancestor = _first_existing_ancestor(path.parent)
-        if ancestor.exists() and not ancestor.is_dir():
-            raise OutputNotWritableError(
-                f"{what} {path}: cannot create it, {ancestor} is a file, not a folder"
-            )
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            reason = err.strerror or type(err).__name__
-            raise OutputNotWritableError(f"{what} {path}: cannot create it ({reason})") from None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".eqv2calc-write-test.", dir=path)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise OutputNotWritableError(
-            f"{what} {path}: cannot write files there ({reason})"
-        ) from None
-    os.close(fd)
-    Path(probe).unlink(missing_ok=True)
+    problem = _folder_problem(path)
+    if problem:
+        raise OutputNotWritableError(f"{what} {path}: {problem}")
     return path
 
 
@@ -520,12 +561,18 @@ def check_writable_file(path: str | os.PathLike, *, what: str = "output file") -
     """Make sure the file ``path`` can be written (its folder is created if needed).
 
     Raises:
-        OutputNotWritableError: ``path`` is a folder, or its folder is not writable.
+        OutputNotWritableError: ``path`` is a folder, or its folder cannot be created or
+            written; the message names the file and the reason.
     """
     path = Path(path)
     if path.is_dir():
         raise OutputNotWritableError(f"{what} {path}: is a folder, not a file")
-    check_writable_dir(path.parent if str(path.parent) else Path("."), what=f"folder of {what}")
+    folder = path.parent if str(path.parent) else Path(".")
+    problem = _folder_problem(folder)
+    if problem:
+        raise OutputNotWritableError(
+            f"{what} {path} cannot be written (folder {folder}: {problem})"
+        )
     return path
 
 

@@ -6,18 +6,24 @@
   model name ``emt`` gives ASE's EMT potential (for testing and for trying the drivers).
 * :func:`read_inputs` reads structure files, printing one line per unreadable input.
 * :func:`echo_error` prints a one-line error; :func:`fail` prints it and stops the command.
+* :class:`FiniteFloat` is the type of every float option: NaN and infinity are refused.
+* :func:`check_outputs` checks output folders/files before any work starts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
 __all__ = [
+    "EXIT_INTERRUPTED",
     "CommandError",
     "EMT_MODEL_NAME",
+    "FiniteFloat",
+    "check_outputs",
     "MODEL_HELP",
     "echo_error",
     "echo_line",
@@ -29,6 +35,41 @@ __all__ = [
     "read_inputs",
     "where",
 ]
+
+#: Exit status after Ctrl-C (128 + SIGINT), the shell convention.
+EXIT_INTERRUPTED = 130
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinity (``--fmax nan`` would never converge,
+    ``--fmax inf`` would converge at once), with optional bounds as :class:`click.FloatRange`."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def check_outputs(
+    folders: Sequence[Any] = (), files: Sequence[Any] = (), *, what: str = "output"
+) -> None:
+    """Fail with a one-line error unless every folder (created if needed) and the folder of
+    every file can be written; called before a command starts its work."""
+    from eqv2calc.io import OutputNotWritableError, check_writable_dir, check_writable_file
+
+    try:
+        for folder in folders:
+            if folder is not None:
+                check_writable_dir(folder, what=f"{what} folder")
+        for file in files:
+            if file is not None:
+                check_writable_file(file, what=f"{what} file")
+    except OutputNotWritableError as err:
+        raise CommandError(str(err)) from None
+
 
 #: ``--model emt`` means ASE's EMT potential instead of an EquiformerV2 model.
 EMT_MODEL_NAME = "emt"

@@ -7,6 +7,8 @@ import json
 import click
 
 from eqv2calc.cli._common import (
+    EXIT_INTERRUPTED,
+    check_outputs,
     echo_error,
     echo_line,
     fail,
@@ -109,6 +111,7 @@ def eval_command(
         fail("no structures to evaluate")
     if summary_path is None:
         summary_path = str(Path(output).parent / "eval_summary.json")
+    check_outputs(files=[output, summary_path])
     calc = make_calculator(model, device, dtype)
 
     def report(entry, result) -> None:
@@ -119,19 +122,27 @@ def eval_command(
         elif result.ok:
             echo_line(result.summary_line(), progress)
 
-    job = run_eval_job(
-        entries,
-        calc,
-        output=output,
-        read_errors=read_errors,
-        summary_path=summary_path,
-        max_atoms_per_batch=max_atoms,
-        progress=progress,
-        on_result=report,
-    )
+    try:
+        job = run_eval_job(
+            entries,
+            calc,
+            output=output,
+            read_errors=read_errors,
+            summary_path=summary_path,
+            max_atoms_per_batch=max_atoms,
+            progress=progress,
+            on_result=report,
+        )
+    except KeyboardInterrupt:
+        echo_error(
+            f"interrupted; {output} holds the structures evaluated so far and {summary_path} "
+            "marks the run as interrupted"
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    written = f"results: {output}" if job.n_ok else "no results file written"
     click.echo(
         f"{job.n_ok}/{len(entries) + len(read_errors)} evaluated, {job.n_failed} failed; "
-        f"results: {output}; summary: {job.summary_path}",
+        f"{written}; summary: {job.summary_path}",
         err=True,
     )
     if job.exit_code:

@@ -6,8 +6,18 @@ import json
 
 import click
 
-from eqv2calc.cli._common import echo_error, fail, make_calculator, model_options, read_inputs
+from eqv2calc.cli._common import (
+    EXIT_INTERRUPTED,
+    FiniteFloat,
+    check_outputs,
+    echo_error,
+    fail,
+    make_calculator,
+    model_options,
+    read_inputs,
+)
 from eqv2calc.drivers.md import DIRECT_FORCES_NOTE
+from eqv2calc.io import OutputDirLocked
 
 _HELP = f"""Run molecular dynamics of the structure in FILE.
 
@@ -50,14 +60,14 @@ Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
 @click.option(
     "--temperature",
     "-T",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=300.0,
     show_default=True,
     help="Target temperature (NVT/NPT) and temperature of the initial velocities, K.",
 )
 @click.option(
     "--timestep",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=1.0,
     show_default=True,
     help="Time step, fs.",
@@ -78,27 +88,27 @@ Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
 )
 @click.option(
     "--friction",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.01,
     show_default=True,
     help="Langevin friction coefficient, 1/fs.",
 )
 @click.option(
     "--tdamp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=None,
     help="Nosé-Hoover thermostat damping time, fs [default: 100 time steps].",
 )
 @click.option(
     "--pressure",
-    type=float,
+    type=FiniteFloat(),
     default=0.0,
     show_default=True,
     help="External pressure for NPT, GPa (1 bar = 1e-4 GPa).",
 )
 @click.option(
     "--pdamp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=None,
     help="Barostat damping time for NPT, fs [default: 1000 time steps].",
 )
@@ -184,8 +194,7 @@ def md_command(
 ) -> None:
     from ase import units
 
-    from eqv2calc.drivers.md import run_md
-    from eqv2calc.io import write_structure
+    from eqv2calc.drivers.jobs import md_paths, run_md_job
 
     entries, errors = read_inputs([file])
     if errors:
@@ -193,15 +202,16 @@ def md_command(
     if len(entries) != 1:
         fail(f"{file}: holds {len(entries)} structures; md runs one (split the file first)")
     entry = entries[0]
-    folder = entry.source.parent
-    traj = traj_path or str(folder / f"{entry.label}_md.traj")
-    log = log_path or str(folder / f"{entry.label}_md.log")
-    final_path = output or str(folder / f"{entry.label}_md_final.extxyz")
+    paths = md_paths(entry, trajectory=traj_path, logfile=log_path, output=output)
+    check_outputs(files=paths)
     calc = make_calculator(model, device, dtype)
     try:
-        result = run_md(
-            entry.atoms,
+        result, (traj, log, final_path) = run_md_job(
+            entry,
             calc,
+            trajectory=paths[0],
+            logfile=paths[1],
+            output=paths[2],
             ensemble=ensemble.lower(),
             temperature_K=temperature,
             timestep_fs=timestep,
@@ -214,22 +224,26 @@ def md_command(
             cell_dof=cell_dof,
             seed=seed,
             log_interval=log_interval,
-            trajectory=traj,
-            logfile=log,
             restart=restart,
-            label=entry.label,
             progress=progress,
         )
+    except KeyboardInterrupt:
+        echo_error(
+            f"interrupted; the trajectory {paths[0]} and the log {paths[1]} (marked "
+            "interrupted) hold the steps so far; continue with --restart"
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except (ValueError, RuntimeError, NotImplementedError) as err:
+        if isinstance(err, OutputDirLocked):
+            fail(str(err))
         text = str(err) or type(err).__name__
         if isinstance(err, NotImplementedError):
             text = f"NotImplementedError: {text}"
         echo_error(f"{file}: {text}")
         raise SystemExit(1) from None
-    write_structure(final_path, result.atoms)
     if as_json:
         click.echo(
-            json.dumps({"source": str(entry.source), **result.to_dict(), "output": final_path})
+            json.dumps({"source": str(entry.source), **result.to_dict(), "output": str(final_path)})
         )
     else:
         click.echo(f"{result.summary_line()} -> {final_path}")

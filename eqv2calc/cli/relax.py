@@ -7,6 +7,9 @@ import json
 import click
 
 from eqv2calc.cli._common import (
+    EXIT_INTERRUPTED,
+    FiniteFloat,
+    check_outputs,
     echo_error,
     echo_line,
     fail,
@@ -59,7 +62,7 @@ Units: energies eV, forces eV/Å, lengths Å.
 )
 @click.option(
     "--fmax",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=0.05,
     show_default=True,
     help="Converged when the largest force on any free atom is below this (eV/Å); with "
@@ -80,7 +83,7 @@ Units: energies eV, forces eV/Å, lengths Å.
 )
 @click.option(
     "--fix-below",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     metavar="Z",
     help="Fix every atom whose z coordinate is below Z (Å), e.g. the bottom layers of a "
@@ -200,14 +203,16 @@ def relax_command(
         fail(f"--output names one file but {len(entries)} structures were read; use --output-dir")
     if not entries:
         fail("no structures to relax")
+    if summary_path is None:
+        summary_path = str(Path(output_dir or ".") / "relax_summary.json")
+    folders = [output_dir] if output_dir else sorted({str(e.source.parent) for e in entries})
+    check_outputs(folders=folders if output is None else [], files=[output, summary_path])
     calc = make_calculator(model, device, dtype)
     if relax_cell:
         try:
             check_stress_support(calc, "--relax-cell")
         except ValueError as err:
             fail(str(err))
-    if summary_path is None:
-        summary_path = str(Path(output_dir or ".") / "relax_summary.json")
 
     def report(entry, result, paths) -> None:
         if not result.ok:
@@ -238,6 +243,12 @@ def relax_command(
             on_result=report,
             engine=engine,
         )
+    except KeyboardInterrupt:
+        echo_error(
+            f"interrupted; finished structures are written and {summary_path} marks the run "
+            "as interrupted; continue with --restart"
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except ValueError as err:
         fail(str(err))
     n_conv = job.n_ok - job.n_not_converged

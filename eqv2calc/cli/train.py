@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from eqv2calc.cli._common import FiniteFloat
+
 _HELP = """Train or fine-tune an EquiformerV2 model on energies and forces (stress optional).
 
 \b
@@ -58,7 +60,7 @@ direct-head forces), then on the labels.
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Structures per optimizer step.")
-@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--lr", type=FiniteFloat(), help="Peak learning rate.")
 @click.option(
     "--init",
     "init",

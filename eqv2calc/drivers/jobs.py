@@ -26,6 +26,7 @@ from ase.calculators.calculator import Calculator
 from eqv2calc.drivers.batch_relax import relax_batch
 from eqv2calc.drivers.batching import DEFAULT_MAX_ATOMS_PER_BATCH
 from eqv2calc.drivers.evaluate import EvalResult, evaluate
+from eqv2calc.drivers.md import MDResult, run_md
 from eqv2calc.drivers.relax import RelaxResult, fix_below
 from eqv2calc.io import (
     StructureEntry,
@@ -45,8 +46,10 @@ __all__ = [
     "EXIT_OK",
     "JobReport",
     "RelaxPaths",
+    "md_paths",
     "relax_paths",
     "run_eval_job",
+    "run_md_job",
     "run_relax_job",
 ]
 
@@ -569,3 +572,69 @@ def run_eval_job(
     if stopped is not None:
         raise stopped
     return report
+
+
+def md_paths(
+    entry: StructureEntry,
+    *,
+    trajectory: str | os.PathLike | None = None,
+    logfile: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+) -> tuple[Path, Path, Path]:
+    """``(trajectory, log, final structure)`` of an MD run: ``<label>_md.traj``,
+    ``<label>_md.log`` and ``<label>_md_final.extxyz`` next to the input unless given."""
+    folder = entry.source.parent
+    return (
+        Path(trajectory) if trajectory else folder / f"{entry.label}_md.traj",
+        Path(logfile) if logfile else folder / f"{entry.label}_md.log",
+        Path(output) if output else folder / f"{entry.label}_md_final.extxyz",
+    )
+
+
+def run_md_job(
+    entry: StructureEntry,
+    calculator: Calculator,
+    *,
+    trajectory: str | os.PathLike | None = None,
+    logfile: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    **md_options: Any,
+) -> tuple[MDResult, tuple[Path, Path, Path]]:
+    """Molecular dynamics of one structure read from a file, with its output files.
+
+    Every output location is checked for writability before the run starts (so a bad
+    ``--output`` does not fail after hours of MD), the folders are locked against a second
+    run, and the final structure is written atomically at the end.
+
+    Args:
+        entry: The structure (from :func:`eqv2calc.io.load_structures`).
+        calculator: Any ASE calculator (NPT needs stress).
+        trajectory, logfile, output: Output files (see :func:`md_paths` for defaults).
+        **md_options: Keyword arguments of :func:`eqv2calc.drivers.md.run_md` (ensemble,
+            temperature_K, timestep_fs, steps, ..., restart, progress).
+
+    Returns:
+        ``(result, (trajectory, log, final structure))``.
+
+    Raises:
+        OutputNotWritableError, OutputDirLocked: before the run; whatever ``run_md`` raises.
+    """
+    from eqv2calc.io import output_format
+
+    paths = md_paths(entry, trajectory=trajectory, logfile=logfile, output=output)
+    for path, what in zip(paths, ("trajectory", "log file", "output file")):
+        check_writable_file(path, what=what)
+    output_format(paths[2])  # an output name without a known format fails now, not at the end
+    with contextlib.ExitStack() as locks:
+        for folder in sorted({os.path.realpath(p.parent) for p in paths}):
+            locks.enter_context(lock_directory(folder, "md"))
+        result = run_md(
+            entry.atoms,
+            calculator,
+            trajectory=paths[0],
+            logfile=paths[1],
+            label=entry.label,
+            **md_options,
+        )
+        write_structure(paths[2], result.atoms)
+    return result, paths

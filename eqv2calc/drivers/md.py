@@ -355,7 +355,7 @@ def run_md(
     npt = ensemble == "npt"
     if npt:
         check_stress_support(calculator, "NPT molecular dynamics")
-    validate_structure(atoms, relax_cell=npt)
+    validate_structure(atoms, relax_cell=npt, cell_what="NPT molecular dynamics (the cell varies)")
     if npt and atoms.constraints:
         raise StructureError("NPT (MTK integrator) does not support constraints; remove them")
 
@@ -503,6 +503,12 @@ def run_md(
         remaining = max(steps - start_step, 0)
         if remaining:
             dyn.run(steps=remaining)
+    except KeyboardInterrupt:
+        log.write(
+            f"# interrupted at step {int(dyn.nsteps)}; the trajectory holds the steps logged "
+            "so far (continue with restart=True / --restart)\n"
+        )
+        raise
     finally:
         if bar is not None:
             bar.close()

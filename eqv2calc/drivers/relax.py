@@ -12,9 +12,11 @@ Units: energies in eV, forces and ``fmax`` in eV/Å, stress in eV/Å³, heights 
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,17 +199,71 @@ def final_copy(atoms: Atoms, results: dict[str, Any]) -> Atoms:
     return out
 
 
+class RestartWarning(UserWarning):
+    """A restart trajectory was damaged: what was kept, and where the file was moved."""
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    counter = 2
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
+        counter += 1
+    os.replace(path, target)
+    return target
+
+
 def read_restart(path: Path) -> list[Atoms]:
-    """Frames of an earlier relaxation trajectory (empty list if missing or unreadable)."""
+    """Readable frames of an earlier trajectory, for a restart.
+
+    A damaged file is never deleted. If the trajectory cannot be read to its end (a last
+    frame cut short by a full disk or a crash, or a file that is not a trajectory at all), it
+    is moved aside to ``<name>.corrupt-<UTC time>``, the frames that could be read are written
+    back to ``path`` (so the run appends to a sound file), and a :class:`RestartWarning` says
+    so. A missing or empty file gives an empty list.
+
+    Args:
+        path: The ``.traj`` file.
+
+    Returns:
+        The readable frames, in order (empty: start from the input structure).
+    """
     from ase.io.trajectory import Trajectory
 
     if not path.is_file() or path.stat().st_size == 0:
         return []
+    frames: list[Atoms] = []
+    problem = None
     try:
         with Trajectory(str(path), "r") as traj:
-            return [traj[i] for i in range(len(traj))]
-    except Exception:
-        return []
+            for i in range(len(traj)):
+                try:
+                    frames.append(traj[i])
+                except Exception as err:
+                    problem = f"frame {i} of {len(traj)} is unreadable ({type(err).__name__})"
+                    break
+    except Exception as err:
+        problem = f"not a readable trajectory ({type(err).__name__}: {err})"
+    if problem is None:
+        return frames
+    aside = _move_aside(path)
+    if frames:
+        from eqv2calc.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            with Trajectory(str(tmp), "w") as out:
+                for frame in frames:
+                    out.write(frame)
+        kept = f"restarting from its last readable frame ({len(frames)} frames kept)"
+    else:
+        kept = "starting from the input structure"
+    warnings.warn(
+        f"{path}: {problem}; {kept}; the damaged file was moved to {aside.name}",
+        RestartWarning,
+        stacklevel=2,
+    )
+    return frames
 
 
 def frame_energies(frames: list[Atoms]) -> list[float]:
