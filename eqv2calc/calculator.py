@@ -305,6 +305,32 @@ class EquiformerV2Calculator(Calculator):
         with torch.inference_mode():
             return self.model(graph)
 
+    def get_hessian(
+        self,
+        atoms: Atoms | None = None,
+        *,
+        method: str = "auto",
+        delta: float = 0.01,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Hessian ∂²E/∂x∂x, ``(3N, 3N)`` eV/Å² (row/column ``3i + a``: atom i, axis a).
+
+        Gradient models: by autograd (exact, symmetric). Direct models: central differences
+        of the forces (``delta`` Å), all ``6N`` displaced copies in one batched call (or calls
+        of ``batch_size``). ``self.hessian_report`` then holds the method and the force
+        asymmetry ‖H − Hᵀ‖/‖H‖ (:class:`eqv2calc.hessian.HessianResult`), also logged.
+        """
+        from eqv2calc.hessian import compute_hessian
+
+        atoms = self.atoms if atoms is None else atoms
+        if atoms is None:
+            raise ValueError("get_hessian: no structure given and none calculated before")
+        self.hessian_report = compute_hessian(
+            self, atoms, method=method, delta=delta, batch_size=batch_size
+        )
+        log.info("%s", self.hessian_report.summary())
+        return self.hessian_report.hessian
+
     def get_property(self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True):
         if name == "stress" and not self.has_stress:
             raise PropertyNotImplementedError(

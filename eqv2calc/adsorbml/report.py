@@ -301,7 +301,7 @@ def format_table(outcomes: list[Any], scf_model: Any = None) -> str:
             refs = ", ".join(f"{k}={v:.3f}" for k, v in sorted(o.gas_ml.refs.items()))
             lines.append(f"   gas references (ML): {refs} eV  [{o.gas_ml.source}]")
         has_dft = o.dft_label is not None
-        header = f"   {'rank':>4} {'pid':>4} {'site':<7} {'E_ML':>12} {'E_ads(ML)':>10}"
+        header = f"   {'rank':>4} {'pid':>4} {'site':<13} {'E_ML':>12} {'E_ads(ML)':>10}"
         if has_dft:
             header += f" {'E_ads(' + o.dft_label + ')':>12} {'calls':>6}  flags"
         lines.append(header)
@@ -310,7 +310,7 @@ def format_table(outcomes: list[Any], scf_model: Any = None) -> str:
             lines.append("   (no valid configuration)")
         for rank, pid in enumerate(o.top_k, start=1):
             r = o.record(pid)
-            line = f"   {rank:>4} {pid:>4} {r.site_type:<7} {_f(r.e_ml, 12, 4)} {_f(r.e_ads, 10)}"
+            line = f"   {rank:>4} {pid:>4} {r.site_type:<13} {_f(r.e_ml, 12, 4)} {_f(r.e_ads, 10)}"
             if has_dft:
                 d = dft_by_pid.get(pid)
                 if d is None:
