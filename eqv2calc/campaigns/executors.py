@@ -4,11 +4,13 @@
   in the driver process; all pending items go through one batched run that refills the batch
   as structures finish, each result going to the ledger the moment it is ready.
 * :class:`RayExecutor`: ``workers`` long-lived Ray actors, each loading the model once. The
-  driver claims chunks of items in the ledger (with a lease), keeps two chunks queued on every
-  actor so none waits for work, writes each chunk's results to the ledger as it arrives and
-  renews the leases of the chunks in flight. An actor that dies (killed, out of memory, node
-  lost) has its items released back to pending and re-sent to the other actors; a new actor
-  replaces it. Ray is imported only here, when asked for.
+  driver claims chunks of items in the ledger (with a lease) and keeps two chunks queued on
+  every actor so none waits for work. An actor relaxes its chunk as one batch that refills as
+  structures finish, and streams each outcome back the moment it is ready (a Ray streaming
+  generator); the driver writes it to the ledger at once and renews the leases of the items
+  still in flight. An actor that dies (killed, out of memory, node lost) has its unfinished
+  items released back to pending and re-sent to the other actors; a new actor replaces it.
+  Ray is imported only here, when asked for.
 
 Both call :func:`handle` for every outcome (write output files, then complete the item in
 the ledger under its lease).
@@ -222,6 +224,7 @@ class RayExecutor:
         per_chunk = max(1, math.ceil(len(todo) / (2 * n)))
         if budget <= 0 or "atoms" not in next(iter(ctx.payloads.values()), {}):
             per_chunk = 1  # AdsorbML systems: one per call
+        # stream (ObjectRefGenerator) -> (slot, generation, leases of its unfinished items)
         inflight: dict[Any, tuple[int, int, dict[str, str]]] = {}
         renewed = time.monotonic()
 
@@ -237,8 +240,8 @@ class RayExecutor:
                 leases = ctx.ledger.claim(chunk, wid, ctx.lease_s)
                 if not leases:
                     continue
-                ref = actor.run.remote([ctx.payloads[k] for k in chunk if k in leases])
-                inflight[ref] = (slot, gen, leases)
+                stream = actor.stream.remote([ctx.payloads[k] for k in chunk if k in leases])
+                inflight[stream] = (slot, gen, leases)
                 return True
             return False
 
@@ -248,49 +251,58 @@ class RayExecutor:
                     if not submit(slot):
                         return
 
+        def worker_died(slot: int, gen: int, err: Exception) -> None:
+            nonlocal restarts_left
+            if slot not in slots or slots[slot][2] != gen:
+                return  # already replaced
+            if restarts_left <= 0:
+                del slots[slot]
+                if not slots:
+                    raise WorkerStartError(f"every Ray worker died; last: {err}") from None
+                return
+            restarts_left -= 1
+            ((actor, wid),) = self._start(ray, ctx.task, 1)
+            slots[slot] = [actor, wid, gen + 1]
+
         try:
             fill()
             while inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.renew_s)
                 if time.monotonic() - renewed > self.renew_s:
-                    all_leases: dict[str, str] = {}
+                    held: dict[str, str] = {}
                     for _, _, leases in inflight.values():
-                        all_leases.update(leases)
-                    ctx.ledger.renew(all_leases, ctx.lease_s)
+                        held.update(leases)
+                    ctx.ledger.renew(held, ctx.lease_s)
                     renewed = time.monotonic()
-                for ref in ready:
-                    slot, gen, leases = inflight.pop(ref)
+                for stream in ready:
+                    slot, gen, leases = inflight[stream]
                     try:
-                        outcomes = ray.get(ref)
+                        outcome = ray.get(next(stream))
+                    except StopIteration:  # the chunk is finished
+                        del inflight[stream]
+                        if leases:
+                            ctx.ledger.release(leases, "the worker returned no result")
+                        continue
                     except ray.exceptions.RayActorError as err:
-                        reason = f"Ray worker {slots.get(slot, [None, '?'])[1]} died"
-                        queue.extendleft(reversed(list(leases)))
-                        ctx.ledger.release(leases, reason)
-                        if slot in slots and slots[slot][2] == gen:
-                            if restarts_left <= 0:
-                                del slots[slot]
-                                if not slots:
-                                    raise WorkerStartError(
-                                        f"every Ray worker died; last: {err}"
-                                    ) from None
-                            else:
-                                restarts_left -= 1
-                                ((actor, wid),) = self._start(ray, ctx.task, 1)
-                                slots[slot] = [actor, wid, gen + 1]
+                        # The actor died (killed, out of memory, node lost): its unfinished
+                        # items go back to pending and to the front of the queue.
+                        del inflight[stream]
+                        who = slots[slot][1] if slot in slots else "?"
+                        failed = set(ctx.ledger.release(leases, f"Ray worker {who} died"))
+                        queue.extendleft(reversed([k for k in leases if k not in failed]))
+                        worker_died(slot, gen, err)
                         continue
                     except ray.exceptions.RayTaskError as err:
                         # An unexpected exception in a worker: retried (elsewhere, maybe)
                         # until the item's attempts run out, then failed with the reason.
+                        del inflight[stream]
                         reason = " ".join(str(err).split())[-300:]
-                        queue.extend(leases)
-                        ctx.ledger.release(leases, reason)
+                        failed = set(ctx.ledger.release(leases, reason))
+                        queue.extend(k for k in leases if k not in failed)
                         continue
-                    for outcome in outcomes:
-                        token = leases.pop(outcome.key, None)
-                        if token is not None:
-                            ctx.handle(outcome, token)
-                    if leases:
-                        ctx.ledger.release(leases, "the worker returned no result")
+                    token = leases.pop(outcome.key, None)
+                    if token is not None:
+                        ctx.handle(outcome, token)
                 fill()
         finally:
             for actor, _, _ in slots.values():

@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import queue
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,3 +176,29 @@ class CampaignWorker:
 
         self.task.work(self.calculator, payloads, done)
         return outcomes
+
+    def stream(self, payloads: list[dict[str, Any]]) -> Iterator[Outcome]:
+        """Like :meth:`run`, but yields each outcome as soon as it is ready (the chunk runs
+        in a helper thread). A Ray actor method that is a generator streams its results to
+        the driver item by item."""
+        box: queue.Queue = queue.Queue()
+        end = object()
+
+        def target() -> None:
+            try:
+                self.run(payloads, box.put)
+            except BaseException as err:  # handed to the consumer
+                box.put(err)
+            finally:
+                box.put(end)
+
+        thread = threading.Thread(target=target, name="campaign-chunk", daemon=True)
+        thread.start()
+        while True:
+            item = box.get()
+            if item is end:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        thread.join()
