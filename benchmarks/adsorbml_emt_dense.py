@@ -363,6 +363,14 @@ def run(args: argparse.Namespace) -> int:
     )
     work = Path(args.workdir)
     cases = [c for c in CASES if c.name in QUICK] if args.quick else list(CASES[: args.systems])
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {c.name for c in CASES})
+        if unknown:
+            raise SystemExit(
+                f"--only: unknown system(s) {unknown}; known: {[c.name for c in CASES]}"
+            )
+        cases = [c for c in CASES if c.name in wanted]
     rows = []
     t0 = time.perf_counter()
     for case in cases:
@@ -422,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidate", default="bundled", help="bundled (default), emt, or a checkpoint")
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     p.add_argument("--systems", type=int, default=20, help="the first N of the 24 systems")
+    p.add_argument("--only", default=None, help="comma-separated system names (e.g. Cu211_CO)")
     p.add_argument(
         "--no-dense",
         action="store_true",

@@ -3,13 +3,15 @@ best few to a reference (DFT) method.
 
 Workflow (Lan et al., "AdsorbML", npj Comput. Mater. 9, 172 (2023)): place the adsorbate on
 every heuristic and many random surface sites, relax all placements with the ML model, drop
-anomalous results (desorbed, dissociated, surface changed, intercalated), merge duplicates,
-rank by ML energy and run the reference method on the top k only.
+anomalous results (desorbed, dissociated, surface changed, intercalated; "migrated" to another
+site type is reported and kept), merge duplicates, rank by ML energy and run the reference
+method on the top k only; its cost is counted in ionic steps and estimated SCF steps.
 
 Modules: :mod:`~eqv2calc.adsorbml.adsorbates` (library), :mod:`~eqv2calc.adsorbml.slabs`
 (inputs), :mod:`~eqv2calc.adsorbml.placement`, :mod:`~eqv2calc.adsorbml.anomalies`,
 :mod:`~eqv2calc.adsorbml.dedup`, :mod:`~eqv2calc.adsorbml.energies`,
-:mod:`~eqv2calc.adsorbml.reference`, :mod:`~eqv2calc.adsorbml.store`,
+:mod:`~eqv2calc.adsorbml.reference`, :mod:`~eqv2calc.adsorbml.cost`,
+:mod:`~eqv2calc.adsorbml.vasp_inputs` (OC20 VASP folders), :mod:`~eqv2calc.adsorbml.store`,
 :mod:`~eqv2calc.adsorbml.report`, :mod:`~eqv2calc.adsorbml.pipeline`.
 Takes any ASE calculator; never imports the model. Units: eV, Å, eV/Å.
 """
