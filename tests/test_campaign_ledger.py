@@ -163,3 +163,15 @@ def test_ledger_lock_refuses_a_second_holder(tmp_path):
             LedgerLock(path).acquire()
     with LedgerLock(path):  # released on exit
         pass
+
+
+def test_driver_stops_do_not_count_as_attempts(tmp_path):
+    led = Ledger(tmp_path / "c.sqlite", "relax", SETTINGS, max_attempts=1)
+    (item,) = _items(1)
+    led.add_items([item])
+    for _ in range(3):
+        assert led.release(led.claim([item.key], "w", 60), "Ctrl-C", count=False) == []
+        led.claim([item.key], "w", 60)
+        assert led.recover() == 1  # a killed driver
+    (row,) = led.rows()
+    assert row["state"] == "pending" and row["attempts"] == 0

@@ -110,7 +110,7 @@ class LocalExecutor:
             worker.run([ctx.payloads[k] for k in todo if k in leases], emit)
         finally:
             if leases:  # interrupted, or a driver bug left items without a result
-                ctx.ledger.release(leases, "the local run stopped before this item finished")
+                ctx.ledger.release(leases, "the run stopped before this item finished", False)
 
 
 @dataclass
@@ -311,4 +311,4 @@ class RayExecutor:
             for _, _, leases in inflight.values():
                 leftover.update(leases)
             if leftover:
-                ctx.ledger.release(leftover, "the driver stopped before this item finished")
+                ctx.ledger.release(leftover, "the driver stopped before this item finished", False)

@@ -348,10 +348,15 @@ class Ledger:
             )
             return cur.rowcount == 1
 
-    def release(self, leases: dict[str, str], reason: str) -> list[str]:
-        """Give leased items back (their worker died): pending again, attempts + 1.
+    def release(self, leases: dict[str, str], reason: str, count: bool = True) -> list[str]:
+        """Give leased items back: pending again.
 
-        An item released ``max_attempts`` times is marked failed with ``reason``.
+        Args:
+            leases: ``key -> token`` of the items (items whose lease was lost are skipped).
+            reason: Why (kept as the error of an item that is given up on).
+            count: Count this as a failed attempt (its worker died or raised); an item
+                released with ``count`` ``max_attempts`` times is marked failed. False when
+                the driver itself stopped (Ctrl-C): the item is not to blame.
 
         Returns:
             Keys of the items that were marked failed.
@@ -365,8 +370,8 @@ class Ledger:
                 ).fetchone()
                 if row is None:
                     continue
-                attempts = row[0] + 1
-                if attempts >= self.max_attempts:
+                attempts = row[0] + (1 if count else 0)
+                if count and attempts >= self.max_attempts:
                     db.execute(
                         "UPDATE items SET state = 'failed', attempts = ?, lease = NULL, "
                         "lease_expires = NULL, finished = ?, error = ? WHERE key = ?",
@@ -388,11 +393,12 @@ class Ledger:
 
     def recover(self) -> int:
         """Put every running item back to pending (call only while holding the folder lock:
-        then no other driver is alive and every lease is stale). Returns how many."""
+        then no other driver is alive and every lease is stale). A killed driver does not
+        count as a failed attempt of its items. Returns how many."""
         with self.transaction() as db:
             return db.execute(
                 "UPDATE items SET state = 'pending', worker = NULL, lease = NULL, "
-                "lease_expires = NULL, attempts = attempts + 1 WHERE state = 'running'"
+                "lease_expires = NULL WHERE state = 'running'"
             ).rowcount
 
     def retry_failed(self) -> int:

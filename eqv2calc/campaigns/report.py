@@ -352,7 +352,7 @@ def write_adsorbml_summary(ledger: Ledger, out_dir: str | os.PathLike) -> dict[s
     lines.append(f"totals: {json.dumps(totals)}")
     atomic_write_text(paths["table"], "\n".join(lines) + "\n")
     plotted = [
-        (r["system"], r["best_e_ads_ref_eV"], r["best_e_ads_ml_eV"])
+        (r["system"], r["best_e_ads_ref_eV"], r["best_e_ads_ml_eV"], r["reference_calls_saved"])
         for r in rows
         if r["best_e_ads_ml_eV"] is not None or r["best_e_ads_ref_eV"] is not None
     ]
@@ -370,7 +370,22 @@ def write_adsorbml_summary(ledger: Ledger, out_dir: str | os.PathLike) -> dict[s
         if any(math.isfinite(v) for v in ref):
             ax.bar([x + 0.2 for x in xs], ref, width=0.4, label="best reference")
         ax.set_xticks(list(xs), [p[0] for p in plotted], rotation=60, ha="right", fontsize=7)
+        for x, p in zip(xs, plotted):  # reference calls saved against relaxing every placement
+            ends = [v for v in (p[1], p[2]) if v is not None]
+            end = min(ends) if min(ends) < 0 else max(ends)
+            if p[3] is not None:
+                ax.annotate(
+                    f"{p[3]:.0f} saved",
+                    (x, end),
+                    xytext=(0, -3 if end < 0 else 3),
+                    textcoords="offset points",
+                    ha="center",
+                    va="top" if end < 0 else "bottom",
+                    fontsize=6,
+                )
+        ax.margins(y=0.15)
         ax.set_ylabel("best adsorption energy (eV)")
+        ax.set_title("best adsorption energy per system; reference calls saved", fontsize=8)
         ax.axhline(0.0, color="k", lw=0.5)
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -46,8 +46,10 @@ def campaign_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--executor",
             type=click.Choice(["local", "ray"]),
             default=None,
-            help="Run as a campaign with a ledger in the output folder: local (this process, "
-            "batched) or ray (long-lived Ray workers; pip install 'eqv2calc[ray]').",
+            help="Run as a campaign with a ledger (campaign.sqlite) in the output folder: local "
+            "(this process, batched) or ray (long-lived Ray workers; pip install "
+            "'eqv2calc[ray]'). Rerunning the same command continues it (relaxations from their "
+            "trajectories, as with --restart).",
         ),
         click.option(
             "--ray-address",
