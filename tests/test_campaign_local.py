@@ -216,3 +216,22 @@ def test_bad_shard_spec(tmp_path, bad):
         main, ["relax", str(inputs), *RELAX, "--shard", bad, "--output-dir", str(tmp_path)]
     )
     assert res.exit_code == 1 and "--shard" in res.output
+
+
+def test_relax_campaign_with_the_device_engine(tmp_path):
+    inputs = _inputs(tmp_path / "in", 2)
+    runner = CliRunner()
+    energies = {}
+    for engine in ("ase", "torch"):
+        out = tmp_path / engine
+        res = runner.invoke(
+            main,
+            ["relax", str(inputs), *RELAX, "--engine", engine, "--executor", "local"]
+            + ["--output-dir", str(out)],
+        )
+        assert res.exit_code == 0, res.output
+        rows = _ledger_rows(out / "campaign.sqlite")
+        assert all(r["state"] == "done" and r["result"]["converged"] for r in rows.values())
+        energies[engine] = {k: r["result"]["final_energy_eV"] for k, r in rows.items()}
+    for label, e in energies["ase"].items():  # same EMT minimum, to well within fmax
+        assert abs(energies["torch"][label] - e) < 1e-3

@@ -98,6 +98,7 @@ class RelaxTask:
     fmt: str = "extxyz"
     dtype: str = "float32"
     max_atoms_per_batch: int = 2000
+    engine: str = "ase"
 
     kind = "relax"
 
@@ -127,8 +128,10 @@ class RelaxTask:
         return specs, payloads, notes
 
     def work(self, calculator: Any, payloads: list[dict[str, Any]], emit: Emit) -> None:
-        """Relax the chunk with :func:`eqv2calc.drivers.relax_batch` (batched, refilling as
-        structures finish, each continuing from its trajectory)."""
+        """Relax the chunk as one batch that refills as structures finish:
+        :func:`eqv2calc.drivers.relax_batch` (ASE optimizers, each structure continuing from
+        its trajectory) or, with ``engine="torch"``, the batched device engine
+        (:func:`eqv2calc.engine.relax_engine`, which starts every structure afresh)."""
         from eqv2calc.drivers import relax_batch
 
         def on_result(i: int, res: Any) -> None:
@@ -144,6 +147,26 @@ class RelaxTask:
                 )
             emit(Outcome(p["key"], res.ok, rec, res.error, atoms, {"wall_s": res.wall_time}))
 
+        if self.engine == "torch":
+            from eqv2calc.engine import EngineSettings, relax_engine
+
+            relax_engine(
+                [p["atoms"] for p in payloads],
+                calculator,
+                EngineSettings(
+                    optimizer=self.optimizer,
+                    fmax=self.fmax,
+                    steps=self.steps,
+                    relax_cell=self.relax_cell,
+                    max_atoms_per_batch=self.max_atoms_per_batch,
+                ),
+                labels=[p["label"] for p in payloads],
+                trajectories=[p["trajectory"] for p in payloads],
+                logfiles=[p["log"] for p in payloads],
+                on_result=on_result,
+                progress=False,
+            )
+            return
         relax_batch(
             [p["atoms"] for p in payloads],
             calculator,

@@ -208,13 +208,21 @@ def relax_campaign(
     gpus_per_worker: float,
     shard: str | None,
     retry_failed: bool,
+    engine: str | None = None,
 ) -> None:
-    """``eqv2calc relax`` as a campaign; exits with the relax command's exit status."""
+    """``eqv2calc relax`` as a campaign; exits with the relax command's exit status.
+
+    The ASE optimizers are the default here (``engine`` None or "ase"): their relaxations
+    continue from the trajectory after a kill. ``engine="torch"`` uses the batched device
+    engine; it cannot restart, so an item interrupted mid-relaxation starts again."""
     from eqv2calc.campaigns import Ledger, RelaxTask
     from eqv2calc.campaigns.hashing import settings_fingerprint
 
     out = _prepare_out(output_dir, "relax")
     shard_t = _shard(shard)
+    engine = engine or "ase"
+    if engine == "torch" and optimizer.upper() not in ("FIRE", "LBFGS"):
+        fail(f"the torch engine runs FIRE and LBFGS; use --engine ase for {optimizer}")
     entries, read_errors = read_inputs(files)
     if not entries:
         fail("no structures to relax")
@@ -230,6 +238,7 @@ def relax_campaign(
         fmt=fmt.lstrip("."),
         dtype=dtype,
         max_atoms_per_batch=max_atoms,
+        engine=engine,
     )
     specs, payloads, notes = task.items(entries, settings_fingerprint(task.settings()))
     for note in notes:

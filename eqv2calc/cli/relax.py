@@ -189,6 +189,7 @@ def relax_command(
             fmt=fmt,
             summary_path=summary_path,
             max_atoms=max_atoms,
+            engine=engine,
             as_json=as_json,
             **campaign,
         )
