@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
-from eqv2_reference import CHECKPOINTS, case_id, cases, checkpoint_path, fixture_graph
+from eqv2_reference import (
+    ALL_CHECKPOINTS,
+    case_id,
+    cases,
+    checkpoint_path,
+    fixture_graph,
+)
 
 from eqv2calc.checkpoint import CheckpointError, load_checkpoint, names, save_checkpoint
 
 
-@pytest.mark.parametrize("name", CHECKPOINTS)
+@pytest.mark.parametrize("name", ALL_CHECKPOINTS)
 def test_every_key_accounted_and_every_parameter_loaded(name):
     raw = torch.load(checkpoint_path(name), map_location="cpu", weights_only=True)["state_dict"]
     lm = load_checkpoint(checkpoint_path(name))
@@ -27,7 +35,7 @@ def test_every_key_accounted_and_every_parameter_loaded(name):
             )
 
 
-@pytest.mark.parametrize("name", CHECKPOINTS)
+@pytest.mark.parametrize("name", ALL_CHECKPOINTS)
 def test_translation_table_round_trips(name):
     raw = torch.load(checkpoint_path(name), map_location="cpu", weights_only=True)
     lm = load_checkpoint(checkpoint_path(name))
@@ -41,28 +49,31 @@ def test_translation_table_round_trips(name):
         assert parsed.prefix + back == key
 
 
-def test_stored_grid_buffers_agree_with_ours():
-    """The S2-grid matrices the reference stores equal the ones we compute with e3nn."""
-    raw = torch.load(
-        checkpoint_path("eq2_small_oc20_classic"), map_location="cpu", weights_only=True
-    )["state_dict"]
-    lm = load_checkpoint(checkpoint_path("eq2_small_oc20_classic"))
-    bb = lm.model.backbone
-    torch.testing.assert_close(
-        raw["module.module.SO3_grid.4.2.to_grid_mat"], bb.grid_reduced.to_mat, atol=1e-6, rtol=1e-5
-    )
-    torch.testing.assert_close(
-        raw["module.module.SO3_grid.4.2.from_grid_mat"],
-        bb.grid_reduced.from_mat,
-        atol=1e-6,
-        rtol=1e-5,
-    )
-    torch.testing.assert_close(
-        raw["module.module.SO3_grid.4.4.to_grid_mat"], bb.grid_full.to_mat, atol=1e-6, rtol=1e-5
-    )
-    torch.testing.assert_close(
-        raw["module.module.SO3_grid.4.4.from_grid_mat"], bb.grid_full.from_mat, atol=1e-6, rtol=1e-5
-    )
+@pytest.mark.parametrize("name", ALL_CHECKPOINTS)
+def test_stored_grid_buffers_agree_with_ours(name):
+    """Every S2-grid matrix the reference stores equals ours (float64, e3nn) to float32 rounding.
+
+    Covers given and omitted ``grid_resolution`` (per-(l, m) grid shapes) and the rescaling of
+    truncated degrees, for every (l, m) pair the reference builds.
+    """
+    from eqv2calc.checkpoint.reader import parse
+    from eqv2calc.model.s2_grid import grid_matrices
+
+    raw = torch.load(checkpoint_path(name), map_location="cpu", weights_only=True)
+    config = parse(raw, checkpoint_path(name)).config
+    pattern = re.compile(r"(^|\.)SO3_grid\.(\d+)\.(\d+)\.(to|from)_grid_mat$")
+    checked = 0
+    for key, value in raw["state_dict"].items():
+        match = pattern.search(key)
+        if not match:
+            continue
+        lmax, mmax = int(match.group(2)), int(match.group(3))
+        to_mat, from_mat = grid_matrices(lmax, mmax, config.grid_resolution)
+        ours = to_mat if match.group(4) == "to" else from_mat
+        assert ours.shape == value.shape, key
+        np.testing.assert_allclose(value.double(), ours, rtol=0, atol=2e-6, err_msg=key)
+        checked += 1
+    assert checked >= 2 * (config.lmax + 1) ** 2
 
 
 def test_graph_settings_and_energy_kind():

@@ -59,12 +59,19 @@ def test_closed_form_wigner_blocks_match_e3nn_in_float64(lmax):
         torch.testing.assert_close(ours[l], ref[l], rtol=0, atol=1e-10)
 
 
-def test_wigner_blocks_are_orthogonal_and_follow_the_input_dtype():
+def test_wigner_blocks_are_float64_and_orthogonal_and_rotations_follow_the_input_dtype():
+    """Blocks are built in float64 from float32 input too; EdgeRotation casts them once."""
     vec = _edge_vectors(50).float()
     for l, block in enumerate(edge_rotation_blocks(vec, 4)):
-        assert block.dtype == torch.float32
-        eye = torch.eye(2 * l + 1).expand_as(block)
-        torch.testing.assert_close(block @ block.transpose(1, 2), eye, rtol=0, atol=1e-5)
+        assert block.dtype == torch.float64
+        eye = torch.eye(2 * l + 1, dtype=torch.float64).expand_as(block)
+        torch.testing.assert_close(block @ block.transpose(1, 2), eye, rtol=0, atol=1e-13)
+    layout = CoefficientLayout(4, 2)
+    rot32, rot64 = EdgeRotation(vec, layout), EdgeRotation(vec.double(), layout.double())
+    assert rot32.to_edge.dtype == torch.float32 and rot64.to_edge.dtype == torch.float64
+    # float32 values are the float64 ones rounded once (not computed in float32)
+    torch.testing.assert_close(rot32.to_edge, rot64.to_edge.float(), rtol=0, atol=0)
+    torch.testing.assert_close(rot32.from_edge, rot64.from_edge.float(), rtol=0, atol=0)
 
 
 def test_wigner_blocks_represent_the_frame_rotation():
@@ -113,15 +120,12 @@ def test_edge_rotation_layouts(lmax, mmax):
     to_edge, from_edge = _dense_reference(vec, layout)
     x = torch.randn(30, layout.num_full, 5, dtype=torch.float64)
     y = to_edge @ x  # [E, R, 5] reduced degree-major
-    torch.testing.assert_close(rot.rotate(x), y)
-    torch.testing.assert_close(rot.rotate(x, order_major=True), y[:, layout.to_order_major])
-    torch.testing.assert_close(rot.rotate_back(y), from_edge @ y)
-    torch.testing.assert_close(
-        rot.rotate_back(y[:, layout.to_order_major], order_major=True), from_edge @ y
-    )
+    y_om = y[:, layout.to_order_major]
+    torch.testing.assert_close(rot.rotate(x), y_om)
+    torch.testing.assert_close(rot.rotate_back(y_om), from_edge @ y)
     # a view of some edges rotates like the whole
     part = rot.narrow(7, 19)
-    torch.testing.assert_close(part.rotate(x[7:19]), y[7:19])
+    torch.testing.assert_close(part.rotate(x[7:19]), y_om[7:19])
 
 
 def test_rotate_back_zonal_equals_rotate_back_of_m0_only_features():
@@ -131,9 +135,7 @@ def test_rotate_back_zonal_equals_rotate_back_of_m0_only_features():
     m0 = torch.randn(25, layout.lmax + 1, 6, dtype=torch.float64)
     order_major = m0.new_zeros(25, layout.num_reduced, 6)
     order_major[:, : layout.lmax + 1] = m0
-    torch.testing.assert_close(
-        rot.rotate_back_zonal(m0), rot.rotate_back(order_major, order_major=True)
-    )
+    torch.testing.assert_close(rot.rotate_back_zonal(m0), rot.rotate_back(order_major))
     # the m = 0 coefficients of degree l sit at l*l + l in the reduced degree-major layout's source
     assert [int(layout.reduced_index[i]) for i in layout.to_order_major[: layout.lmax + 1]] == [
         l * l + l for l in range(layout.lmax + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from eqv2calc.checkpoint import names
 from eqv2calc.checkpoint.reader import CheckpointError, ParsedCheckpoint, parse, read_file
 from eqv2calc.model.potential import EquiformerV2Potential
+from eqv2calc.model.s2_grid import grid_matrices
 
 
 @dataclass
@@ -83,6 +85,46 @@ def _apply_ema(
     return out
 
 
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such parameter."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{path}: parameter {key} holds {bad} non-finite value(s) (NaN or inf);"
+                " expected finite weights (a diverged or corrupted training run?)"
+            )
+
+
+_GRID_KEY = re.compile(r"^(?:backbone\.)?SO3_grid\.(\d+)\.(\d+)\.(to|from)_grid_mat$")
+
+
+def _check_grids(parsed: ParsedCheckpoint, state: dict[str, torch.Tensor], path: Path) -> None:
+    """The S² grid matrices the reference stored must match the ones we build (float32 noise).
+
+    This checks that grid sizes (``grid_resolution`` given or omitted), degree and order
+    truncation and rescaling are understood the same way for this file's configuration.
+    """
+    c = parsed.config
+    for key, value in state.items():
+        match = _GRID_KEY.match(key[len(parsed.prefix) :])
+        if not match or int(match.group(1)) != c.lmax:
+            continue
+        mmax = int(match.group(2))
+        if mmax not in (c.mmax, c.lmax):
+            continue
+        to_mat, from_mat = grid_matrices(c.lmax, mmax, c.grid_resolution)
+        ours = to_mat if match.group(3) == "to" else from_mat
+        if tuple(ours.shape) != tuple(value.shape) or not torch.allclose(
+            value.double(), ours, rtol=1e-4, atol=1e-5
+        ):
+            raise CheckpointError(
+                f"{path}: stored grid {key} {tuple(value.shape)} differs from the grid built for"
+                f" lmax={c.lmax}, mmax={mmax}, grid_resolution={c.grid_resolution}"
+                f" {tuple(ours.shape)}"
+            )
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     *,
@@ -117,13 +159,18 @@ def load_checkpoint(
         )
         raise CheckpointError(f"{path}: state-dict keys not understood: {shown}")
 
-    model = EquiformerV2Potential(
-        parsed.config,
-        parsed.heads,
-        parsed.normalizers,
-        parsed.element_references,
-        parsed.energy_kind,
-    )
+    _check_finite(state, path)
+    try:
+        model = EquiformerV2Potential(
+            parsed.config,
+            parsed.heads,
+            parsed.normalizers,
+            parsed.element_references,
+            parsed.energy_kind,
+        )
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot build the model: {exc}") from None
+    _check_grids(parsed, state, path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in ours and k != "element_references"]
     if missing:

@@ -11,7 +11,11 @@ buffers) are listed in :data:`DERIVED`; the loader checks the ones we use and ac
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
+
+from eqv2calc.model.config import EquiformerV2Config
 
 # Inside-a-module rules, applied after the module prefix has been translated.
 # (reference suffix, our suffix); "{i}" stands for an integer index.
@@ -32,7 +36,7 @@ _FFN = [
     ("so3_linear_1.{p}", "linear_1.{p}"),
     ("so3_linear_2.{p}", "linear_2.{p}"),
     ("scalar_mlp.0.{p}", "scalar_linear.{p}"),
-    ("gating_linear.{p}", "scalar_linear.{p}"),
+    ("gating_linear.{p}", "gate_linear.{p}"),
     ("grid_mlp.{i}.weight", "grid_mlp.{i}.weight"),
 ]
 _NORM = [
@@ -52,6 +56,9 @@ _BACKBONE_MODULES = [
     ("sphere_embedding.weight", "sphere_embedding.weight", None),
     ("distance_expansion.offset", "distance_basis.centres", None),
     ("force_embedding.{p}", "force_embedding.{p}", None),
+    ("noise_schedule_sigma_embedding.{p}", "sigma_embedding.{p}", None),
+    ("source_embedding.weight", "shared_edge_invariants.source_embedding.weight", None),
+    ("target_embedding.weight", "shared_edge_invariants.target_embedding.weight", None),
     (
         "edge_degree_embedding.source_embedding.weight",
         "edge_degree.edge_invariants.source_embedding.weight",
@@ -181,3 +188,332 @@ def to_reference(name: str, heads: dict[str, tuple[str, str]], classic: bool) ->
 
 def is_derived(name: str) -> bool:
     return any(re.search(p, name) for p in DERIVED)
+
+
+# --------------------------------------------------------------------------------------------
+# The option table: which modules and constructor arguments the reference (fairchem-core 1.10)
+# accepts for the EquiformerV2 family, what each means for eqv2calc, and what it refuses.
+# --------------------------------------------------------------------------------------------
+
+#: modules under which the reference's classes can be imported by full path
+_PACKAGE = "fairchem.core.models.equiformer_v2"
+
+
+@dataclass(frozen=True)
+class ModuleClass:
+    """One reference class: its registry name, class name, role and accepted arguments."""
+
+    registry_name: str
+    class_name: str
+    kind: str  # backbone: "backbone" | "dens"; heads: "energy" | "forces" | "rank2"
+    arguments: frozenset[str]
+    submodule: str = ""  # heads: the block's attribute name in the state dict
+    note: str = ""
+
+
+# Backbone constructor arguments and how eqv2calc treats each one.
+#: same name and meaning in EquiformerV2Config
+_SAME = {
+    "max_neighbors",
+    "max_radius",
+    "enforce_max_neighbors_strictly",
+    "max_num_elements",
+    "num_layers",
+    "sphere_channels",
+    "attn_hidden_channels",
+    "num_heads",
+    "attn_alpha_channels",
+    "attn_value_channels",
+    "ffn_hidden_channels",
+    "norm_type",
+    "lmax_list",
+    "mmax_list",
+    "grid_resolution",
+    "edge_channels",
+    "use_atom_edge_embedding",
+    "share_atom_edge_embedding",
+    "use_m_share_rad",
+    "use_attn_renorm",
+    "use_gate_act",
+    "use_grid_mlp",
+    "use_sep_s2_act",
+    "avg_num_nodes",
+    "avg_degree",
+    "use_energy_lin_ref",
+    "load_energy_lin_ref",
+}
+#: reference name -> our name
+_RENAMED = {"use_noise_schedule_sigma_encoding": "sigma_encoding"}
+#: accepted and without effect on inference, with the reason
+_NO_EFFECT = {
+    "use_pbc": "graph construction (eqv2calc builds its own graph from the structure's pbc)",
+    "use_pbc_single": "graph construction batching only",
+    "otf_graph": "graph construction (eqv2calc always builds graphs on the fly)",
+    "regress_forces": "forces come from the force head",
+    "activation_checkpoint": "training memory switch",
+    "alpha_drop": "dropout (training only)",
+    "drop_path_rate": "drop-path (training only)",
+    "proj_drop": "dropout (training only)",
+    "weight_init": "initialisation (training only)",
+    "num_sphere_samples": "unused by the reference",
+    "attn_activation": "unused by the reference (its activations are fixed SiLU)",
+    "ffn_activation": "unused by the reference (its activations are fixed SiLU)",
+    "num_distance_basis": "unused by the reference (it always uses 600 Gaussians)",
+    "distance_function": "'gaussian', the only value the reference accepts",
+    "use_s2_act_attn": "False, the only value the reference accepts",
+    "use_force_encoding": "DeNS: only encodes forces of noisy training structures",
+}
+#: arguments the reference checks itself, with the values it accepts and why
+_CHECKED = {
+    "use_s2_act_attn": ((False,), "the reference asserts it is False (not implemented)"),
+    "distance_function": (("gaussian",), "the reference asserts distance_function == 'gaussian'"),
+    "weight_init": (("normal", "uniform"), "the reference asserts weight_init in normal/uniform"),
+}
+_BACKBONE_ARGS = frozenset(
+    _SAME | set(_NO_EFFECT) - {"activation_checkpoint", "use_force_encoding"}
+)
+_LEGACY_CLASSIC = {
+    "num_atoms": "argument of pre-fairchem OCP trainers",
+    "bond_feat_dim": "argument of pre-fairchem OCP trainers",
+    "num_targets": "argument of pre-fairchem OCP trainers",
+}
+
+BACKBONES = [
+    ModuleClass("equiformer_v2", "EquiformerV2", "backbone", _BACKBONE_ARGS | set(_LEGACY_CLASSIC)),
+    ModuleClass(
+        "equiformer_v2_backbone",
+        "EquiformerV2Backbone",
+        "backbone",
+        _BACKBONE_ARGS | {"activation_checkpoint"},
+    ),
+    ModuleClass(
+        "equiformer_v2_dens_backbone",
+        "EqV2DeNSBackbone",
+        "dens",
+        _BACKBONE_ARGS
+        | {"activation_checkpoint", "use_force_encoding", "use_noise_schedule_sigma_encoding"},
+    ),
+]
+
+_RANK2_ARGS = {
+    "output_name",
+    "decompose",
+    "edge_level_mlp",
+    "num_mlp_layers",
+    "use_source_target_embedding",
+    "extensive",
+    "avg_num_nodes",
+    "default_norm_type",
+}
+HEADS = [
+    ModuleClass(
+        "equiformer_v2_energy_head",
+        "EquiformerV2EnergyHead",
+        "energy",
+        frozenset({"reduce"}),
+        "energy_block",
+        "deprecated alias of equiformerV2_scalar_head",
+    ),
+    ModuleClass(
+        "equiformerV2_scalar_head",
+        "EqV2ScalarHead",
+        "energy",
+        frozenset({"output_name", "reduce"}),
+        "energy_block",
+    ),
+    ModuleClass(
+        "eqV2_DeNS_scalar_head",
+        "DeNSScalarHead",
+        "energy",
+        frozenset({"output_name", "reduce", "use_denoising"}),
+        "scalar_block",
+    ),
+    ModuleClass(
+        "equiformer_v2_force_head",
+        "EquiformerV2ForceHead",
+        "forces",
+        frozenset(),
+        "force_block",
+        "deprecated alias of equiformerV2_vector_head",
+    ),
+    ModuleClass(
+        "equiformerV2_vector_head",
+        "EqV2VectorHead",
+        "forces",
+        frozenset({"output_name"}),
+        "force_block",
+    ),
+    ModuleClass(
+        "eqV2_DeNS_vector_head",
+        "DeNSVectorHead",
+        "forces",
+        frozenset({"output_name"}),
+        "vector_block",
+        "carries a second block, denoising_pos_block, used only on noisy training structures",
+    ),
+    ModuleClass(
+        "rank2_symmetric_head", "Rank2SymmetricTensorHead", "rank2", frozenset(_RANK2_ARGS)
+    ),
+    ModuleClass(
+        "dens_rank2_symmetric_head",
+        "DeNSRank2Head",
+        "rank2",
+        frozenset(_RANK2_ARGS | {"use_denoising"}),
+    ),
+]
+
+#: the modules (under _PACKAGE) where each class can be imported from by full path
+_IMPORTABLE = {
+    "": {"EquiformerV2"},
+    "equiformer_v2_deprecated": {"EquiformerV2"},
+    "equiformer_v2": {
+        "EquiformerV2Backbone",
+        "EquiformerV2EnergyHead",
+        "EquiformerV2ForceHead",
+        "EqV2ScalarHead",
+        "EqV2VectorHead",
+    },
+    "equiformer_v2_dens": {
+        "EqV2DeNSBackbone",
+        "EquiformerV2Backbone",
+        "DeNSScalarHead",
+        "DeNSVectorHead",
+        "DeNSRank2Head",
+        "Rank2SymmetricTensorHead",
+    },
+    "heads": {"EqV2ScalarHead", "EqV2VectorHead", "Rank2SymmetricTensorHead"},
+    "heads.scalar": {"EqV2ScalarHead"},
+    "heads.vector": {"EqV2VectorHead"},
+    "heads.rank2": {"Rank2SymmetricTensorHead"},
+}
+
+
+def resolve(name: object, table: list[ModuleClass]) -> ModuleClass | None:
+    """The class a config's module name means, as the reference resolves it.
+
+    The reference accepts a registry name (``equiformer_v2_backbone``) or the full import path of
+    a class (``fairchem.core.models.equiformer_v2.equiformer_v2_dens.EqV2DeNSBackbone``); a bare
+    class name is neither. Returns None for anything else.
+    """
+    if not isinstance(name, str):
+        return None
+    for entry in table:
+        if name == entry.registry_name:
+            return entry
+    module, _, class_name = name.rpartition(".")
+    if module == _PACKAGE:
+        sub = ""
+    elif module.startswith(_PACKAGE + "."):
+        sub = module[len(_PACKAGE) + 1 :]
+    else:
+        return None
+    if class_name not in _IMPORTABLE.get(sub, set()):
+        return None
+    return next((e for e in table if e.class_name == class_name), None)
+
+
+def backbone_config(options: dict, entry: ModuleClass) -> dict:
+    """Translate a backbone's reference arguments into EquiformerV2Config options.
+
+    Raises ValueError naming the first argument the reference itself would refuse, and why.
+    """
+    unknown = sorted(set(options) - entry.arguments)
+    if unknown:
+        raise ValueError(
+            f"option {unknown[0]!r} is not an argument of the reference's {entry.class_name}"
+            f" ({entry.registry_name}); fairchem would fail to build the model"
+        )
+    for key, (allowed, reason) in _CHECKED.items():
+        if key in options and options[key] not in allowed:
+            raise ValueError(f"option {key}={options[key]!r} is refused: {reason}")
+    if options.get("share_atom_edge_embedding") and not options.get(
+        "use_atom_edge_embedding", True
+    ):
+        raise ValueError(
+            "option share_atom_edge_embedding=True is refused without use_atom_edge_embedding:"
+            " the reference asserts use_atom_edge_embedding when sharing"
+        )
+    if options.get("use_energy_lin_ref") and not options.get("load_energy_lin_ref"):
+        raise ValueError(
+            "option use_energy_lin_ref=True is refused without load_energy_lin_ref=True:"
+            " the reference asserts it (the model would have no reference parameters)"
+        )
+    ours = {k: v for k, v in options.items() if k in _SAME}
+    ours.update({_RENAMED[k]: v for k, v in options.items() if k in _RENAMED})
+    if entry.kind == "dens":
+        ours["dens_inputs"] = True
+    return ours
+
+
+def reference_backbone(config: dict) -> tuple[str, dict]:
+    """Registry name and reference arguments for an EquiformerV2Config (as a dict)."""
+    options = dict(config)
+    dens = bool(options.pop("dens_inputs", False))
+    sigma = bool(options.pop("sigma_encoding", False))
+    if dens:
+        options["use_noise_schedule_sigma_encoding"] = sigma
+        return "equiformer_v2_dens_backbone", options
+    return "equiformer_v2_backbone", options
+
+
+def head_options(options: dict, entry: ModuleClass) -> dict:
+    """Translate a head's reference arguments into our head options (see model.heads).
+
+    Raises ValueError naming the first argument the reference would refuse, and why.
+    """
+    unknown = sorted(set(options) - entry.arguments)
+    if unknown:
+        raise ValueError(
+            f"option {unknown[0]!r} is not an argument of the reference's {entry.class_name}"
+            f" ({entry.registry_name}); fairchem would fail to build the head"
+        )
+    ours: dict = {}
+    if entry.kind == "energy":
+        reduce = options.get("reduce", "sum")
+        if reduce not in ("sum", "mean"):
+            raise ValueError(
+                f"option reduce={reduce!r} is refused: the reference accepts 'sum' or 'mean'"
+            )
+        ours["reduce"] = reduce
+    elif entry.kind == "forces":
+        ours["denoising_block"] = entry.class_name == "DeNSVectorHead"
+    else:
+        layers = options.get("num_mlp_layers", 2)
+        if not isinstance(layers, int) or layers < 1:
+            raise ValueError(
+                f"option num_mlp_layers={layers!r} is refused: the MLP needs at least one layer"
+            )
+        for key in ("decompose", "edge_level_mlp", "use_source_target_embedding", "extensive"):
+            ours[key] = bool(options.get(key, False))
+        ours["num_mlp_layers"] = layers
+        ours["avg_num_nodes"] = float(options.get("avg_num_nodes", 1.0))
+    return ours
+
+
+def reference_head(kind: str, options: dict) -> tuple[ModuleClass, dict]:
+    """The reference class and arguments that hold one of our heads (for writing)."""
+    if kind == "energy":
+        entry = next(e for e in HEADS if e.registry_name == "equiformerV2_scalar_head")
+        return entry, {"reduce": options.get("reduce", "sum")}
+    if kind == "forces":
+        dens = options.get("denoising_block", False)
+        name = "eqV2_DeNS_vector_head" if dens else "equiformerV2_vector_head"
+        return next(e for e in HEADS if e.registry_name == name), {}
+    entry = next(e for e in HEADS if e.registry_name == "rank2_symmetric_head")
+    return entry, dict(options)
+
+
+def model_config(options: dict, *, where: str = "model options") -> EquiformerV2Config:
+    """An EquiformerV2Config from our option names, fairchem's backbone arguments, or a mix.
+
+    Reference arguments go through the same table as checkpoint configs (translated, dropped
+    when without effect, refused with the reference's reason). Raises ValueError naming
+    ``where`` and the option.
+    """
+    ours = {f.name for f in dataclasses.fields(EquiformerV2Config)}
+    reference = {k: v for k, v in options.items() if k not in ours}
+    try:
+        translated = backbone_config(reference, BACKBONES[1]) if reference else {}
+        return EquiformerV2Config(**translated, **{k: v for k, v in options.items() if k in ours})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from eqv2calc.checkpoint import names
 from eqv2calc.model.config import EquiformerV2Config
 from eqv2calc.model.potential import HeadSpec, Normalizer
 
@@ -19,7 +20,11 @@ class CheckpointError(ValueError):
 
 
 def read_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict:
-    """``torch.load`` with ``weights_only=True`` unless the caller opts in to full unpickling."""
+    """``torch.load`` with ``weights_only=True`` unless the caller opts in to full unpickling.
+
+    Checks the container: a dict with a non-empty ``state_dict`` mapping names to tensors and a
+    ``config`` mapping. Anything else raises :class:`CheckpointError` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -27,64 +32,52 @@ def read_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        if "global" not in text.lower():  # not a refused class: the bytes are not a pickle
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (unreadable or corrupt contents)"
+            ) from None
+        lines = [ln.strip() for ln in text.splitlines() if "global" in ln.lower()]
         raise CheckpointError(
-            f"{path}: the file needs arbitrary unpickling, which is refused by default ({first}). "
-            "If you trust the file, load it with allow_pickle=True or set EQV2CALC_ALLOW_PICKLE=1."
+            f"{path}: the file needs arbitrary unpickling, which is refused by default"
+            f" ({lines[0] if lines else 'unsupported global'}). If you trust the file, load it"
+            " with allow_pickle=True or set EQV2CALC_ALLOW_PICKLE=1."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or another format?): {exc}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or another format?): {first}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure of the unpickler
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__} while reading)"
         ) from None
     if not isinstance(data, dict) or "state_dict" not in data or "config" not in data:
-        found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+        found = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(
-            f"{path}: not a training checkpoint; expected a dict with 'state_dict' and 'config', found {found}"
+            f"{path}: not a training checkpoint; expected a dict with 'state_dict' and 'config',"
+            f" found {found}"
+        )
+    state, config = data["state_dict"], data["config"]
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path}: 'state_dict' is a {type(state).__name__}, expected a mapping of parameter"
+            " names to tensors"
+        )
+    if not state:
+        raise CheckpointError(f"{path}: 'state_dict' is empty; expected the model's parameters")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: 'state_dict' entry {key!r} holds a {type(value).__name__}, expected"
+                " a tensor under a string name"
+            )
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path}: 'config' is a {type(config).__name__}, expected a mapping (the training"
+            " configuration)"
         )
     return data
-
-
-# Module names as configs give them (registry names or import paths), by role.
-_BACKBONES = {
-    "equiformer_v2",
-    "equiformer_v2_backbone",
-    "EquiformerV2",
-    "EquiformerV2Backbone",
-    "EqV2DeNSBackbone",
-    "equiformer_v2_dens_backbone",
-    "EquiformerV2_DeNS",
-}
-_ENERGY_HEADS = {
-    "equiformer_v2_energy_head",
-    "EquiformerV2EnergyHead",
-    "equiformerV2_scalar_head",
-    "EqV2ScalarHead",
-    "DeNSScalarHead",
-    "equiformer_v2_dens_energy_head",
-    "DeNSEnergyHead",
-}
-_FORCE_HEADS = {
-    "equiformer_v2_force_head",
-    "EquiformerV2ForceHead",
-    "equiformerV2_vector_head",
-    "EqV2VectorHead",
-    "DeNSVectorHead",
-    "equiformer_v2_dens_force_head",
-    "DeNSForceHead",
-}
-_RANK2_HEADS = {
-    "rank2_symmetric_head",
-    "Rank2SymmetricTensorHead",
-    "DeNSRank2Head",
-    "dens_rank2_symmetric_head",
-}
-_HEAD_OPTIONS = {
-    "energy": {"reduce"},
-    "forces": set(),
-    "rank2": {"decompose", "use_source_target_embedding", "extensive", "edge_level_mlp"},
-}
-# options that only steer training; accepted and ignored at inference
-_TRAINING_ONLY = {"use_denoising", "output_name", "module"}
 
 
 def short_name(module: str) -> str:
@@ -107,17 +100,30 @@ class ParsedCheckpoint:
     forces_kind: str = "direct"  # "gradient": forces/stress are energy derivatives (eqv2calc)
 
 
-def _normalizers(data: dict, path: Path) -> dict[str, Normalizer]:
+def _number(value: object, path: Path, what: str) -> float:
+    try:
+        number = float(torch.as_tensor(value).reshape(-1)[0]) if value is not None else None
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        number = None
+    if number is None or number != number or number in (float("inf"), float("-inf")):
+        raise CheckpointError(f"{path}: normalizer {what} is {value!r}, expected a finite number")
+    return number
+
+
+def _normalizers(data: dict, path: Path, renames: dict[str, str]) -> dict[str, Normalizer]:
+    """Output scalings by our output names (``renames``: the file's output name -> ours)."""
     raw = data.get("normalizers") or {}
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: 'normalizers' is a {type(raw).__name__}, expected a dict")
     legacy = {"target": "energy", "grad_target": "forces"}
     out = {}
     for key, value in raw.items():
         if not isinstance(value, dict):
             continue
-        mean = value.get("mean", 0.0)
-        std = value.get("rmsd", value.get("std", value.get("stdev", 1.0)))
+        mean = _number(value.get("mean", 0.0), path, f"{key}.mean")
+        std = _number(value.get("rmsd", value.get("std", value.get("stdev", 1.0))), path, key)
         name = legacy.get(key, key)
-        out[name] = Normalizer(float(torch.as_tensor(mean)), float(torch.as_tensor(std)))
+        out[renames.get(name, name)] = Normalizer(mean, std)
     return out
 
 
@@ -129,91 +135,115 @@ def _state_prefix(state: dict) -> str:
     return ""
 
 
+def _mapping(value: object, path: Path, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: {what} is a {type(value).__name__}, expected a mapping")
+    return value
+
+
+def _hydra_heads(
+    model: dict, keys: set[str], path: Path
+) -> tuple[dict[str, HeadSpec], dict[str, tuple[str, str]], dict[str, str]]:
+    """Heads of a hydra config: specs, state-dict submodules and output-name renames."""
+    heads, head_modules, renames = {}, {}, {}
+    by_kind: dict[str, str] = {}
+    output_of_kind = {"energy": "energy", "forces": "forces", "rank2": "stress"}
+    for file_key, head in _mapping(model.get("heads") or {}, path, "model.heads").items():
+        head = dict(_mapping(head, path, f"head {file_key!r}"))
+        module = head.pop("module", None)
+        entry = names.resolve(module, names.HEADS)
+        if entry is None:
+            raise CheckpointError(
+                f"{path}: head {file_key!r}: module {module!r} is not an EquiformerV2 head the"
+                " reference resolves (registry name or full import path)"
+            )
+        try:
+            options = names.head_options(head, entry)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: head {file_key!r}: {exc}") from None
+        if entry.kind in by_kind:
+            raise CheckpointError(
+                f"{path}: heads {by_kind[entry.kind]!r} and {file_key!r} are both {entry.kind}"
+                " heads; eqv2calc evaluates one energy, one forces and one stress head"
+            )
+        by_kind[entry.kind] = file_key
+        # normalizers are keyed by the head's output name (the file key unless output_name)
+        file_output = head.get("output_name", file_key)
+        ours = output_of_kind[entry.kind]
+        renames[file_output] = ours
+        if entry.kind == "rank2":
+            for part in ("isotropic", "anisotropic"):
+                renames[f"{file_output}_{part}"] = f"{ours}_{part}"
+        heads[file_key] = HeadSpec(entry.kind, options)
+        head_modules[file_key] = (entry.kind, entry.submodule)
+    for kind in ("energy", "forces"):
+        if kind not in by_kind:
+            raise CheckpointError(
+                f"{path}: hydra model has no {kind} head (heads: {sorted(heads)})"
+            )
+    return heads, head_modules, renames
+
+
 def parse(data: dict, path: Path) -> ParsedCheckpoint:
-    """Interpret a checkpoint's config: which layout, backbone options, heads, normalizers."""
-    config = data["config"]
+    """Interpret a checkpoint's config: which layout, backbone options, heads, normalizers.
+
+    Every module name and constructor argument goes through the option table in
+    :mod:`eqv2calc.checkpoint.names`; anything the reference would refuse is refused here.
+    """
+    config = _mapping(data["config"], path, "'config'")
     model = config.get("model")
     state = data["state_dict"]
     prefix = _state_prefix(state)
     keys = {k[len(prefix) :] for k in state}
+    renames: dict[str, str] = {}
 
     if isinstance(model, dict) and model.get("name") == "hydra":
         layout = "hydra"
-        backbone_opts = dict(model.get("backbone") or {})
-        backbone_name = short_name(str(backbone_opts.pop("model", "")))
-        if backbone_name not in _BACKBONES:
+        allowed = {"name", "backbone", "heads", "otf_graph", "pass_through_head_outputs"}
+        allowed |= {"finetune_config", "freeze_backbone"}
+        unknown = sorted(set(model) - allowed)
+        if unknown:
             raise CheckpointError(
-                f"{path}: unsupported backbone {backbone_name!r} (expected an EquiformerV2 backbone)"
+                f"{path}: hydra option {unknown[0]!r} is not an argument of the reference's"
+                " HydraModel"
             )
-        if "DeNS" in backbone_name or "dens" in backbone_name:
-            backbone_opts.setdefault("use_force_encoding", True)
-        heads, head_modules = {}, {}
-        for file_key, head in (model.get("heads") or {}).items():
-            module = short_name(str(head.get("module", "")))
-            if module in _ENERGY_HEADS:
-                kind = "energy"
-            elif module in _FORCE_HEADS:
-                kind = "forces"
-            elif module in _RANK2_HEADS:
-                kind = "rank2"
-            else:
-                raise CheckpointError(
-                    f"{path}: head {file_key!r} uses unsupported module {head.get('module')!r}"
-                )
-            options = {k: v for k, v in head.items() if k not in _TRAINING_ONLY}
-            unknown = sorted(set(options) - _HEAD_OPTIONS[kind])
-            if unknown:
-                raise CheckpointError(f"{path}: head {file_key!r}: unsupported option(s) {unknown}")
-            submodule = ""
-            if kind == "energy":
-                submodule = next(
-                    (
-                        m
-                        for m in ("energy_block", "scalar_block")
-                        if any(k.startswith(f"output_heads.{file_key}.{m}.") for k in keys)
-                    ),
-                    "energy_block",
-                )
-            elif kind == "forces":
-                submodule = next(
-                    (
-                        m
-                        for m in ("force_block", "vector_block")
-                        if any(k.startswith(f"output_heads.{file_key}.{m}.") for k in keys)
-                    ),
-                    "force_block",
-                )
-                if any(k.startswith(f"output_heads.{file_key}.denoising_pos_block.") for k in keys):
-                    options["denoising_block"] = True
-            heads[file_key] = HeadSpec(kind, options)
-            head_modules[file_key] = (kind, submodule)
-        if "energy" not in heads or "forces" not in heads:
+        if not model.get("backbone"):
             raise CheckpointError(
-                f"{path}: hydra model needs 'energy' and 'forces' heads, found {sorted(heads)}"
+                f"{path}: hydra config has no 'backbone' (a fine-tuning config that only names"
+                " its starting checkpoint); expected the backbone options in the file"
             )
+        backbone_opts = dict(_mapping(model["backbone"], path, "model.backbone"))
+        backbone_name = backbone_opts.pop("model", None)
+        heads, head_modules, renames = _hydra_heads(model, keys, path)
     else:
         layout = "classic"
         if isinstance(model, dict):
-            name = model.get("name")
+            backbone_name = model.get("name")
             backbone_opts = {k: v for k, v in model.items() if k != "name"}
         else:
-            name = model
-            backbone_opts = dict(config.get("model_attributes") or {})
-        if short_name(str(name)) not in _BACKBONES:
-            raise CheckpointError(f"{path}: model {name!r} is not EquiformerV2")
+            backbone_name = model
+            backbone_opts = dict(
+                _mapping(config.get("model_attributes") or {}, path, "model_attributes")
+            )
         heads = {"energy": HeadSpec("energy"), "forces": HeadSpec("forces")}
         head_modules = {"energy": ("energy", "energy_block"), "forces": ("forces", "force_block")}
-
-    backbone_opts.pop("model", None)
+    backbones = names.BACKBONES if layout == "hydra" else names.BACKBONES[:1]
+    entry = names.resolve(backbone_name, backbones)
+    if entry is None:
+        expected = (
+            "an EquiformerV2 backbone" if layout == "hydra" else "'equiformer_v2' (classic layout)"
+        )
+        raise CheckpointError(f"{path}: model {backbone_name!r} is not {expected}")
     try:
-        cfg = EquiformerV2Config.from_dict(backbone_opts, where=f"{path}: model config")
+        options = names.backbone_config(backbone_opts, entry)
+        cfg = EquiformerV2Config.from_dict(options, where="model config")
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(str(exc)) from None
+        raise CheckpointError(f"{path}: {exc}") from None
 
     refs = None
     elementrefs = data.get("elementrefs") or {}
-    if "energy" in elementrefs:
-        refs = torch.as_tensor(elementrefs["energy"]["element_references"]).float()
+    if isinstance(elementrefs, dict) and "energy" in elementrefs:
+        refs = torch.as_tensor(elementrefs["energy"]["element_references"]).double()
 
     written_by_us = (config.get("eqv2calc") or {}).get("energy_kind")
     dataset = str((config.get("task") or {}).get("dataset", "")) + str(
@@ -237,7 +267,7 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
         config=cfg,
         heads=heads,
         head_modules=head_modules,
-        normalizers=_normalizers(data, path),
+        normalizers=_normalizers(data, path, renames),
         element_references=refs,
         energy_kind=energy_kind,
         prefix=prefix,

@@ -12,13 +12,6 @@ from eqv2calc.checkpoint import names
 from eqv2calc.io import atomic_path
 from eqv2calc.model.potential import EquiformerV2Potential
 
-_HEAD_MODULE_NAMES = {
-    "energy": "equiformer_v2_energy_head",
-    "forces": "equiformer_v2_force_head",
-    "rank2": "rank2_symmetric_head",
-}
-_SUBMODULE = {"energy": "energy_block", "forces": "force_block", "rank2": ""}
-
 
 def _atomic_save(obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:  # umask honoured, like any ordinary file
@@ -43,11 +36,22 @@ def save_checkpoint(
     classic = layout == "classic"
     if layout not in ("classic", "hydra"):
         raise ValueError(f"layout must be 'classic' or 'hydra', got {layout!r}")
-    cfg = {k: v for k, v in dataclasses.asdict(model.config).items()}
-    heads = {name: (spec.kind, _SUBMODULE[spec.kind]) for name, spec in model.head_specs.items()}
-    if classic and set(heads) != {"energy", "forces"}:
+    backbone_name, cfg = names.reference_backbone(dataclasses.asdict(model.config))
+    ref_heads = {
+        name: names.reference_head(spec.kind, spec.options)
+        for name, spec in model.head_specs.items()
+    }
+    heads = {
+        name: (spec.kind, ref_heads[name][0].submodule) for name, spec in model.head_specs.items()
+    }
+    if classic and (
+        sorted(spec.kind for spec in model.head_specs.values()) != ["energy", "forces"]
+        or backbone_name != "equiformer_v2_backbone"
+        or any(spec.options.get("denoising_block") for spec in model.head_specs.values())
+    ):
         raise ValueError(
-            "the classic layout holds exactly an energy and a forces head; use layout='hydra'"
+            "the classic layout holds a plain (non-DeNS) backbone with exactly an energy and a"
+            " forces head; use layout='hydra'"
         )
     prefix = "module.module." if classic else "module."
     state = {}
@@ -83,12 +87,11 @@ def save_checkpoint(
         }
         head_cfg = {}
         for name, spec in model.head_specs.items():
-            entry = {"module": _HEAD_MODULE_NAMES[spec.kind]}
-            entry.update({k: v for k, v in spec.options.items() if k != "denoising_block"})
+            entry, options = ref_heads[name]
+            head_cfg[name] = {"module": entry.registry_name, **options}
             if spec.kind == "rank2":
-                entry["output_name"] = name
-            head_cfg[name] = entry
-        backbone = {"model": "equiformer_v2_backbone", **cfg}
+                head_cfg[name]["output_name"] = "stress"
+        backbone = {"model": backbone_name, **cfg}
         config = {
             "model": {
                 "name": "hydra",

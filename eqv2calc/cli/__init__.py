@@ -30,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "adsorbml": ("adsorbml", "adsorbml_command"),
     "models": ("models", "models_command"),
     "train": ("train", "train_command"),
+    "phonons": ("phonons", "phonons_command"),
     "campaign": ("campaign", "campaign_command"),
 }
 
@@ -40,6 +41,7 @@ _SHORT_HELP = {
     "adsorbml": "AdsorbML: place an adsorbate, relax all placements, rank, hand off to DFT.",
     "models": "List the model registry and which checkpoints are present locally.",
     "train": "Train or fine-tune an EquiformerV2 model on your own data.",
+    "phonons": "Harmonic phonons (band structure, DOS, thermal properties) through phonopy.",
     "campaign": "Status and merging of campaign ledgers (relax/eval/adsorbml --executor, --shard).",
 }
 

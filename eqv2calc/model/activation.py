@@ -32,28 +32,26 @@ class GateActivation(nn.Module):
     """Gate: SiLU on the l = 0 row, each degree l > 0 scaled by ``sigmoid(gate_l)``.
 
     ``gates``: ``[N, lmax * C]`` (one gate per degree and channel); ``x``: ``[N, R, C]`` with
-    orders truncated to ``|m| <= mmax``.
+    orders truncated to ``|m| <= mmax``: node features (degree-major), or with ``edge_frame``
+    edge-frame features (order-major: m = 0 for l = 0..lmax, then +m and -m for l = m..lmax).
+    The first row is l = 0 in both layouts.
     """
 
-    def __init__(self, lmax: int, mmax: int, channels: int) -> None:
+    def __init__(self, lmax: int, mmax: int, channels: int, *, edge_frame: bool) -> None:
         super().__init__()
         self.lmax, self.channels = lmax, channels
-        index = []
-        for l in range(1, lmax + 1):
-            index += [l - 1] * min(2 * l + 1, 2 * mmax + 1)
-        self.register_buffer("gate_index", torch.tensor(index, dtype=torch.long), persistent=False)
-        # the same for the order-major layout: m = 0 (l = 0..lmax), then +m and -m (l = m..lmax)
-        degrees = list(range(lmax + 1))
-        for m in range(1, mmax + 1):
-            degrees += 2 * list(range(m, lmax + 1))
-        self.register_buffer("gate_index_om", torch.tensor(degrees[1:]) - 1, persistent=False)
+        if edge_frame:
+            degrees = list(range(lmax + 1))
+            for m in range(1, mmax + 1):
+                degrees += 2 * list(range(m, lmax + 1))
+        else:
+            degrees = [l for l in range(lmax + 1) for _ in range(min(2 * l + 1, 2 * mmax + 1))]
+        index = torch.tensor(degrees[1:], dtype=torch.long) - 1
+        self.register_buffer("gate_index", index, persistent=False)
 
-    def forward(
-        self, gates: torch.Tensor, x: torch.Tensor, order_major: bool = False
-    ) -> torch.Tensor:
-        """``x`` degree-major, or order-major (``order_major``); its first row is l = 0 in both."""
+    def forward(self, gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         gates = torch.sigmoid(gates).view(-1, self.lmax, self.channels)
-        gates = gates.index_select(1, self.gate_index_om if order_major else self.gate_index)
+        gates = gates.index_select(1, self.gate_index)
         return torch.cat((torch.nn.functional.silu(x[:, :1]), x[:, 1:] * gates), dim=1)
 
 
@@ -64,11 +62,11 @@ class S2Activation(nn.Module):
         super().__init__()
         self.grid = grid
 
-    def forward(self, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
-        """``[N, R, C]`` → ``[N, R, C]``, coefficients degree-major (or order-major)."""
-        grid = self.grid.to_grid(x, order_major)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, R, C]`` → ``[N, R, C]``, coefficients in the grid's layout."""
+        grid = self.grid.to_grid(x)
         grid = torch.nn.functional.silu(grid, inplace=not grid.requires_grad)
-        return self.grid.from_grid(grid, order_major)
+        return self.grid.from_grid(grid)
 
 
 class SeparableS2Activation(nn.Module):
@@ -81,9 +79,7 @@ class SeparableS2Activation(nn.Module):
         super().__init__()
         self.s2 = S2Activation(grid)
 
-    def forward(
-        self, scalars: torch.Tensor, x: torch.Tensor, order_major: bool = False
-    ) -> torch.Tensor:
+    def forward(self, scalars: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # the l = 0 coefficient is the first one in both layouts
-        out = self.s2(x, order_major)
+        out = self.s2(x)
         return torch.cat((torch.nn.functional.silu(scalars).unsqueeze(1), out[:, 1:]), dim=1)

@@ -41,9 +41,11 @@ class EquivariantGraphAttention(nn.Module):
         hidden_channels: channels of the first SO(2) convolution's value output.
         num_heads, alpha_channels, value_channels: attention heads and their widths.
         out_channels: output channels (C inside blocks, 1 for the force head).
-        edge_channels: ``[distance_basis, hidden, hidden]`` sizes of the radial MLP.
+        edge_channels: ``[edge invariants, hidden, hidden]`` sizes of the radial MLP (the
+            first entry excludes this module's own element embeddings).
         num_elements: size of the element embedding tables.
-        use_element_embedding: add source/target element embeddings to edge invariants.
+        use_element_embedding: add this module's own source/target element embeddings to the
+            edge invariants (off when the backbone shares one pair among all modules).
         use_m_share_rad: one radial weight per (degree, channel) applied before rotation,
             instead of per-(order, degree, channel) weights inside the SO(2) convolution.
         use_gate_act / use_sep_s2_act: the value non-linearity (gate, separable S2, or S2).
@@ -54,6 +56,7 @@ class EquivariantGraphAttention(nn.Module):
         self,
         layout: CoefficientLayout,
         grid: SphereGrid,
+        *,
         channels: int,
         hidden_channels: int,
         num_heads: int,
@@ -117,7 +120,7 @@ class EquivariantGraphAttention(nn.Module):
         )
 
         if use_gate_act:
-            self.value_act = GateActivation(lmax, layout.mmax, hidden_channels)
+            self.value_act = GateActivation(lmax, layout.mmax, hidden_channels, edge_frame=True)
         elif use_sep_s2_act:
             self.value_act = SeparableS2Activation(grid)
         else:
@@ -135,6 +138,9 @@ class EquivariantGraphAttention(nn.Module):
         rotation: EdgeRotation,
     ) -> torch.Tensor:
         """``x`` ``[N, K, C]`` → ``[N, K, out_channels]`` (sum of attended messages per node).
+
+        ``distance_basis`` ``[E, D]`` holds the edge invariants the backbone computed (distance
+        basis, followed by the shared element embeddings when the backbone shares them).
 
         Edges are processed a chunk at a time (see :mod:`eqv2calc.model.chunking`): only the
         logits ``[E, heads]`` and the values ``[E, R, heads * value]`` are kept for all edges.
@@ -164,9 +170,7 @@ class EquivariantGraphAttention(nn.Module):
             summed.index_add_(
                 0,
                 dst[start:stop],
-                rotation.narrow(start, stop).rotate_back(
-                    weighted.view(n, -1, values.shape[2]), order_major=True
-                ),
+                rotation.narrow(start, stop).rotate_back(weighted.view(n, -1, values.shape[2])),
             )
         return self.proj(summed)
 
@@ -188,17 +192,15 @@ class EquivariantGraphAttention(nn.Module):
             w = self.shared_radial(edge_inv).view(message.shape[0], self.layout.lmax + 1, -1)
             message = message * w.index_select(1, self.degree_of)
         # edge frame, order-major layout from here on (the SO(2) convolutions' own layout)
-        message = rotation.rotate(message, order_major=True)  # [E, R, 2C]
+        message = rotation.rotate(message)  # [E, R, 2C]
 
-        values, scalars = self.conv_1(
-            message, None if self.use_m_share_rad else edge_inv, order_major=True
-        )
+        values, scalars = self.conv_1(message, None if self.use_m_share_rad else edge_inv)
         logits_in = scalars[:, : self.num_alpha]
         if self.use_gate_act or self.use_sep_s2_act:
-            values = self.value_act(scalars[:, self.num_alpha :], values, order_major=True)
+            values = self.value_act(scalars[:, self.num_alpha :], values)
         else:
-            values = self.value_act(values, order_major=True)
-        values, _ = self.conv_2(values, order_major=True)  # [E, R, heads * value]
+            values = self.value_act(values)
+        values, _ = self.conv_2(values)  # [E, R, heads * value]
 
         logits = self.alpha_act(
             self.alpha_norm(logits_in.view(-1, self.num_heads, self.alpha_channels))

@@ -13,7 +13,7 @@ from eqv2calc.model.config import EquiformerV2Config
 from eqv2calc.model.edge_degree import EdgeDegreeEmbedding
 from eqv2calc.model.ffn import FeedForward
 from eqv2calc.model.layer_norm import make_norm
-from eqv2calc.model.radial import GaussianDistanceBasis
+from eqv2calc.model.radial import EdgeInvariants, GaussianDistanceBasis
 from eqv2calc.model.s2_grid import SphereGrid
 from eqv2calc.model.so3 import CoefficientLayout, EdgeRotation
 from eqv2calc.model.so3_linear import DegreeWiseLinear
@@ -41,7 +41,7 @@ class GraphInput:
 @dataclass
 class BackboneOutput:
     node_features: torch.Tensor  # [N, (lmax+1)**2, C]
-    distance_basis: torch.Tensor  # [E, num_basis]
+    distance_basis: torch.Tensor  # [E, D] edge invariants: distance basis (+ shared elements)
     rotation: EdgeRotation
     graph: GraphInput
 
@@ -54,69 +54,82 @@ class EquiformerV2Backbone(nn.Module):
         self.config = c = config
         lmax, mmax = c.lmax, c.mmax
         self.layout = CoefficientLayout(lmax, mmax)
-        self.grid_reduced = SphereGrid(lmax, mmax, c.grid)  # attention values (truncated orders)
-        self.grid_full = SphereGrid(lmax, lmax, c.grid)  # feed-forward (all orders)
+        # attention values (edge frame, truncated orders) and feed-forward (node frame, all orders)
+        self.grid_reduced = SphereGrid(lmax, mmax, c.grid_resolution, edge_frame=True)
+        self.grid_full = SphereGrid(lmax, lmax, c.grid_resolution, edge_frame=False)
 
         self.sphere_embedding = nn.Embedding(c.max_num_elements, c.sphere_channels)
         self.distance_basis = GaussianDistanceBasis(0.0, c.max_radius, 600, 2.0)
-        self.edge_channels = [self.distance_basis.num_output, c.edge_channels, c.edge_channels]
-        if c.use_force_encoding:
-            # DeNS: encodes (noisy-structure) forces as node features. At inference there are
-            # none, so only the bias on l = 0 survives; kept so the checkpoint loads.
+        edge_in = self.distance_basis.num_output
+        # one pair of element embeddings shared by every module, or one pair per module
+        self.shared_elements = c.use_atom_edge_embedding and c.share_atom_edge_embedding
+        self.module_elements = c.use_atom_edge_embedding and not c.share_atom_edge_embedding
+        if self.shared_elements:
+            self.shared_edge_invariants = EdgeInvariants(
+                c.max_num_elements, c.edge_channels, use_elements=True
+            )
+            edge_in += 2 * c.edge_channels
+        self.edge_channels = [edge_in, c.edge_channels, c.edge_channels]
+        if c.dens_inputs:
+            # DeNS: encodes the forces of a noisy structure as node features (and, with
+            # sigma_encoding, the noise level). Without noise both inputs are zero, so only the
+            # biases on l = 0 survive; the layers are kept so the checkpoint loads and saves whole.
             self.force_embedding = DegreeWiseLinear(1, c.sphere_channels, lmax)
+            if c.sigma_encoding:
+                self.sigma_embedding = nn.Linear(1, c.sphere_channels)
 
         self.edge_degree = EdgeDegreeEmbedding(
             self.layout,
-            c.sphere_channels,
-            self.edge_channels,
-            c.max_num_elements,
-            c.use_atom_edge_embedding,
-            c.avg_degree,
-            c.radial_bias,
+            channels=c.sphere_channels,
+            edge_channels=self.edge_channels,
+            num_elements=c.max_num_elements,
+            use_element_embedding=self.module_elements,
+            avg_degree=c.avg_degree,
         )
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 self.make_attention(c.sphere_channels),
                 self.make_ffn(c.sphere_channels),
-                c.norm_type,
-                lmax,
-                c.sphere_channels,
+                norm_type=c.norm_type,
+                lmax=lmax,
+                channels=c.sphere_channels,
             )
             for _ in range(c.num_layers)
         )
         self.norm = make_norm(c.norm_type, lmax, c.sphere_channels)
 
     def make_attention(self, out_channels: int) -> EquivariantGraphAttention:
+        """An attention block with this backbone's settings (also used by the force heads)."""
         c = self.config
         return EquivariantGraphAttention(
             self.layout,
             self.grid_reduced,
-            c.sphere_channels,
-            c.attn_hidden_channels,
-            c.num_heads,
-            c.attn_alpha_channels,
-            c.attn_value_channels,
-            out_channels,
-            self.edge_channels,
-            c.max_num_elements,
-            c.use_atom_edge_embedding,
-            c.use_m_share_rad,
-            c.use_gate_act,
-            c.use_sep_s2_act,
-            c.use_attn_renorm,
-            c.radial_bias,
+            channels=c.sphere_channels,
+            hidden_channels=c.attn_hidden_channels,
+            num_heads=c.num_heads,
+            alpha_channels=c.attn_alpha_channels,
+            value_channels=c.attn_value_channels,
+            out_channels=out_channels,
+            edge_channels=self.edge_channels,
+            num_elements=c.max_num_elements,
+            use_element_embedding=self.module_elements,
+            use_m_share_rad=c.use_m_share_rad,
+            use_gate_act=c.use_gate_act,
+            use_sep_s2_act=c.use_sep_s2_act,
+            use_attn_renorm=c.use_attn_renorm,
         )
 
     def make_ffn(self, out_channels: int) -> FeedForward:
+        """A feed-forward network with this backbone's settings (also used by energy heads)."""
         c = self.config
         return FeedForward(
             self.grid_full,
-            c.sphere_channels,
-            c.ffn_hidden_channels,
-            out_channels,
-            c.use_gate_act,
-            c.use_grid_mlp,
-            c.use_sep_s2_act,
+            in_channels=c.sphere_channels,
+            hidden=c.ffn_hidden_channels,
+            out_channels=out_channels,
+            use_gate_act=c.use_gate_act,
+            use_grid_mlp=c.use_grid_mlp,
+            use_sep_s2_act=c.use_sep_s2_act,
         )
 
     def forward(self, graph: GraphInput) -> BackboneOutput:
@@ -126,6 +139,8 @@ class EquiformerV2Backbone(nn.Module):
         rotation = EdgeRotation(graph.edge_vec, self.layout)
         distance = graph.edge_vec.norm(dim=1)
         basis = self.distance_basis(distance)
+        if self.shared_elements:
+            basis = self.shared_edge_invariants(basis, z, graph.edge_index)
 
         x = torch.zeros(
             num_nodes,
@@ -135,8 +150,10 @@ class EquiformerV2Backbone(nn.Module):
             device=z.device,
         )
         x[:, 0] = self.sphere_embedding(z)
-        if c.use_force_encoding:
+        if c.dens_inputs:
             x[:, 0] = x[:, 0] + self.force_embedding.bias
+            if c.sigma_encoding:
+                x[:, 0] = x[:, 0] + self.sigma_embedding.bias
         x = x + self.edge_degree(z, basis, graph.edge_index, rotation, num_nodes)
         for block in self.blocks:
             x = block(x, z, basis, graph.edge_index, rotation)

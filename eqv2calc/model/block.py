@@ -12,12 +12,17 @@ from eqv2calc.model.so3 import EdgeRotation
 
 
 class TransformerBlock(nn.Module):
-    """``x + Attn(Norm(x))`` then ``x + FFN(Norm(x))`` (drop-path / dropout only in training)."""
+    """``x + Attn(Norm(x))`` then ``x + FFN(Norm(x))``.
+
+    The reference also applies drop-path and dropout during training; both are the identity at
+    inference, and eqv2calc does not implement them (its trainer fine-tunes without them).
+    """
 
     def __init__(
         self,
         attention: EquivariantGraphAttention,
         ffn: FeedForward,
+        *,
         norm_type: str,
         lmax: int,
         channels: int,

@@ -1,8 +1,10 @@
 """EquiformerV2 hyper-parameters, with the reference implementation's defaults.
 
-:class:`EquiformerV2Config` names every option the released checkpoints use. Options that only
-matter for training (dropout rates, weight initialisation, ...) are accepted and kept so that
-a checkpoint's config round-trips, but do not change inference.
+:class:`EquiformerV2Config` holds what decides the model's parameters and outputs at inference;
+nothing else. Checkpoints written by fairchem name these options as its constructors do, plus
+graph and training switches (``otf_graph``, ``use_pbc``, ``regress_forces``, dropout rates,
+weight initialisation, ...): :mod:`eqv2calc.checkpoint.names` translates, checks and drops those
+in one table, and translates back when writing.
 """
 
 from __future__ import annotations
@@ -14,13 +16,34 @@ from dataclasses import dataclass, field
 DEFAULT_AVG_NUM_NODES = 77.81317
 DEFAULT_AVG_DEGREE = 23.395238876342773
 
+NORM_TYPES = ("layer_norm", "layer_norm_sh", "rms_norm_sh")
+
 
 @dataclass
 class EquiformerV2Config:
-    """Backbone hyper-parameters. Lengths in Å."""
+    """Backbone hyper-parameters. Lengths in Å.
+
+    Attributes (beyond the sizes, named as in the paper's code):
+        max_radius: cutoff radius (Å); the Gaussian distance basis spans ``[0, max_radius]``.
+        max_neighbors, enforce_max_neighbors_strictly: the neighbour cap the model was trained
+            with (graph construction, see :mod:`eqv2calc.graph`).
+        grid_resolution: S² grid size (``res × res``); ``None`` sizes each grid from its degrees
+            as the reference does (see :func:`eqv2calc.model.s2_grid.grid_shape`).
+        use_atom_edge_embedding: element embeddings of both edge ends join the edge invariants;
+            ``share_atom_edge_embedding``: one pair for the whole model instead of one per module.
+        use_m_share_rad: one radial weight per degree and channel, applied before the rotation.
+        use_gate_act / use_sep_s2_act / use_grid_mlp: the non-linearities (see the modules).
+        avg_num_nodes, avg_degree: normalisers of the energy sum and the edge-degree embedding
+            (the reference's defaults when ``None``).
+        use_energy_lin_ref, load_energy_lin_ref: OC22 per-element energy references held by the
+            model (``load``: the parameter exists; ``use``: it is added to the energy).
+        dens_inputs: the DeNS backbone's force-encoding layer exists (its bias is added to the
+            l = 0 features); ``sigma_encoding``: so does its noise-level encoding.
+    """
 
     max_neighbors: int = 500
     max_radius: float = 5.0
+    enforce_max_neighbors_strictly: bool = True
     max_num_elements: int = 90
     num_layers: int = 12
     sphere_channels: int = 128
@@ -33,69 +56,59 @@ class EquiformerV2Config:
     lmax_list: list[int] = field(default_factory=lambda: [6])
     mmax_list: list[int] = field(default_factory=lambda: [2])
     grid_resolution: int | None = None
-    num_sphere_samples: int = 128
     edge_channels: int = 128
     use_atom_edge_embedding: bool = True
     share_atom_edge_embedding: bool = False
     use_m_share_rad: bool = False
-    distance_function: str = "gaussian"
-    num_distance_basis: int = 512
-    attn_activation: str = "scaled_silu"
-    use_s2_act_attn: bool = False
     use_attn_renorm: bool = True
-    ffn_activation: str = "scaled_silu"
     use_gate_act: bool = False
     use_grid_mlp: bool = False
     use_sep_s2_act: bool = True
-    alpha_drop: float = 0.1
-    drop_path_rate: float = 0.05
-    proj_drop: float = 0.0
-    weight_init: str = "normal"
-    enforce_max_neighbors_strictly: bool = True
     avg_num_nodes: float | None = None
     avg_degree: float | None = None
     use_energy_lin_ref: bool = False
     load_energy_lin_ref: bool = False
-    use_pbc: bool = True
-    use_pbc_single: bool = False
-    regress_forces: bool = True
-    otf_graph: bool = True
-    # DeNS backbone extras (inference without denoising)
-    use_force_encoding: bool = False
-    use_noise_schedule_sigma_encoding: bool = False
-    use_denoising_energy: bool = True
-    use_denoising_stress: bool = True
-    # eqv2calc's own: whether radial MLP linear layers carry a bias (released files: yes)
-    radial_bias: bool = True
+    dens_inputs: bool = False
+    sigma_encoding: bool = False
 
     def __post_init__(self) -> None:
-        if self.avg_num_nodes is None:
+        # the reference replaces a missing (or zero) value by its default: `avg or default`
+        if not self.avg_num_nodes:
             self.avg_num_nodes = DEFAULT_AVG_NUM_NODES
-        if self.avg_degree is None:
+        if not self.avg_degree:
             self.avg_degree = DEFAULT_AVG_DEGREE
         problems = []
         if len(self.lmax_list) != 1 or len(self.mmax_list) != 1:
             problems.append(
-                f"lmax_list/mmax_list must have one entry (one resolution); got {self.lmax_list}/{self.mmax_list}"
+                f"lmax_list/mmax_list {self.lmax_list}/{self.mmax_list}: one resolution expected"
+                " (the reference's norms, grids and heads are built for a single lmax)"
             )
-        if self.distance_function != "gaussian":
-            problems.append(
-                f"distance_function {self.distance_function!r} (only 'gaussian' is supported)"
-            )
-        if self.use_s2_act_attn:
-            problems.append("use_s2_act_attn=True (the reference does not implement it either)")
-        if self.share_atom_edge_embedding:
-            problems.append("share_atom_edge_embedding=True (no released checkpoint uses it)")
-        if self.use_noise_schedule_sigma_encoding:
-            problems.append(
-                "use_noise_schedule_sigma_encoding=True (no released checkpoint uses it)"
-            )
-        if self.norm_type not in ("layer_norm", "layer_norm_sh", "rms_norm_sh"):
-            problems.append(f"norm_type {self.norm_type!r}")
+        elif not 0 <= self.mmax_list[0] <= self.lmax_list[0]:
+            problems.append(f"need 0 <= mmax <= lmax, got {self.lmax_list}/{self.mmax_list}")
+        if self.grid_resolution is not None and len(self.lmax_list) == 1:
+            res, lmax = self.grid_resolution, self.lmax_list[0]
+            if isinstance(res, bool) or not isinstance(res, int) or res % 2 or res < 2 * (lmax + 1):
+                problems.append(
+                    f"grid_resolution {res!r} for lmax {lmax}: expected an even number >="
+                    f" {2 * (lmax + 1)} (the reference's e3nn grids assert it)"
+                )
+        if self.norm_type not in NORM_TYPES:
+            problems.append(f"norm_type {self.norm_type!r}: expected one of {list(NORM_TYPES)}")
+        if self.share_atom_edge_embedding and not self.use_atom_edge_embedding:
+            problems.append("share_atom_edge_embedding needs use_atom_edge_embedding")
         if self.use_energy_lin_ref and not self.load_energy_lin_ref:
             problems.append("use_energy_lin_ref=True needs load_energy_lin_ref=True")
+        if self.sigma_encoding and not self.dens_inputs:
+            problems.append("sigma_encoding needs dens_inputs (it belongs to the DeNS backbone)")
+        for name in ("num_layers", "sphere_channels", "num_heads", "edge_channels"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not float(self.max_radius) > 0:
+            problems.append(f"max_radius must be > 0 Å, got {self.max_radius}")
+        if int(self.max_neighbors) < 1:
+            problems.append(f"max_neighbors must be >= 1, got {self.max_neighbors}")
         if problems:
-            raise ValueError("unsupported EquiformerV2 configuration: " + "; ".join(problems))
+            raise ValueError("invalid EquiformerV2 configuration: " + "; ".join(problems))
 
     @property
     def lmax(self) -> int:
@@ -109,26 +122,14 @@ class EquiformerV2Config:
     def cutoff(self) -> float:
         return self.max_radius
 
-    @property
-    def grid(self) -> int:
-        return self.grid_resolution if self.grid_resolution is not None else 2 * (self.lmax + 1)
-
     @classmethod
     def from_dict(cls, options: dict, *, where: str = "model config") -> EquiformerV2Config:
-        """Build from a checkpoint's model options; unknown keys raise, naming each key."""
-        ignored = {
-            "name",
-            "model",
-            "num_targets",
-            "bond_feat_dim",
-            "num_atoms",
-            "activation_checkpoint",
-        }
+        """Build from our own option names; unknown keys raise, naming each key."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in options if k not in known and k not in ignored)
+        unknown = sorted(k for k in options if k not in known)
         if unknown:
-            raise ValueError(f"{where}: unsupported option(s) {', '.join(map(repr, unknown))}")
-        return cls(**{k: v for k, v in options.items() if k in known})
+            raise ValueError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}")
+        return cls(**options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

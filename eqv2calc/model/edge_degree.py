@@ -20,6 +20,7 @@ class EdgeDegreeEmbedding(nn.Module):
     def __init__(
         self,
         layout: CoefficientLayout,
+        *,
         channels: int,
         edge_channels: list[int],
         num_elements: int,

@@ -22,6 +22,7 @@ class FeedForward(nn.Module):
     def __init__(
         self,
         grid: SphereGrid,
+        *,
         in_channels: int,
         hidden: int,
         out_channels: int,
@@ -38,7 +39,10 @@ class FeedForward(nn.Module):
             use_sep_s2_act,
         )
         self.linear_1 = DegreeWiseLinear(in_channels, hidden, lmax)
-        self.scalar_linear = None
+        # invariant scalars from the input's l = 0 channels: the grid MLP's separate l = 0 output
+        # (scalar_linear) or the activations' gates / l = 0 inputs (gate_linear)
+        self.scalar_linear: nn.Linear | None = None
+        self.gate_linear: nn.Linear | None = None
         if use_grid_mlp:
             if use_sep_s2_act:
                 self.scalar_linear = nn.Linear(in_channels, hidden)
@@ -50,10 +54,10 @@ class FeedForward(nn.Module):
                 nn.Linear(hidden, hidden, bias=False),
             )
         elif use_gate_act:
-            self.scalar_linear = nn.Linear(in_channels, lmax * hidden)
-            self.act = GateActivation(lmax, lmax, hidden)
+            self.gate_linear = nn.Linear(in_channels, lmax * hidden)
+            self.act = GateActivation(lmax, lmax, hidden, edge_frame=False)
         elif use_sep_s2_act:
-            self.scalar_linear = nn.Linear(in_channels, hidden)
+            self.gate_linear = nn.Linear(in_channels, hidden)
             self.act = SeparableS2Activation(grid)
         else:
             self.act = S2Activation(grid)
@@ -67,7 +71,8 @@ class FeedForward(nn.Module):
 
     def forward_nodes(self, x: torch.Tensor) -> torch.Tensor:
         """The feed-forward network on a block of nodes ``[n, K, C_in]`` → ``[n, K, C_out]``."""
-        scalars = self.scalar_linear(x[:, 0]) if self.scalar_linear is not None else None
+        linear = self.scalar_linear if self.use_grid_mlp else self.gate_linear
+        scalars = linear(x[:, 0]) if linear is not None else None
         h = self.linear_1(x)
         if self.use_grid_mlp:
             h = self.grid.from_grid(self.grid_mlp(self.grid.to_grid(h)))

@@ -25,7 +25,7 @@ class EnergyHead(nn.Module):
     models); ``"mean"`` averages over the structure's atoms. Output ``[B]`` (normalised units).
     """
 
-    def __init__(self, backbone: EquiformerV2Backbone, reduce: str = "sum") -> None:
+    def __init__(self, backbone: EquiformerV2Backbone, *, reduce: str = "sum") -> None:
         super().__init__()
         if reduce not in ("sum", "mean"):
             raise ValueError(f"energy head reduce must be 'sum' or 'mean', got {reduce!r}")
@@ -44,7 +44,7 @@ class EnergyHead(nn.Module):
 class ForceHead(nn.Module):
     """An attention block with one output channel; its l = 1 coefficients are the force ``[N, 3]``."""
 
-    def __init__(self, backbone: EquiformerV2Backbone, denoising_block: bool = False) -> None:
+    def __init__(self, backbone: EquiformerV2Backbone, *, denoising_block: bool = False) -> None:
         super().__init__()
         self.attention = backbone.make_attention(1)
         if denoising_block:
@@ -98,31 +98,43 @@ class Rank2Head(nn.Module):
     * ``decompose=False``: multiplied by the outer product of the edge vector, pooled, MLP →
       ``[B, 3, 3]``.
 
-    Pooling per structure is a mean (``extensive=False``) or a sum (``extensive=True``).
+    Pooling per structure is a mean (``extensive=False``) or a sum (``extensive=True``; the
+    decomposed parts are then divided by the head's own ``avg_num_nodes``, 1 by default, as in
+    the reference). Each MLP has ``num_mlp_layers`` linear layers (SiLU between them), the last
+    one with a single output; ``edge_level_mlp`` applies it to every edge before pooling to
+    atoms instead of to the atoms after pooling.
     """
 
     def __init__(
         self,
         backbone: EquiformerV2Backbone,
+        *,
         decompose: bool = False,
         use_source_target_embedding: bool = False,
         extensive: bool = False,
         edge_level_mlp: bool = False,
+        num_mlp_layers: int = 2,
+        avg_num_nodes: float = 1.0,
     ) -> None:
         super().__init__()
         c = backbone.config
+        if num_mlp_layers < 1:
+            raise ValueError(f"num_mlp_layers must be >= 1, got {num_mlp_layers}")
         self.lmax = c.lmax
         self.decompose = decompose
         self.use_source_target_embedding = use_source_target_embedding
         self.extensive = extensive
         self.edge_level_mlp = edge_level_mlp
-        self.avg_num_nodes = float(c.avg_num_nodes)
+        self.avg_num_nodes = float(avg_num_nodes)
         width = 2 * c.sphere_channels if use_source_target_embedding else c.sphere_channels
         self.sh_norm = make_norm(c.norm_type, c.lmax, 1)
         self.edge_norm = nn.LayerNorm(width)
 
         def mlp() -> nn.Sequential:
-            return nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1))
+            layers: list[nn.Module] = []
+            for _ in range(num_mlp_layers - 1):
+                layers += [nn.Linear(width, width), nn.SiLU()]
+            return nn.Sequential(*layers, nn.Linear(width, 1))
 
         if decompose:
             self.scalar_mlp, self.irrep2_mlp = mlp(), mlp()

@@ -15,19 +15,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from eqv2calc.model.constants import ExactConstants
 from eqv2calc.model.so3 import degree_index
 
 
 def _degree_balance(lmax: int, start: int) -> torch.Tensor:
-    """Weights ``1 / ((2l+1) * n_degrees)`` per coefficient for degrees ``start..lmax``."""
+    """Weights ``1 / ((2l+1) * n_degrees)`` per coefficient for degrees ``start..lmax`` (float64)."""
     weights = []
     n_deg = lmax + 1 - start
     for l in range(start, lmax + 1):
         weights += [1.0 / ((2 * l + 1) * n_deg)] * (2 * l + 1)
-    return torch.tensor(weights)
+    return torch.tensor(weights, dtype=torch.float64)
 
 
-class SeparableLayerNorm(nn.Module):
+class SeparableLayerNorm(ExactConstants):
     """``layer_norm_sh``: LayerNorm on l = 0, balanced RMS norm shared by all l > 0."""
 
     def __init__(self, lmax: int, channels: int, eps: float = 1e-5) -> None:
@@ -35,7 +36,7 @@ class SeparableLayerNorm(nn.Module):
         self.lmax, self.channels, self.eps = lmax, channels, eps
         self.scalar_norm = nn.LayerNorm(channels, eps=eps)
         self.degree_weight = nn.Parameter(torch.ones(lmax, channels))  # for l = 1..lmax
-        self.register_buffer("balance", _degree_balance(lmax, 1), persistent=False)
+        self.register_constant("balance", _degree_balance(lmax, 1))
         self.register_buffer("degree_of", degree_index(lmax, start=1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +74,7 @@ class DegreeLayerNorm(nn.Module):
         return torch.cat(out, dim=1)
 
 
-class BalancedRMSNorm(nn.Module):
+class BalancedRMSNorm(ExactConstants):
     """``rms_norm_sh``: l = 0 centred, one balanced RMS over all degrees, affine per degree."""
 
     def __init__(self, lmax: int, channels: int, eps: float = 1e-5) -> None:
@@ -81,7 +82,7 @@ class BalancedRMSNorm(nn.Module):
         self.lmax, self.channels, self.eps = lmax, channels, eps
         self.degree_weight = nn.Parameter(torch.ones(lmax + 1, channels))
         self.bias = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("balance", _degree_balance(lmax, 0), persistent=False)
+        self.register_constant("balance", _degree_balance(lmax, 0))
         self.register_buffer("degree_of", degree_index(lmax), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

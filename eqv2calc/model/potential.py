@@ -20,6 +20,7 @@ from torch import nn
 
 from eqv2calc.model.backbone import EquiformerV2Backbone, GraphInput
 from eqv2calc.model.config import EquiformerV2Config
+from eqv2calc.model.constants import ExactConstants
 from eqv2calc.model.heads import EnergyHead, ForceHead, Rank2Head, symmetric_tensor_basis
 
 
@@ -31,17 +32,22 @@ class HeadSpec:
     options: dict = field(default_factory=dict)
 
 
+#: the output each kind of head produces
+OUTPUT_OF_KIND = {"energy": "energy", "forces": "forces", "rank2": "stress"}
+
+
 @dataclass
 class Normalizer:
     mean: float = 0.0
     std: float = 1.0
 
 
-class EquiformerV2Potential(nn.Module):
+class EquiformerV2Potential(ExactConstants):
     """EquiformerV2 backbone + heads + output scaling.
 
     ``forward(graph)`` returns ``{"energy": [B] eV, "forces": [N, 3] eV/Å}`` and, with a
-    stress head, ``"stress": [B, 3, 3]`` eV/Å³.
+    stress head, ``"stress": [B, 3, 3]`` eV/Å³. Each output comes from the head of its kind
+    (:data:`OUTPUT_OF_KIND`), whatever the head's name in ``heads``; one head per kind.
     """
 
     def __init__(
@@ -58,6 +64,10 @@ class EquiformerV2Potential(nn.Module):
         if heads is None:
             heads = {"energy": HeadSpec("energy"), "forces": HeadSpec("forces")}
         self.head_specs = heads
+        kinds = [spec.kind for spec in heads.values()]
+        for kind in set(kinds):
+            if kinds.count(kind) > 1:
+                raise ValueError(f"more than one {kind!r} head in {sorted(heads)}")
         modules = {}
         for name, spec in heads.items():
             if spec.kind == "energy":
@@ -83,12 +93,12 @@ class EquiformerV2Potential(nn.Module):
         # by eqv2calc.model.conservative (the checkpoint records which)
         self.forces_kind = "direct"
         iso, aniso = symmetric_tensor_basis(torch.float64)
-        self.register_buffer("stress_iso_basis", iso.float(), persistent=False)
-        self.register_buffer("stress_aniso_basis", aniso.float(), persistent=False)
+        self.register_constant("stress_iso_basis", iso)
+        self.register_constant("stress_aniso_basis", aniso)
 
     @property
     def has_stress(self) -> bool:
-        return "stress" in self.heads
+        return any(spec.kind == "rank2" for spec in self.head_specs.values())
 
     @property
     def cutoff(self) -> float:
@@ -100,15 +110,16 @@ class EquiformerV2Potential(nn.Module):
     def forward(
         self, graph: GraphInput, outputs: Collection[str] | None = None
     ) -> dict[str, torch.Tensor]:
-        """Outputs of the heads named in ``outputs`` (all heads when None)."""
+        """The outputs named in ``outputs`` ("energy", "forces", "stress"; all when None)."""
         emb = self.backbone(graph)
         out: dict[str, torch.Tensor] = {}
         z = graph.atomic_numbers
         for name, head in self.heads.items():
-            if outputs is not None and name not in outputs:
+            kind = self.head_specs[name].kind
+            if outputs is not None and OUTPUT_OF_KIND[kind] not in outputs:
                 continue
             raw = head(emb)
-            if name == "energy":
+            if kind == "energy":
                 energy = raw
                 if self.config.use_energy_lin_ref:
                     energy = energy + torch.zeros_like(energy).index_add_(
@@ -120,10 +131,10 @@ class EquiformerV2Potential(nn.Module):
                     refs = self.element_references.to(energy.dtype)[z]
                     energy = energy + torch.zeros_like(energy).index_add_(0, graph.batch, refs)
                 out["energy"] = energy
-            elif name == "forces":
+            elif kind == "forces":
                 n = self._norm("forces")
                 out["forces"] = raw * n.std + n.mean
-            elif name == "stress":
+            else:  # rank2
                 if isinstance(raw, tuple):
                     iso, aniso = raw
                     ni, na = self._norm("stress_isotropic"), self._norm("stress_anisotropic")

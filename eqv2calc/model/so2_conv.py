@@ -41,7 +41,7 @@ class OrderConvolution(nn.Module):
 class SO2Convolution(nn.Module):
     """SO(2)-equivariant linear map on truncated edge-frame features.
 
-    Input ``[E, R, C_in]`` (degree-major, truncated), output ``[E, R, C_out]``. When
+    Input ``[E, R, C_in]`` (truncated, order-major layout), output ``[E, R, C_out]``. When
     ``edge_channels`` is given, the input is first multiplied element-wise by weights that a
     radial MLP computes from the edge invariants (distance and elements); different weights
     for every (order, degree, channel). ``extra_scalars`` extra invariant outputs are taken
@@ -75,16 +75,13 @@ class SO2Convolution(nn.Module):
         self,
         x: torch.Tensor,
         edge_invariants: torch.Tensor | None = None,
-        order_major: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[E, R, C_in]`` → ``([E, R, C_out], extra scalars [E, extra] or None)``.
 
-        Features are in the reduced degree-major layout, or (``order_major=True``, as the
-        attention block passes them) in the order-major layout the convolution works in.
+        Features are in the order-major layout (:class:`CoefficientLayout`): all ``m = 0``
+        coefficients, then the ``+m`` and ``-m`` ones of each order.
         """
         num_edges = x.shape[0]
-        if not order_major:
-            x = x.index_select(1, self.layout.to_order_major)  # [E, R, C] order-major
         weights = None
         if self.radial is not None:
             weights = self.radial(edge_invariants).split(self.radial_sizes, dim=1)
@@ -107,7 +104,4 @@ class SO2Convolution(nn.Module):
             outputs.append(conv(xm).reshape(num_edges, 2 * n, self.out_channels))
             offset += 2 * n
 
-        y = torch.cat(outputs, dim=1)  # [E, R, C_out] order-major
-        if not order_major:
-            y = y.index_select(1, self.layout.to_degree_major)
-        return y, extra
+        return torch.cat(outputs, dim=1), extra  # [E, R, C_out] order-major

@@ -20,6 +20,8 @@ import math
 import torch
 from e3nn import o3
 
+from eqv2calc.model.constants import ExactConstants
+
 
 def degree_index(lmax: int, start: int = 0) -> torch.Tensor:
     """Degree ``l - start`` of every degree-major coefficient with ``l >= start`` (long tensor).
@@ -31,7 +33,7 @@ def degree_index(lmax: int, start: int = 0) -> torch.Tensor:
     )
 
 
-class CoefficientLayout(torch.nn.Module):
+class CoefficientLayout(ExactConstants):
     """Index bookkeeping for degree ``lmax`` features truncated to orders ``|m| <= mmax``.
 
     Buffers (all long tensors unless noted):
@@ -77,7 +79,7 @@ class CoefficientLayout(torch.nn.Module):
         self.register_buffer("reduced_index", torch.tensor(reduced), persistent=False)
         self.register_buffer("to_order_major", to_order_major, persistent=False)
         self.register_buffer("to_degree_major", to_degree_major, persistent=False)
-        self.register_buffer("inverse_rescale", torch.tensor(rescale), persistent=False)
+        self.register_constant("inverse_rescale", torch.tensor(rescale, dtype=torch.float64))
         #: number of coefficients of each order m >= 0 (counting +m only): lmax + 1 - m
         self.order_sizes = [lmax + 1 - m for m in range(mmax + 1)]
 
@@ -153,14 +155,15 @@ def edge_rotation_blocks(edge_vec: torch.Tensor, lmax: int) -> list[torch.Tensor
     """Per-degree Wigner-D blocks of the rotation taking each edge direction onto +y.
 
     Returns a list over ``l = 0..lmax`` of ``[E, 2l+1, 2l+1]`` tensors ``D_l(R_e)`` with
-    ``R_e`` the rotation that maps edge ``e``'s direction to the +y axis, so that
+    ``R_e`` the rotation that maps edge ``e``'s direction to the +y axis (float64 whatever the
+    input's dtype), so that
     ``D_l(R_e) @ x_l`` expresses a degree-``l`` feature in the edge frame.
 
     ``D_l(alpha, beta, 0) = Z(alpha) J Z(beta) Jᵀ`` maps +y onto the edge (e3nn's
     ``wigner_D``, without its per-edge matrix exponentials); we need its transpose
     ``M Z(-alpha)`` with ``M = J Z(-beta) Jᵀ`` a fixed linear combination of ``cos``/``sin``
     of multiples of ``beta``. Right-multiplying by ``Z`` mixes columns ``j`` and ``2l - j``:
-    ``(M Z)[:, j] = M[:, j] cos_j - M[:, 2l - j] sin_j``. Evaluated in float64 and cast back.
+    ``(M Z)[:, j] = M[:, j] cos_j - M[:, 2l - j] sin_j``.
     """
     vec64 = edge_vec.to(torch.float64)  # not detached: gradient forces differentiate the frames
     alpha, beta = edge_frame_angles(vec64)
@@ -171,7 +174,7 @@ def edge_rotation_blocks(edge_vec: torch.Tensor, lmax: int) -> list[torch.Tensor
         tilt = (torch.cat((cos_b, sin_b), dim=1) @ _tilt_basis(l).to(vec64.device)).view(-1, n, n)
         cos_a, sin_a = polar_phases(l, -alpha)
         d = tilt * cos_a.unsqueeze(1) - tilt.flip(2) * sin_a.unsqueeze(1)
-        blocks.append(d.to(edge_vec.dtype).contiguous())
+        blocks.append(d.contiguous())
     return blocks
 
 
@@ -190,11 +193,10 @@ class EdgeRotation:
     """
 
     def __init__(self, edge_vec: torch.Tensor, layout: CoefficientLayout) -> None:
-        blocks = edge_rotation_blocks(edge_vec, layout.lmax)
+        blocks = edge_rotation_blocks(edge_vec, layout.lmax)  # float64
         num_edges, mmax = edge_vec.shape[0], layout.mmax
-        to_edge = edge_vec.new_zeros(
-            num_edges, layout.num_reduced, layout.num_full
-        )  # rows degree-major
+        # rows degree-major, then permuted to order-major
+        to_edge = blocks[0].new_zeros(num_edges, layout.num_reduced, layout.num_full)
         row = 0
         for l, block in enumerate(blocks):
             kept = min(l, mmax)  # orders -kept..kept of degree l survive
@@ -202,10 +204,13 @@ class EdgeRotation:
                 :, l - kept : l + kept + 1
             ]
             row += 2 * kept + 1
+        order = layout.to_order_major.to(to_edge.device)
+        to_edge = to_edge.index_select(1, order)
+        rescale = layout.exact("inverse_rescale", to_edge.device)[order]
         self.layout = layout
-        self.to_edge = to_edge.index_select(1, layout.to_order_major)
-        rescale = layout.inverse_rescale.to(to_edge.dtype)[layout.to_order_major]
-        self.from_edge = self.to_edge.transpose(1, 2) * rescale
+        # built in float64, cast once
+        self.to_edge = to_edge.to(edge_vec.dtype)
+        self.from_edge = (to_edge.transpose(1, 2) * rescale).to(edge_vec.dtype)
 
     def narrow(self, start: int, stop: int) -> EdgeRotation:
         """The rotations of edges ``start..stop-1`` (views, no copy)."""
@@ -215,18 +220,12 @@ class EdgeRotation:
         part.from_edge = self.from_edge[start:stop]
         return part
 
-    def rotate(self, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
-        """``[E, K, C]`` node-frame features → ``[E, R, C]`` edge-frame, truncated.
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """``[E, K, C]`` node-frame features → ``[E, R, C]`` edge-frame, truncated, order-major."""
+        return torch.bmm(self.to_edge, x)
 
-        The result is in the reduced degree-major layout, or order-major with ``order_major``.
-        """
-        y = torch.bmm(self.to_edge, x)
-        return y if order_major else y.index_select(1, self.layout.to_degree_major)
-
-    def rotate_back(self, x: torch.Tensor, order_major: bool = False) -> torch.Tensor:
-        """``[E, R, C]`` edge-frame features (degree-major, or order-major) → ``[E, K, C]`` node frame."""
-        if not order_major:
-            x = x.index_select(1, self.layout.to_order_major)
+    def rotate_back(self, x: torch.Tensor) -> torch.Tensor:
+        """``[E, R, C]`` edge-frame features (order-major) → ``[E, K, C]`` node frame."""
         return torch.bmm(self.from_edge, x)
 
     def rotate_back_zonal(self, x: torch.Tensor) -> torch.Tensor:

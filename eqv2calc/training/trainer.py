@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from eqv2calc.checkpoint import load_checkpoint, save_checkpoint
+from eqv2calc.checkpoint.names import model_config
 from eqv2calc.checkpoint.reader import read_file
 from eqv2calc.io import write_json_atomic
-from eqv2calc.model.config import EquiformerV2Config
 from eqv2calc.model.potential import EquiformerV2Potential, HeadSpec
 from eqv2calc.training.config import TrainConfig, save_config
 from eqv2calc.training.data import (
@@ -264,7 +264,7 @@ class Trainer:
         opts = c.model_options()
         opts.setdefault("avg_num_nodes", stats.avg_num_nodes)
         opts.setdefault("avg_degree", stats.avg_degree)
-        config = EquiformerV2Config(**opts)
+        config = model_config(opts, where="training config 'model'")
         heads = {
             "energy": HeadSpec("energy", {"reduce": c.heads.energy_reduce}),
             "forces": HeadSpec("forces"),
