@@ -129,7 +129,7 @@ def test_no_surface_atoms_is_an_error(cu100):
         generate_placements(slab, get_adsorbate("O"), num_random=2)
 
 
-@pytest.mark.parametrize("name", ["*N*N", "*CH2*O", "*C*C"])
+@pytest.mark.parametrize("name", ["*N*N", "*CH2*O"])
 def test_bidentate_binding_atoms_on_two_sites(name):
     slab = prepare_slab(fcc111("Cu", size=(3, 3, 3), vacuum=7.0), "cu111").atoms
     ads = get_adsorbate(name)
@@ -141,8 +141,16 @@ def test_bidentate_binding_atoms_on_two_sites(name):
     assert pairs and all("+" in p.site_type for p in pairs)
     # several site-pair kinds, not one orientation repeated
     assert len({p.site_type for p in pairs}) >= 3
-    every = heuristic_sites(slab, symm_reduce=0.0)
+    # every (site, periodic image of a site) pair: midpoints and unit directions
+    every = np.array([xy for _, xy in heuristic_sites(slab, symm_reduce=0.0)])
     cell2 = np.asarray(slab.cell)[:2, :2]
+    shifts = np.array([sa * cell2[0] + sb * cell2[1] for sa in (-1, 0, 1) for sb in (-1, 0, 1)])
+    images = (every[:, None, :] + shifts[None, :, :]).reshape(-1, 2)
+    vec = images[None, :, :] - every[:, None, :]
+    length = np.linalg.norm(vec, axis=-1)
+    keep = length > 0.3
+    mids = (0.5 * (images[None, :, :] + every[:, None, :]))[keep]
+    dirs = vec[keep] / length[keep][:, None]
     for p in placements:
         pos = p.atoms.positions
         # tilts turn the molecule about the binding axis: both binding atoms stay level
@@ -159,19 +167,9 @@ def test_bidentate_binding_atoms_on_two_sites(name):
         mid = 0.5 * (pos[b0, :2] + pos[b1, :2])
         u = pos[b1, :2] - pos[b0, :2]
         u /= np.linalg.norm(u)
-        found = False
-        for _, s0 in every:
-            for _, s1 in every:
-                for sa in (-1, 0, 1):
-                    for sb in (-1, 0, 1):
-                        t = s1 + sa * cell2[0] + sb * cell2[1]
-                        v = t - s0
-                        if np.linalg.norm(v) < 0.3:
-                            continue
-                        same_mid = np.allclose(0.5 * (s0 + t), mid, atol=1e-6)
-                        if same_mid and abs(abs(v @ u) - np.linalg.norm(v)) < 1e-6:
-                            found = True
-        assert found, p.site_type
+        same_mid = np.all(np.abs(mids - mid) < 1e-6, axis=1)
+        parallel = np.abs(np.abs(dirs @ u) - 1.0) < 1e-6
+        assert np.any(same_mid & parallel), p.site_type
 
 
 def test_bidentate_placements_are_reproducible():
