@@ -77,6 +77,9 @@ class EquiformerV2Calculator(Calculator):
         min_distance: structures with two atoms (or an atom and its own periodic image)
             closer than this (Å) are refused with a :class:`~eqv2calc.checks.StructureError`,
             as by the command line; 0 turns the distance checks off.
+        deterministic: switch the process to deterministic evaluation (one CPU thread,
+            deterministic kernels; see :mod:`eqv2calc.determinism`) so that repeated runs give
+            bitwise identical results.
         forces: ``None`` (as the checkpoint says), ``"direct"`` (force/stress heads) or
             ``"gradient"``: forces = −∂E/∂x and stress = (1/V)·∂E/∂ε of the predicted energy,
             by autograd (conservative; any checkpoint, stress for every 3D-periodic cell).
@@ -102,10 +105,15 @@ class EquiformerV2Calculator(Calculator):
         allow_pickle: bool = False,
         min_distance: float = MIN_DISTANCE,
         forces: str | None = None,
+        deterministic: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.min_distance = float(min_distance)
+        if deterministic:
+            from eqv2calc.determinism import use_deterministic_mode
+
+            use_deterministic_mode()
         from eqv2calc.registry import resolve_model
 
         self.device = resolve_device(device)

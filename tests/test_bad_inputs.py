@@ -573,3 +573,83 @@ def test_md_npt_on_a_slab_names_npt(runner, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "NPT molecular dynamics (the cell varies) needs a structure periodic" in result.stderr
     assert "cell relaxation" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. deterministic mode
+# ----------------------------------------------------------------------------------------------
+
+_DETERMINISTIC = """
+import hashlib
+import numpy as np
+import torch
+torch.set_num_threads(2)
+from ase.build import add_adsorbate, fcc111
+from eqv2calc.calculator import EquiformerV2Calculator
+calc = EquiformerV2Calculator(device="cpu", deterministic=True)
+assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1
+slab = fcc111("Cu", (3, 3, 3), vacuum=6.0)
+add_adsorbate(slab, "O", 1.2, "fcc")
+slab.rattle(0.1, seed=3)
+r = calc.predict_batch([slab])[0]
+print(hashlib.sha256(r["forces"].tobytes() + np.float64(r["energy"]).tobytes()).hexdigest())
+"""
+
+
+def test_deterministic_mode_is_bitwise_reproducible_across_processes():
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    procs = [  # two fresh processes at the same time, as on a busy machine
+        subprocess.Popen(
+            [sys.executable, "-c", _DETERMINISTIC],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate() for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    assert outputs[0][0] == outputs[1][0] and len(outputs[0][0].strip()) == 64
+
+
+def test_demo_stress_sensitivity_is_the_layer_norm_not_the_graph():
+    """models/README.md: a 1e-6 Å rattle of cubic Cu changes the demo model's stress by
+    ~0.02 eV/Å³; the graph does not change, and a larger layer-norm eps removes the jump."""
+    from eqv2calc.calculator import EquiformerV2Calculator
+    from eqv2calc.graph import graph_from_atoms
+
+    calc = EquiformerV2Calculator(device="cpu", dtype="float64")
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
+    moved = cu.copy()
+    moved.rattle(1e-6, seed=0)
+    s = calc.loaded.graph_settings
+    graphs = [graph_from_atoms(a, cutoff=s.cutoff, max_neighbors=s.max_neighbors,
+                               strict=s.strict) for a in (cu, moved)]  # fmt: skip
+    np.testing.assert_array_equal(graphs[0].edge_index, graphs[1].edge_index)
+    np.testing.assert_array_equal(graphs[0].cell_offsets, graphs[1].cell_offsets)
+
+    def jump() -> float:
+        ref, new = calc.predict_batch([cu, moved])
+        return float(np.abs(new["stress"] - ref["stress"]).max())
+
+    assert jump() > 1e-3
+    norms = [m for m in calc.model.modules() if type(m).__name__ == "SeparableLayerNorm"]
+    assert norms
+    for m in norms:
+        m.eps = 1e-3
+    assert jump() < 1e-6
+
+
+def test_cli_deterministic_flag_reaches_the_calculator(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("cu.extxyz", bulk("Cu", cubic=True))
+    calls = []
+    monkeypatch.setattr("eqv2calc.determinism.use_deterministic_mode", lambda: calls.append(1))
+    result = runner.invoke(main, ["--deterministic", "eval", "cu.extxyz", "--no-progress"])
+    assert result.exit_code == 0, result.stderr
+    assert calls == [1]
+    calls.clear()
+    assert runner.invoke(main, ["eval", "cu.extxyz", "--no-progress"]).exit_code == 0
+    assert calls == []

@@ -115,7 +115,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     is_flag=True,
     help="Show the full traceback of an error (also EQV2CALC_DEBUG=1).",
 )
-def main(debug: bool) -> None:
+@click.option(
+    "--deterministic",
+    is_flag=True,
+    envvar="EQV2CALC_DETERMINISTIC",
+    help="Bitwise-reproducible model evaluations between runs on the same machine: one CPU "
+    "thread and deterministic kernels (slower). See README, 'Errors and recovery'.",
+)
+def main(debug: bool, deterministic: bool) -> None:
     """eqv2calc: the EquiformerV2 machine-learned potential for atomistic simulation.
 
     Energies are in eV, forces in eV/Å, stress in eV/Å³. Without --model, commands use the

@@ -189,8 +189,12 @@ def make_calculator(model: str | None, device: str = "auto", dtype: str = "float
             f"the EquiformerV2 calculator is not available ({err}); use --model emt to try the "
             "drivers with ASE's EMT"
         ) from err
+    root = click.get_current_context(silent=True)
+    deterministic = bool(root and root.find_root().params.get("deterministic"))
     try:
-        calc = EquiformerV2Calculator(model=model, device=device, dtype=dtype)
+        calc = EquiformerV2Calculator(
+            model=model, device=device, dtype=dtype, deterministic=deterministic
+        )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as err:
         what = model if model is not None else "the bundled default model"
         text = " ".join(str(err).split()) or type(err).__name__

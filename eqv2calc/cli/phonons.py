@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from eqv2calc.cli._common import echo_error, fail, make_calculator, model_options, read_inputs
+from eqv2calc.cli._common import (
+    FiniteFloat,
+    echo_error,
+    fail,
+    make_calculator,
+    model_options,
+    read_inputs,
+)
 
 _HELP = """Harmonic phonons of the 3D-periodic cell in FILE (phonopy, finite displacements).
 
@@ -45,7 +52,7 @@ Needs phonopy: pip install 'eqv2calc[phonons]'. Units: THz, K, kJ/mol, J/K/mol.
 )
 @click.option(
     "--delta",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=0.01,
     show_default=True,
     help="Displacement, Å.",
@@ -58,11 +65,9 @@ Needs phonopy: pip install 'eqv2calc[phonons]'. Units: THz, K, kJ/mol, J/K/mol.
     show_default=True,
     help="q-point mesh for the DOS and thermal properties.",
 )
-@click.option("--tmin", type=click.FloatRange(min=0), default=0.0, show_default=True, help="K.")
-@click.option("--tmax", type=click.FloatRange(min=0), default=1000.0, show_default=True, help="K.")
-@click.option(
-    "--tstep", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True
-)
+@click.option("--tmin", type=FiniteFloat(min=0), default=0.0, show_default=True, help="K.")
+@click.option("--tmax", type=FiniteFloat(min=0), default=1000.0, show_default=True, help="K.")
+@click.option("--tstep", type=FiniteFloat(min=0, min_open=True), default=10.0, show_default=True)
 @click.option(
     "--primitive/--no-primitive",
     default=True,
