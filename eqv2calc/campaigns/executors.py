@@ -155,7 +155,15 @@ class RayExecutor:
             return False
         env = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
         if self.address:
-            ray.init(address=self.address, runtime_env=env, logging_level="WARNING")
+            try:
+                ray.init(address=self.address, runtime_env=env, logging_level="WARNING")
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                text = " ".join(str(err).split())[:300]
+                raise WorkerStartError(
+                    f"cannot join the Ray cluster at --ray-address {self.address}: {text} "
+                    "(start one with `ray start --head`, or leave --ray-address out to start a "
+                    "local Ray instance)"
+                ) from None
         else:
             n = self.num_cpus or max(1, (self.workers or os.cpu_count() or 1)) * max(
                 1, self.cpus_per_worker
