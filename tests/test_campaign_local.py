@@ -235,3 +235,23 @@ def test_relax_campaign_with_the_device_engine(tmp_path):
         energies[engine] = {k: r["result"]["final_energy_eV"] for k, r in rows.items()}
     for label, e in energies["ase"].items():  # same EMT minimum, to well within fmax
         assert abs(energies["torch"][label] - e) < 1e-3
+
+
+def test_failed_item_is_recorded_with_its_reason(tmp_path):
+    inputs = _inputs(tmp_path / "in", 1)
+    write(inputs / "bad.extxyz", bulk("Fe", "bcc", a=2.87))  # EMT has no parameters for Fe
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["relax", str(inputs), *RELAX, "--executor", "local", "--output-dir", str(out)]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 1, res.output
+    rows = _ledger_rows(out / "campaign.sqlite")
+    assert rows["s0"]["state"] == "done"
+    assert rows["bad"]["state"] == "failed" and "Fe" in rows["bad"]["error"]
+    status = runner.invoke(main, ["campaign", "status", str(out)])
+    assert "1 done" in status.output and "1 failed" in status.output
+    assert "failed: bad" in status.output
+    res = runner.invoke(main, args)  # a failed item is not retried unless asked
+    assert res.exit_code == 1 and "0 done and 0 failed in this run" in res.output
+    res = runner.invoke(main, [*args, "--retry-failed"])
+    assert res.exit_code == 1 and "0 done and 1 failed in this run" in res.output

@@ -21,6 +21,7 @@ Units: energies eV, forces eV/Å, stress eV/Å³, lengths Å.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -311,6 +312,7 @@ class AdsorbMLTask:
 
         cfg = dataclasses.replace(self.config, progress=False)
         for p in payloads:
+            started = time.perf_counter()
             try:
                 dft_calc = dft_label = None
                 if self.dft:
@@ -332,9 +334,12 @@ class AdsorbMLTask:
                 rec.pop("all_configurations", None)
                 rec["adsorbate"] = p["adsorbate"].name
                 rec["output_dir"] = p["out"]
-                emit(Outcome(p["key"], True, rec))
+                wall = {"wall_s": time.perf_counter() - started}
+                emit(Outcome(p["key"], True, rec, provenance=wall))
             except Exception as err:  # one system failing must not stop the others
-                emit(Outcome(p["key"], False, {"system": p["label"]}, error_text(err)))
+                wall = {"wall_s": time.perf_counter() - started}
+                rec = {"system": p["label"]}
+                emit(Outcome(p["key"], False, rec, error_text(err), provenance=wall))
 
     def record(self, payload: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
         """The per-system files were written by the worker."""
