@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eqv2_reference import structure
+from eqv2_reference import ALL_CHECKPOINTS, all_cases, fixture_graph, loaded, structure
 
 from eqv2calc.graph import batch_graphs, graph_from_atoms
 from eqv2calc.model import chunking
 from eqv2calc.model.backbone import GraphInput
 from eqv2calc.model.config import EquiformerV2Config
+from eqv2calc.model.constants import ExactConstants
 from eqv2calc.model.potential import EquiformerV2Potential, HeadSpec
 
 SMALL = dict(
@@ -40,6 +41,14 @@ HEADS = {
     "forces": HeadSpec("forces"),
     "stress": HeadSpec("rank2", {"decompose": True, "use_source_target_embedding": True}),
 }
+
+
+#: structures batched together in the float64 test (periodic slab, molecule, strained crystal)
+BATCH_STRUCTURES = ("slab_cu111_co", "molecule_ethanol_nopbc", "bulk_mgo_strained")
+
+
+def cases_of(name: str) -> list[dict]:
+    return [c for c in all_cases() if c["checkpoint"] == name]
 
 
 def chunk_sizes(monkeypatch, edges: int, nodes: int) -> None:
@@ -102,3 +111,57 @@ def test_chunks_cover_the_range_once():
         chunking.EDGE_CHUNK_SIZE,
         chunking.EDGE_CHUNK_SIZE + 1,
     )
+
+
+def _concatenate(graphs: list[GraphInput]) -> GraphInput:
+    """One batch from single-structure graphs (node indices offset, structure ids in order)."""
+    offsets = torch.cumsum(torch.tensor([0] + [g.atomic_numbers.shape[0] for g in graphs]), 0)
+    return GraphInput(
+        atomic_numbers=torch.cat([g.atomic_numbers for g in graphs]),
+        edge_index=torch.cat([g.edge_index + offsets[i] for i, g in enumerate(graphs)], dim=1),
+        edge_vec=torch.cat([g.edge_vec for g in graphs]),
+        batch=torch.cat([torch.full_like(g.batch, i) for i, g in enumerate(graphs)]),
+        num_graphs=len(graphs),
+    )
+
+
+def _assert_relative(a: torch.Tensor, b: torch.Tensor, what: str, rel: float = 1e-12) -> None:
+    scale = float(b.abs().max())
+    assert scale > 0, what
+    assert float((a - b).abs().max()) <= rel * scale, (what, float((a - b).abs().max()), scale)
+
+
+@pytest.mark.parametrize("name", ALL_CHECKPOINTS)
+def test_float64_outputs_do_not_depend_on_chunks_or_batching(monkeypatch, name):
+    """float64 is float64: every fixture checkpoint gives the same outputs to 1e-12 relative
+    whether edges/nodes are evaluated in one chunk or many, and whether a structure is
+    evaluated alone or batched with others. Its constants (grid matrices, rescale factors,
+    norm balances, tensor bases) carry float64 digits, not float32 values widened."""
+    model = loaded(name, torch.float64).model
+    constants = [
+        (module_name, const)
+        for module_name, module in model.named_modules()
+        if isinstance(module, ExactConstants)
+        for const in module._exact_constants
+    ]
+    assert {c for _, c in constants} >= {"to_flat", "from_flat", "stress_iso_basis"}
+    for module_name, const in constants:
+        value = model.get_submodule(module_name).get_buffer(const)
+        assert value.dtype == torch.float64
+        if const != "inverse_rescale" or model.config.mmax < model.config.lmax:
+            assert (value.float().double() != value).any(), (module_name, const)
+    picked = [c for c in cases_of(name) if c["structure"] in BATCH_STRUCTURES]
+    singles = [fixture_graph(c, torch.float64) for c in picked]
+    with torch.inference_mode():
+        chunk_sizes(monkeypatch, 10**9, 10**9)
+        alone = [model(g) for g in singles]
+        whole = model(_concatenate(singles))
+        chunk_sizes(monkeypatch, 23, 3)  # many chunks, ragged, crossing structure boundaries
+        chunked = model(_concatenate(singles))
+    counts = [g.atomic_numbers.shape[0] for g in singles]
+    for key in whole:
+        _assert_relative(chunked[key], whole[key], f"{key} chunked")
+        parts = torch.split(whole[key], counts) if key == "forces" else whole[key].unbind(0)
+        for i, part in enumerate(parts):
+            single = alone[i][key] if key == "forces" else alone[i][key][0]
+            _assert_relative(part, single, f"{key} batched, structure {i}")

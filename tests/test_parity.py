@@ -1,7 +1,11 @@
 """Parity with the reference implementation (fairchem-core 1.10) on every fixture case.
 
-Tolerances are each case's ``suggested_tolerance`` from reference.json (derived there from
-float32 noise and the reference's own sensitivity to its random edge frames).
+Both fixture sets: ``tests/data/eqv2`` (the layouts of the released checkpoints) and
+``tests/data/eqv2_options`` (options no released checkpoint uses: shared atom-edge embedding,
+gate and plain S2 activations, omitted grid resolution, DeNS sigma encoding, undecomposed
+rank-2 heads, registry names...). Tolerances are each case's ``suggested_tolerance`` from
+reference.json (derived there from float32 noise and the reference's own sensitivity to its
+random edge frames), fixed per case; exceptions are listed in :data:`FLOAT64_EXCEPTIONS`.
 """
 
 from __future__ import annotations
@@ -9,11 +13,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from eqv2_reference import DATA, case_id, cases, loaded, run_model, structure
+from eqv2_reference import all_cases, case_id, data_dir, fixture_graph, loaded, run_model, structure
 
 from eqv2calc.model.backbone import GraphInput
 
-CASES = cases()
+CASES = all_cases()
+
+#: (checkpoint, structure, output) -> absolute tolerance for the float64 comparison, and why
+FLOAT64_EXCEPTIONS = {
+    ("eqV2_small_dens_hydra", "bulk_cu_fcc_conv", "stress"): (
+        5e-4,  # eV/Å³; the suggested tolerance is 1.8e-4
+        "perfect fcc cell: the rank-2 head layer-normalises edge features that are nearly equal"
+        " on every edge, which amplifies float32 rounding; our float32 run reproduces the"
+        " float32 reference to 2.5e-5 eV/Å³ while the float64 value differs from both by"
+        " 2.9e-4 eV/Å³ (|σ| = 0.015 eV/Å³)",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -34,26 +49,30 @@ def test_model_matches_reference_with_reference_edges(case):
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_float64_matches_reference(case):
-    """float64 results agree with the (float32) reference.
-
-    The reference carries float32 rounding; where our own float32 and float64 results differ
-    by more than the suggested tolerance (perfect fcc cells, whose nearly identical edge
-    features make the layer norms amplify rounding), the reference cannot be trusted beyond
-    that measured float32 noise, so the allowance is twice the measured |f32 - f64| there.
-    """
+    """float64 results agree with the (float32) reference within the case's fixed tolerance
+    (:data:`FLOAT64_EXCEPTIONS` names the one case that needs more, and why)."""
     out64 = run_model(case["checkpoint"], case, torch.float64)
-    out32 = run_model(case["checkpoint"], case, torch.float32)
     tol = case["suggested_tolerance"]
+    assert set(out64) == ({"energy", "forces", "stress"} & set(case))
     for key, t in (
         ("energy", tol["energy_atol"]),
         ("forces", tol["forces_atol"]),
         ("stress", tol.get("stress_atol")),
     ):
-        if key == "stress" and "stress" not in case:
+        if key not in case:
             continue
+        t = FLOAT64_EXCEPTIONS.get((case["checkpoint"], case["structure"], key), (t,))[0]
         ref = np.array(case[key]).reshape(out64[key].shape)
-        noise = np.abs(out64[key] - out32[key]).max()
-        assert np.abs(out64[key] - ref).max() <= max(t, 2 * noise), key
+        np.testing.assert_allclose(out64[key], ref, rtol=0, atol=t, err_msg=key)
+
+
+def test_float64_exceptions_are_needed():
+    """Each exception is still needed (its case fails the suggested tolerance in float64)."""
+    for (checkpoint, name, key), _ in FLOAT64_EXCEPTIONS.items():
+        case = next(c for c in CASES if c["checkpoint"] == checkpoint and c["structure"] == name)
+        out64 = run_model(checkpoint, case, torch.float64)
+        ref = np.array(case[key]).reshape(out64[key].shape)
+        assert np.abs(out64[key] - ref).max() > case["suggested_tolerance"][f"{key}_atol"]
 
 
 def test_intermediate_node_embeddings_match():
@@ -61,11 +80,9 @@ def test_intermediate_node_embeddings_match():
     for case in CASES:
         if "intermediates_file" not in case:
             continue
-        inter = np.load(DATA / case["intermediates_file"])
+        inter = np.load(data_dir(case["checkpoint"]) / case["intermediates_file"])
         lm = loaded(case["checkpoint"])
         backbone = lm.model.backbone
-        from eqv2_reference import fixture_graph
-
         g: GraphInput = fixture_graph(case)
         seen: dict = {}
 
@@ -103,8 +120,6 @@ def test_intermediate_node_embeddings_match():
 )
 def test_calculator_end_to_end(case):
     """Our own graph + the ASE calculator reproduce the reference (cases without a tie at the cut)."""
-    from eqv2calc.calculator import EquiformerV2Calculator
-
     calc = _calculator(case["checkpoint"])
     atoms = structure(case["structure"])
     atoms.calc = calc
@@ -124,7 +139,6 @@ def test_calculator_end_to_end(case):
         np.testing.assert_allclose(
             atoms.get_stress(), np.array(case["stress_ase_voigt"]), atol=tol["stress_atol"], rtol=0
         )
-    assert isinstance(EquiformerV2Calculator, type)
 
 
 _CALCS: dict = {}
