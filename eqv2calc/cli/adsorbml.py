@@ -323,6 +323,7 @@ def adsorbml_command(**kw: object) -> None:
 
 
 def _run(
+    *,
     slab_file,
     bulk_file,
     miller,

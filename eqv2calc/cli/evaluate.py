@@ -75,6 +75,7 @@ structures are still evaluated).
 )
 @campaign_options
 def eval_command(
+    *,
     files: tuple[str, ...],
     model: str | None,
     device: str,

@@ -169,6 +169,7 @@ Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
     help="Show a progress bar (on stderr).",
 )
 def md_command(
+    *,
     file: str,
     model: str | None,
     device: str,
@@ -195,6 +196,7 @@ def md_command(
     from ase import units
 
     from eqv2calc.drivers.jobs import md_paths, run_md_job
+    from eqv2calc.drivers.md import MDSettings
 
     entries, errors = read_inputs([file])
     if errors:
@@ -212,18 +214,20 @@ def md_command(
             trajectory=paths[0],
             logfile=paths[1],
             output=paths[2],
-            ensemble=ensemble.lower(),
-            temperature_K=temperature,
-            timestep_fs=timestep,
-            steps=steps,
-            thermostat=thermostat.lower(),
-            friction_per_fs=friction,
-            tdamp_fs=tdamp,
-            pressure=pressure * units.GPa,
-            pdamp_fs=pdamp,
-            cell_dof=cell_dof,
-            seed=seed,
-            log_interval=log_interval,
+            settings=MDSettings(
+                ensemble=ensemble.lower(),
+                temperature_K=temperature,
+                timestep_fs=timestep,
+                steps=steps,
+                thermostat=thermostat.lower(),
+                friction_per_fs=friction,
+                tdamp_fs=tdamp,
+                pressure=pressure * units.GPa,
+                pdamp_fs=pdamp,
+                cell_dof=cell_dof,
+                seed=seed,
+                log_interval=log_interval,
+            ),
             restart=restart,
             progress=progress,
         )

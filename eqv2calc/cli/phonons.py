@@ -83,6 +83,7 @@ Needs phonopy: pip install 'eqv2calc[phonons]'. Units: THz, K, kJ/mol, J/K/mol.
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def phonons_command(
+    *,
     file: str,
     model: str | None,
     device: str,

@@ -149,6 +149,7 @@ Units: energies eV, forces eV/Å, lengths Å.
 @progress_option
 @campaign_options
 def relax_command(
+    *,
     files: tuple[str, ...],
     model: str | None,
     device: str,

@@ -99,6 +99,7 @@ direct-head forces), then on the labels.
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar per epoch.")
 def train_command(
+    *,
     config,
     train_path,
     val_path,

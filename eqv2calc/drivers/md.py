@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,14 @@ from eqv2calc.drivers.relax import read_restart
 from eqv2calc.drivers.validate import StructureError, check_stress_support, validate_structure
 from eqv2calc.io import calculator_label
 
-__all__ = ["DIRECT_FORCES_NOTE", "ENSEMBLES", "THERMOSTATS", "MDResult", "run_md"]
+__all__ = [
+    "DIRECT_FORCES_NOTE",
+    "ENSEMBLES",
+    "THERMOSTATS",
+    "MDResult",
+    "MDSettings",
+    "run_md",
+]
 
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover")
@@ -225,81 +232,11 @@ def _nose_hoover_module() -> Any:
     return module
 
 
-def _make_integrator(
-    work: Atoms,
-    ensemble: str,
-    thermostat: str,
-    dt: float,
-    temperature_K: float,
-    friction_per_fs: float,
-    tdamp_fs: float | None,
-    pressure: float,
-    pdamp_fs: float | None,
-    cell_dof: str,
-    rng: np.random.Generator,
-    timestep_fs: float,
-) -> Any:
-    if ensemble == "nve":
-        from ase.md.verlet import VelocityVerlet
+@dataclass(frozen=True)
+class MDSettings:
+    """What an MD run does (everything except where its files go).
 
-        return VelocityVerlet(work, timestep=dt)
-    tdamp = (tdamp_fs if tdamp_fs is not None else 100.0 * timestep_fs) * units.fs
-    if ensemble == "nvt":
-        if thermostat == "langevin":
-            from ase.md.langevin import Langevin
-
-            return Langevin(
-                work,
-                timestep=dt,
-                temperature_K=temperature_K,
-                friction=friction_per_fs / units.fs,
-                rng=rng,
-                fixcm=False,
-            )
-        nhc = _nose_hoover_module()
-        return nhc.NoseHooverChainNVT(work, timestep=dt, temperature_K=temperature_K, tdamp=tdamp)
-    nhc = _nose_hoover_module()
-    pdamp = (pdamp_fs if pdamp_fs is not None else 1000.0 * timestep_fs) * units.fs
-    cls = nhc.IsotropicMTKNPT if cell_dof == "isotropic" else nhc.MTKNPT
-    return cls(
-        work,
-        timestep=dt,
-        temperature_K=temperature_K,
-        pressure_au=pressure,
-        tdamp=tdamp,
-        pdamp=pdamp,
-    )
-
-
-def run_md(
-    atoms: Atoms,
-    calculator: Calculator,
-    *,
-    ensemble: str = "nvt",
-    temperature_K: float = 300.0,
-    timestep_fs: float = 1.0,
-    steps: int = 1000,
-    thermostat: str = "langevin",
-    friction_per_fs: float = 0.01,
-    tdamp_fs: float | None = None,
-    pressure: float = 0.0,
-    pdamp_fs: float | None = None,
-    cell_dof: str = "isotropic",
-    seed: int | None = None,
-    init_velocities: bool = True,
-    log_interval: int = 10,
-    trajectory: str | os.PathLike | None = None,
-    logfile: str | os.PathLike | None = None,
-    restart: bool = False,
-    label: str | None = None,
-    progress: bool = False,
-) -> MDResult:
-    """Run molecular dynamics of one structure.
-
-    Args:
-        atoms: Starting structure (not modified). Fixed atoms (``FixAtoms``) stay fixed
-            (not allowed for NPT).
-        calculator: Any ASE calculator (NPT needs stress).
+    Attributes:
         ensemble: ``nve``, ``nvt`` or ``npt``.
         temperature_K: Target temperature (NVT/NPT) and temperature of the initial
             Maxwell–Boltzmann velocities, K.
@@ -308,21 +245,347 @@ def run_md(
         thermostat: For NVT: ``langevin`` or ``nose-hoover`` (NPT always uses Nosé–Hoover
             chains).
         friction_per_fs: Langevin friction, 1/fs.
-        tdamp_fs: Nosé–Hoover thermostat damping time, fs (default 100 time steps).
+        tdamp_fs: Nosé–Hoover thermostat damping time, fs (None: 100 time steps).
         pressure: External pressure for NPT, eV/Å³ (1 GPa = 0.0062415 eV/Å³).
-        pdamp_fs: Barostat damping time, fs (default 1000 time steps).
+        pdamp_fs: Barostat damping time, fs (None: 1000 time steps).
         cell_dof: NPT cell freedom: ``isotropic`` (volume only) or ``full``.
         seed: Seed for the initial velocities and the Langevin noise.
         init_velocities: Draw Maxwell–Boltzmann velocities at ``temperature_K`` (centre of
             mass motion removed, and rotation for non-periodic structures). False keeps the
-            momenta stored in ``atoms``.
+            momenta stored in the structure.
         log_interval: Log and write a trajectory frame every this many steps.
+    """
+
+    ensemble: str = "nvt"
+    temperature_K: float = 300.0
+    timestep_fs: float = 1.0
+    steps: int = 1000
+    thermostat: str = "langevin"
+    friction_per_fs: float = 0.01
+    tdamp_fs: float | None = None
+    pressure: float = 0.0
+    pdamp_fs: float | None = None
+    cell_dof: str = "isotropic"
+    seed: int | None = None
+    init_velocities: bool = True
+    log_interval: int = 10
+
+    def checked(self) -> MDSettings:
+        """These settings with names normalised (``NVT`` → ``nvt``); raises ValueError for
+        values that cannot work, naming the setting."""
+        ensemble = self.ensemble.lower()
+        thermostat = self.thermostat.lower().replace("_", "-")
+        if ensemble not in ENSEMBLES:
+            raise ValueError(
+                f"unknown ensemble {self.ensemble!r}; choose one of {', '.join(ENSEMBLES)}"
+            )
+        if thermostat not in THERMOSTATS:
+            raise ValueError(
+                f"unknown thermostat {self.thermostat!r}; choose one of {', '.join(THERMOSTATS)}"
+            )
+        if self.cell_dof not in ("isotropic", "full"):
+            raise ValueError(f"cell_dof must be 'isotropic' or 'full', got {self.cell_dof!r}")
+        if not self.timestep_fs > 0:
+            raise ValueError(f"timestep must be positive, got {self.timestep_fs} fs")
+        if not self.temperature_K >= 0:
+            raise ValueError(f"temperature must be >= 0 K, got {self.temperature_K}")
+        if ensemble != "nve" and self.temperature_K == 0:
+            raise ValueError(f"{ensemble.upper()} needs a temperature above 0 K")
+        if self.log_interval < 1:
+            raise ValueError(f"log_interval must be at least 1, got {self.log_interval}")
+        return replace(self, ensemble=ensemble, thermostat=thermostat)
+
+    @property
+    def npt(self) -> bool:
+        return self.ensemble == "npt"
+
+
+def _make_integrator(work: Atoms, settings: MDSettings, rng: np.random.Generator) -> Any:
+    """The ASE integrator for ``settings`` acting on ``work``."""
+    s = settings
+    dt = s.timestep_fs * units.fs
+    if s.ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        return VelocityVerlet(work, timestep=dt)
+    tdamp = (s.tdamp_fs if s.tdamp_fs is not None else 100.0 * s.timestep_fs) * units.fs
+    if s.ensemble == "nvt":
+        if s.thermostat == "langevin":
+            from ase.md.langevin import Langevin
+
+            return Langevin(
+                work,
+                timestep=dt,
+                temperature_K=s.temperature_K,
+                friction=s.friction_per_fs / units.fs,
+                rng=rng,
+                fixcm=False,
+            )
+        nhc = _nose_hoover_module()
+        return nhc.NoseHooverChainNVT(work, timestep=dt, temperature_K=s.temperature_K, tdamp=tdamp)
+    nhc = _nose_hoover_module()
+    pdamp = (s.pdamp_fs if s.pdamp_fs is not None else 1000.0 * s.timestep_fs) * units.fs
+    cls = nhc.IsotropicMTKNPT if s.cell_dof == "isotropic" else nhc.MTKNPT
+    return cls(
+        work,
+        timestep=dt,
+        temperature_K=s.temperature_K,
+        pressure_au=s.pressure,
+        tdamp=tdamp,
+        pdamp=pdamp,
+    )
+
+
+class _MDRun:
+    """One MD run in four steps: :meth:`prepare` (checks, restart, velocities, integrator,
+    log header), :meth:`run` (the integrator, with :meth:`observe` every ``log_interval``
+    steps), :meth:`finish` (drift, final structure, log summary)."""
+
+    def __init__(
+        self,
+        atoms: Atoms,
+        calculator: Calculator,
+        settings: MDSettings,
+        *,
+        trajectory: Path | None,
+        logfile: Path | None,
+        label: str,
+    ) -> None:
+        self.atoms, self.calculator, self.settings = atoms, calculator, settings
+        self.traj_path, self.log_path, self.label = trajectory, logfile, label
+        self.frames: list[Atoms] = []
+        self.start_step = 0
+
+    # --- prepare -----------------------------------------------------------------------------
+    def prepare(self, restart: bool) -> None:
+        s = self.settings
+        if s.npt:
+            check_stress_support(self.calculator, "NPT molecular dynamics")
+        validate_structure(
+            self.atoms, relax_cell=s.npt, cell_what="NPT molecular dynamics (the cell varies)"
+        )
+        if s.npt and self.atoms.constraints:
+            raise StructureError("NPT (MTK integrator) does not support constraints; remove them")
+        self.work = self.atoms.copy()
+        if restart and self.traj_path is not None:
+            self.frames = read_restart(self.traj_path)
+        rng = np.random.default_rng(s.seed)
+        if self.frames:
+            self._continue_from(self.frames[-1])
+        else:
+            self._fresh_start(rng)
+        self.work.calc = self.calculator
+        self.dyn = _make_integrator(self.work, s, rng)
+        self.dyn.nsteps = self.start_step
+        self.has_conserved = s.ensemble != "nve" and hasattr(self.dyn, "get_conserved_energy")
+        self.log = _Log(self.log_path, s.npt, self.has_conserved, append=bool(self.frames))
+        self.result = MDResult(
+            label=self.label,
+            atoms=self.work,
+            ensemble=s.ensemble,
+            integrator=type(self.dyn).__name__,
+            steps=self.start_step,
+            timestep_fs=s.timestep_fs,
+            pressures_gpa=[] if s.npt else None,
+            volumes=[] if s.npt else None,
+            conserved_energies=[] if self.has_conserved else None,
+            trajectory=self.traj_path,
+            logfile=self.log_path,
+            restarted_from=self.start_step,
+        )
+        for frame in self.frames[:-1]:
+            step = int(frame.info.get("md_step", 0))
+            self.add_point(step, frame, frame.info.get("conserved_energy_eV"), write_log=False)
+        self.log.header(self._header())
+
+    def _continue_from(self, last: Atoms) -> None:
+        work = self.work
+        if len(last) != len(work) or not np.array_equal(last.numbers, work.numbers):
+            raise StructureError(
+                "cannot restart: the trajectory holds a different structure "
+                f"({last.get_chemical_formula()} vs {work.get_chemical_formula()})"
+            )
+        work.set_cell(last.cell, scale_atoms=False)
+        work.set_positions(last.positions, apply_constraint=False)
+        work.set_momenta(last.get_momenta(), apply_constraint=False)
+        fallback = (len(self.frames) - 1) * self.settings.log_interval
+        self.start_step = int(last.info.get("md_step", fallback))
+
+    def _fresh_start(self, rng: np.random.Generator) -> None:
+        s, work = self.settings, self.work
+        if self.traj_path is not None:
+            self.traj_path.parent.mkdir(parents=True, exist_ok=True)
+            self.traj_path.unlink(missing_ok=True)
+        if not s.init_velocities:
+            return
+        from ase.md.velocitydistribution import Stationary, ZeroRotation
+
+        work.set_momenta(np.zeros((len(work), 3)))
+        if s.temperature_K > 0:
+            _thermalize(work, s.temperature_K, rng)
+            if len(work) > 1 and not work.constraints:
+                Stationary(work)
+                if not work.pbc.any() and len(work) > 2:
+                    ZeroRotation(work)
+
+    def _header(self) -> list[str]:
+        s = self.settings
+        if self.frames:
+            return [
+                f"restarted from {self.traj_path} at step {self.start_step} "
+                "(thermostat/barostat variables start from zero)"
+            ]
+        langevin = s.ensemble == "nvt" and s.thermostat == "langevin"
+        return [
+            f"eqv2calc md: {self.label}, {len(self.work)} atoms, ensemble "
+            f"{s.ensemble.upper()}, integrator {type(self.dyn).__name__}, time step "
+            f"{s.timestep_fs} fs, {s.steps} steps",
+            f"temperature {s.temperature_K} K"
+            + (f", Langevin friction {s.friction_per_fs} 1/fs" if langevin else "")
+            + (f", pressure {s.pressure / units.GPa:.4f} GPa" if s.npt else "")
+            + f", seed {s.seed}",
+            f"calculator: {calculator_label(self.calculator)}",
+            f"Note: {DIRECT_FORCES_NOTE}",
+        ]
+
+    # --- observe -----------------------------------------------------------------------------
+    def add_point(self, step: int, frame: Atoms, econs: float | None, write_log: bool) -> None:
+        """Record one logged point (energies eV, temperature K; pressure GPa for NPT)."""
+        result, s = self.result, self.settings
+        epot = float(frame.get_potential_energy())
+        if not math.isfinite(epot):
+            raise RuntimeError(f"{self.label}: potential energy became {epot} at MD step {step}")
+        ekin = float(frame.get_kinetic_energy())
+        temp = float(frame.get_temperature())
+        t_ps = step * s.timestep_fs / 1000.0
+        pressure_gpa = volume = None
+        result.steps_logged.append(step)
+        result.times_ps.append(t_ps)
+        result.potential_energies.append(epot)
+        result.kinetic_energies.append(ekin)
+        result.temperatures.append(temp)
+        if s.npt:
+            stress = frame.get_stress(include_ideal_gas=True)
+            pressure_gpa = -float(np.mean(stress[:3])) / units.GPa
+            volume = float(frame.get_volume())
+            result.pressures_gpa.append(pressure_gpa)
+            result.volumes.append(volume)
+        if self.has_conserved:
+            result.conserved_energies.append(econs if econs is not None else math.nan)
+        if write_log:
+            self.log.row(step, t_ps, epot, ekin, temp, pressure_gpa, volume, econs)
+
+    def observe(self) -> None:
+        """Called by the integrator every ``log_interval`` steps: log line + trajectory frame."""
+        step = int(self.dyn.nsteps)
+        econs = float(self.dyn.get_conserved_energy()) if self.has_conserved else None
+        self.add_point(step, self.work, econs, write_log=True)
+        if self.traj_path is not None:
+            from ase.io.trajectory import Trajectory
+
+            self.work.info["md_step"] = step
+            self.work.info["time_fs"] = step * self.settings.timestep_fs
+            if econs is not None:
+                self.work.info["conserved_energy_eV"] = econs
+            with Trajectory(str(self.traj_path), "a") as traj:
+                traj.write(self.work)
+
+    # --- run ---------------------------------------------------------------------------------
+    def run(self, progress: bool) -> None:
+        s, dyn, start = self.settings, self.dyn, self.start_step
+        dyn.attach(self.observe, interval=s.log_interval)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=s.steps, initial=start, desc=f"MD {self.label}", unit="step")
+            dyn.attach(lambda: bar.update(1) if dyn.nsteps > start else None, interval=1)
+        try:
+            if self.frames:
+                # ASE does not call observers at the start of a continued run; the restart
+                # point (already in the log and the trajectory) is added to the series here.
+                econs = float(dyn.get_conserved_energy()) if self.has_conserved else None
+                self.add_point(start, self.work, econs, write_log=False)
+            remaining = max(s.steps - start, 0)
+            if remaining:
+                dyn.run(steps=remaining)
+        except KeyboardInterrupt:
+            self.log.write(
+                f"# interrupted at step {int(dyn.nsteps)}; the trajectory holds the steps "
+                "logged so far (continue with restart=True / --restart)\n"
+            )
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if hasattr(dyn, "close"):
+                dyn.close()
+
+    # --- finish ------------------------------------------------------------------------------
+    def finish(self) -> MDResult:
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        result, work, s = self.result, self.work, self.settings
+        result.steps = int(self.dyn.nsteps)
+        if self.has_conserved:
+            series, what = result.conserved_energies, "conserved energy"
+        elif s.ensemble == "nve":
+            series, what = result.total_energies, "total energy"
+        else:
+            series, what = None, None
+        if series is not None:
+            finite = [(t, e) for t, e in zip(result.times_ps, series) if math.isfinite(e)]
+            result.drift_ev_per_ps = linear_drift([t for t, _ in finite], [e for _, e in finite])
+            result.drift_quantity = what if result.drift_ev_per_ps is not None else None
+        final = work.copy()
+        res = {
+            "energy": work.get_potential_energy(),
+            "forces": work.get_forces(apply_constraint=False),
+        }
+        if s.npt:
+            res["stress"] = work.get_stress()
+        final.calc = SinglePointCalculator(final, **res)
+        final.info.pop("md_step", None)
+        work.calc = None
+        result.atoms = final
+        summary = [f"summary: {result.summary_line()}"]
+        if result.drift_ev_per_ps is None and s.ensemble != "nve":
+            summary.append(
+                f"summary: {type(self.dyn).__name__} has no conserved energy; no drift reported"
+            )
+        self.log.write("".join(f"# {line}\n" for line in summary))
+        return result
+
+
+def run_md(
+    atoms: Atoms,
+    calculator: Calculator,
+    settings: MDSettings | None = None,
+    *,
+    trajectory: str | os.PathLike | None = None,
+    logfile: str | os.PathLike | None = None,
+    restart: bool = False,
+    label: str | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> MDResult:
+    """Run molecular dynamics of one structure.
+
+    Args:
+        atoms: Starting structure (not modified). Fixed atoms (``FixAtoms``) stay fixed
+            (not allowed for NPT).
+        calculator: Any ASE calculator (NPT needs stress).
+        settings: What to run (:class:`MDSettings`; default: NVT Langevin, 300 K, 1 fs,
+            1000 steps).
         trajectory: ASE ``.traj`` file for frames (positions, momenta, cell, energies).
         logfile: Text log (time, energies, temperature; pressure and volume for NPT).
-        restart: Continue from the last frame of ``trajectory`` if it exists (positions,
-            momenta, cell and step count; thermostat/barostat variables restart from zero).
+        restart: Continue from the last readable frame of ``trajectory`` if it exists
+            (positions, momenta, cell and step count; thermostat/barostat variables restart
+            from zero). A damaged trajectory is moved aside, never deleted.
         label: Name for messages (default: chemical formula).
         progress: Show a tqdm progress bar over steps.
+        **options: Fields of :class:`MDSettings` (``ensemble="npt"``, ``steps=200``...),
+            applied on top of ``settings``.
 
     Returns:
         The :class:`MDResult`, with the drift of the total energy (NVE) or of the
@@ -333,212 +596,18 @@ def run_md(
             (:class:`~eqv2calc.drivers.validate.StructureError`).
         RuntimeError: The energy became non-finite during the run.
     """
-    ensemble = ensemble.lower()
-    thermostat = thermostat.lower().replace("_", "-")
-    if ensemble not in ENSEMBLES:
-        raise ValueError(f"unknown ensemble {ensemble!r}; choose one of {', '.join(ENSEMBLES)}")
-    if thermostat not in THERMOSTATS:
-        raise ValueError(
-            f"unknown thermostat {thermostat!r}; choose one of {', '.join(THERMOSTATS)}"
-        )
-    if cell_dof not in ("isotropic", "full"):
-        raise ValueError(f"cell_dof must be 'isotropic' or 'full', got {cell_dof!r}")
-    if timestep_fs <= 0:
-        raise ValueError(f"timestep must be positive, got {timestep_fs} fs")
-    if temperature_K < 0:
-        raise ValueError(f"temperature must be >= 0 K, got {temperature_K}")
-    if ensemble != "nve" and temperature_K == 0:
-        raise ValueError(f"{ensemble.upper()} needs a temperature above 0 K")
-    if log_interval < 1:
-        raise ValueError(f"log_interval must be at least 1, got {log_interval}")
-    label = label or atoms.get_chemical_formula()
-    npt = ensemble == "npt"
-    if npt:
-        check_stress_support(calculator, "NPT molecular dynamics")
-    validate_structure(atoms, relax_cell=npt, cell_what="NPT molecular dynamics (the cell varies)")
-    if npt and atoms.constraints:
-        raise StructureError("NPT (MTK integrator) does not support constraints; remove them")
-
-    work = atoms.copy()
-    traj_path = Path(trajectory) if trajectory is not None else None
-    frames = read_restart(traj_path) if (restart and traj_path is not None) else []
-    rng = np.random.default_rng(seed)
-    start_step = 0
-    if frames:
-        last = frames[-1]
-        if len(last) != len(work) or not np.array_equal(last.numbers, work.numbers):
-            raise StructureError(
-                "cannot restart: the trajectory holds a different structure "
-                f"({last.get_chemical_formula()} vs {work.get_chemical_formula()})"
-            )
-        work.set_cell(last.cell, scale_atoms=False)
-        work.set_positions(last.positions, apply_constraint=False)
-        work.set_momenta(last.get_momenta(), apply_constraint=False)
-        start_step = int(last.info.get("md_step", (len(frames) - 1) * log_interval))
-    else:
-        if traj_path is not None:
-            traj_path.parent.mkdir(parents=True, exist_ok=True)
-            traj_path.unlink(missing_ok=True)
-        if init_velocities:
-            from ase.md.velocitydistribution import Stationary, ZeroRotation
-
-            work.set_momenta(np.zeros((len(work), 3)))
-            if temperature_K > 0:
-                _thermalize(work, temperature_K, rng)
-                if len(work) > 1 and not work.constraints:
-                    Stationary(work)
-                    if not work.pbc.any() and len(work) > 2:
-                        ZeroRotation(work)
-
-    work.calc = calculator
-    dt = timestep_fs * units.fs
-    dyn = _make_integrator(
-        work,
-        ensemble,
-        thermostat,
-        dt,
-        temperature_K,
-        friction_per_fs,
-        tdamp_fs,
-        pressure,
-        pdamp_fs,
-        cell_dof,
-        rng,
-        timestep_fs,
-    )
-    dyn.nsteps = start_step
-    has_conserved = ensemble != "nve" and hasattr(dyn, "get_conserved_energy")
-    log = _Log(Path(logfile) if logfile else None, npt, has_conserved, append=bool(frames))
-    result = MDResult(
-        label=label,
-        atoms=work,
-        ensemble=ensemble,
-        integrator=type(dyn).__name__,
-        steps=start_step,
-        timestep_fs=timestep_fs,
-        pressures_gpa=[] if npt else None,
-        volumes=[] if npt else None,
-        conserved_energies=[] if has_conserved else None,
-        trajectory=traj_path,
+    unknown = sorted(set(options) - {f.name for f in fields(MDSettings)})
+    if unknown:
+        raise TypeError(f"run_md() got unknown option(s) {', '.join(unknown)}")
+    settings = replace(settings or MDSettings(), **options).checked()
+    run = _MDRun(
+        atoms,
+        calculator,
+        settings,
+        trajectory=Path(trajectory) if trajectory is not None else None,
         logfile=Path(logfile) if logfile else None,
-        restarted_from=start_step,
+        label=label or atoms.get_chemical_formula(),
     )
-
-    def add_point(step: int, frame: Atoms, econs: float | None, write_log: bool) -> None:
-        epot = float(frame.get_potential_energy())
-        if not math.isfinite(epot):
-            raise RuntimeError(f"{label}: potential energy became {epot} at MD step {step}")
-        ekin = float(frame.get_kinetic_energy())
-        temp = float(frame.get_temperature())
-        t_ps = step * timestep_fs / 1000.0
-        pressure_gpa = volume = None
-        result.steps_logged.append(step)
-        result.times_ps.append(t_ps)
-        result.potential_energies.append(epot)
-        result.kinetic_energies.append(ekin)
-        result.temperatures.append(temp)
-        if npt:
-            stress = frame.get_stress(include_ideal_gas=True)
-            pressure_gpa = -float(np.mean(stress[:3])) / units.GPa
-            volume = float(frame.get_volume())
-            result.pressures_gpa.append(pressure_gpa)
-            result.volumes.append(volume)
-        if has_conserved:
-            result.conserved_energies.append(econs if econs is not None else math.nan)
-        if write_log:
-            log.row(step, t_ps, epot, ekin, temp, pressure_gpa, volume, econs)
-
-    for frame in frames[:-1]:
-        step = int(frame.info.get("md_step", 0))
-        add_point(step, frame, frame.info.get("conserved_energy_eV"), write_log=False)
-
-    header = [
-        f"eqv2calc md: {label}, {len(work)} atoms, ensemble {ensemble.upper()}, "
-        f"integrator {type(dyn).__name__}, time step {timestep_fs} fs, {steps} steps",
-        f"temperature {temperature_K} K"
-        + (
-            f", Langevin friction {friction_per_fs} 1/fs"
-            if ensemble == "nvt" and thermostat == "langevin"
-            else ""
-        )
-        + (f", pressure {pressure / units.GPa:.4f} GPa" if npt else "")
-        + f", seed {seed}",
-        f"calculator: {calculator_label(calculator)}",
-        f"Note: {DIRECT_FORCES_NOTE}",
-    ]
-    if frames:
-        header = [
-            f"restarted from {traj_path} at step {start_step} "
-            "(thermostat/barostat variables start from zero)"
-        ]
-    log.header(header)
-
-    def observe() -> None:
-        step = int(dyn.nsteps)
-        econs = float(dyn.get_conserved_energy()) if has_conserved else None
-        add_point(step, work, econs, write_log=True)
-        if traj_path is not None:
-            from ase.io.trajectory import Trajectory
-
-            work.info["md_step"] = step
-            work.info["time_fs"] = step * timestep_fs
-            if econs is not None:
-                work.info["conserved_energy_eV"] = econs
-            with Trajectory(str(traj_path), "a") as traj:
-                traj.write(work)
-
-    dyn.attach(observe, interval=log_interval)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=start_step, desc=f"MD {label}", unit="step")
-        dyn.attach(lambda: bar.update(1) if dyn.nsteps > start_step else None, interval=1)
-    try:
-        if frames:
-            # ASE does not call observers at the start of a continued run; the restart point
-            # (already in the log and the trajectory) is added to the series here.
-            econs = float(dyn.get_conserved_energy()) if has_conserved else None
-            add_point(start_step, work, econs, write_log=False)
-        remaining = max(steps - start_step, 0)
-        if remaining:
-            dyn.run(steps=remaining)
-    except KeyboardInterrupt:
-        log.write(
-            f"# interrupted at step {int(dyn.nsteps)}; the trajectory holds the steps logged "
-            "so far (continue with restart=True / --restart)\n"
-        )
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        if hasattr(dyn, "close"):
-            dyn.close()
-
-    result.steps = int(dyn.nsteps)
-    if has_conserved:
-        series, what = result.conserved_energies, "conserved energy"
-    elif ensemble == "nve":
-        series, what = result.total_energies, "total energy"
-    else:
-        series, what = None, None
-    if series is not None:
-        finite = [(t, e) for t, e in zip(result.times_ps, series) if math.isfinite(e)]
-        result.drift_ev_per_ps = linear_drift([t for t, _ in finite], [e for _, e in finite])
-        result.drift_quantity = what if result.drift_ev_per_ps is not None else None
-
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    final = work.copy()
-    res = {"energy": work.get_potential_energy(), "forces": work.get_forces(apply_constraint=False)}
-    if npt:
-        res["stress"] = work.get_stress()
-    final.calc = SinglePointCalculator(final, **res)
-    final.info.pop("md_step", None)
-    work.calc = None
-    result.atoms = final
-    summary = [f"summary: {result.summary_line()}"]
-    if result.drift_ev_per_ps is None and ensemble != "nve":
-        summary.append(f"summary: {type(dyn).__name__} has no conserved energy; no drift reported")
-    log.write("".join(f"# {s}\n" for s in summary))
-    return result
+    run.prepare(restart)
+    run.run(progress)
+    return run.finish()
