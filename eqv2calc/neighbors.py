@@ -131,6 +131,26 @@ def _stable_lexsort(keys: list[torch.Tensor]) -> torch.Tensor:
     return order
 
 
+def _packed(cols: torch.Tensor, bits: int) -> list[torch.Tensor]:
+    """Keys sorting like the three integer columns of ``cols`` (first most significant).
+
+    One int64 key when every value fits in ``bits`` signed bits (a data-dependent check:
+    one host sync), else the three columns.
+    """
+    if cols.numel() == 0:
+        return [cols[:, 0], cols[:, 1], cols[:, 2]]
+    half = 1 << (bits - 1)
+    if bool(cols.abs().amax() < half - 1):
+        u = cols + half
+        return [(u[:, 0] << (2 * bits)) | (u[:, 1] << bits) | u[:, 2]]
+    return [cols[:, 0], cols[:, 1], cols[:, 2]]
+
+
+def _packed_nj_off(nj: torch.Tensor, off: torch.Tensor) -> list[torch.Tensor]:
+    """Keys sorting like (nj, n1, n2, n3)."""
+    return [nj, *_packed(off, 11)]
+
+
 # --------------------------------------------------------------------------- candidates
 
 
@@ -161,6 +181,7 @@ def _dense_candidates(
     img_ptr = torch.zeros(nb + 1, dtype=torch.long, device=dev)
     img_ptr[1:] = torch.cumsum(n_img, 0)
     images = grid[img_g]  # [sum M_b, 3]
+    img_vec = torch.einsum("gk,gkl->gl", images.to(pos.dtype), cells_p[img_b])  # [sum M_b, 3]
 
     # pairs (i, j) of the same structure, chunked so that pairs x images stays bounded
     per_struct = counts * counts * n_img
@@ -174,7 +195,7 @@ def _dense_candidates(
             acc += totals[end_b]
             end_b += 1
         sl = slice(start_b, end_b)
-        c, m = counts[sl], n_img[sl]
+        c = counts[sl]
         bidx = torch.arange(start_b, end_b, device=dev)
         if acc > DENSE_CHUNK:  # one structure above the chunk size: split its centres
             b = start_b
@@ -199,24 +220,25 @@ def _dense_candidates(
                 out_n.append(nn + (shift[ii] - shift[jj]).long())
             start_b = end_b
             continue
-        # candidates of structures start_b..end_b-1: (pair, image) enumerated in one go
-        cand_b = torch.repeat_interleave(bidx, c * c * m)
-        cand_ptr = torch.zeros(end_b - start_b + 1, dtype=torch.long, device=dev)
-        cand_ptr[1:] = torch.cumsum(c * c * m, 0)
-        local = torch.arange(acc, device=dev) - cand_ptr[cand_b - start_b]
-        mb = n_img[cand_b]
-        pair, img = local // mb, local % mb
-        nb_atoms = counts[cand_b]
-        ii = ptr[cand_b] + pair // nb_atoms
-        jj = ptr[cand_b] + pair % nb_atoms
-        nn = images[img_ptr[cand_b] + img]
-        vec = (
-            wrapped[jj]
-            - wrapped[ii]
-            + torch.einsum("ek,ekl->el", nn.to(pos.dtype), cells_p[cand_b])
+        # pairs (i, j) of structures start_b..end_b-1, then every image of each pair
+        pair_b = torch.repeat_interleave(bidx, c * c)
+        pair_ptr = torch.zeros(end_b - start_b + 1, dtype=torch.long, device=dev)
+        pair_ptr[1:] = torch.cumsum(c * c, 0)
+        local = torch.arange(pair_b.shape[0], device=dev) - pair_ptr[pair_b - start_b]
+        nb_atoms = counts[pair_b]
+        pi = ptr[pair_b] + local // nb_atoms
+        pj = ptr[pair_b] + local % nb_atoms
+        d0 = wrapped[pj] - wrapped[pi]  # [P, 3]
+        m_pair = n_img[pair_b]
+        cand_pair = torch.repeat_interleave(torch.arange(pair_b.shape[0], device=dev), m_pair)
+        cand_start = torch.cumsum(m_pair, 0) - m_pair
+        g = img_ptr[pair_b[cand_pair]] + (
+            torch.arange(cand_pair.shape[0], device=dev) - cand_start[cand_pair]
         )
+        vec = d0[cand_pair] + img_vec[g]
         keep = (vec * vec).sum(-1) <= r2
-        ii, jj, nn = ii[keep], jj[keep], nn[keep]
+        cp, gk = cand_pair[keep], g[keep]
+        ii, jj, nn = pi[cp], pj[cp], images[gk]
         out_i.append(ii)
         out_j.append(jj)
         out_n.append(nn + (shift[ii] - shift[jj]).long())
@@ -372,9 +394,7 @@ def _cap_keep(
     shell = torch.empty_like(c_s)
     shell[order] = torch.cumsum(new_shell.long(), 0)
     grid = torch.round(vec / VEC_GRID_A).long()
-    ranked = _stable_lexsort(
-        [shell, grid[:, 0], grid[:, 1], grid[:, 2], nj, off[:, 0], off[:, 1], off[:, 2]]
-    )
+    ranked = _stable_lexsort([shell, *_packed(grid, 18), *_packed_nj_off(nj, off)])
     r_c = ci[ranked]  # grouped by centre (shells increase with the centre)
     pos_in = torch.arange(ci.shape[0], device=dev) - starts[r_c]
     keep = torch.zeros_like(ci, dtype=torch.bool)
@@ -408,7 +428,8 @@ def _filter_and_cap(
         keep = _cap_keep(ci, nj, off, vec, d2, positions64.shape[0], max_neighbors, strict)
         ci, nj, off, b_e = ci[keep], nj[keep], off[keep], b_e[keep]
     if sort:
-        order = _stable_lexsort([ci, nj, off[:, 0], off[:, 1], off[:, 2]])
+        n_all = positions64.shape[0]
+        order = _stable_lexsort([ci * n_all + nj, *_packed(off, 11)])
         ci, nj, off, b_e = ci[order], nj[order], off[order], b_e[order]
     return DeviceGraph(
         edge_index=torch.stack([nj, ci]),

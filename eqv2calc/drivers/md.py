@@ -47,12 +47,24 @@ __all__ = [
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover")
 
-#: Printed in the help and at the top of every MD log.
+#: Printed in the help and at the top of the MD log of a direct-force model.
 DIRECT_FORCES_NOTE = (
-    "EquiformerV2 predicts forces directly; they are not gradients of the predicted energy, "
-    "so the total energy is not exactly conserved and drifts in NVE runs. The measured drift "
-    "(linear fit of energy against time) is reported at the end."
+    "Released EquiformerV2 models predict forces directly; they are not gradients of the "
+    "predicted energy, so the total energy is not exactly conserved and drifts in NVE runs "
+    "(models fine-tuned with 'eqv2calc train --forces gradient' conserve it). The measured "
+    "drift (linear fit of energy against time) is reported at the end."
 )
+#: ... of a gradient-force (conservative) model.
+GRADIENT_FORCES_NOTE = (
+    "This model's forces are gradients of its energy (forces: gradient): NVE runs conserve the "
+    "total energy up to the integrator's error. The measured drift is reported at the end."
+)
+
+
+def forces_note(calculator: Calculator) -> str | None:
+    """The note for the log header: direct or gradient forces (None: not an eqv2calc model)."""
+    kind = getattr(calculator, "forces_kind", None)
+    return {"direct": DIRECT_FORCES_NOTE, "gradient": GRADIENT_FORCES_NOTE}.get(kind)
 
 
 @dataclass
@@ -445,8 +457,7 @@ class _MDRun:
             + (f", pressure {s.pressure / units.GPa:.4f} GPa" if s.npt else "")
             + f", seed {s.seed}",
             f"calculator: {calculator_label(self.calculator)}",
-            f"Note: {DIRECT_FORCES_NOTE}",
-        ]
+        ] + ([f"Note: {note}"] if (note := forces_note(self.calculator)) else [])
 
     # --- observe -----------------------------------------------------------------------------
     def add_point(self, step: int, frame: Atoms, econs: float | None, write_log: bool) -> None:
