@@ -61,10 +61,11 @@ GRADIENT_FORCES_NOTE = (
 )
 
 
-def forces_note(calculator: Calculator) -> str | None:
-    """The note for the log header: direct or gradient forces (None: not an eqv2calc model)."""
-    kind = getattr(calculator, "forces_kind", None)
-    return {"direct": DIRECT_FORCES_NOTE, "gradient": GRADIENT_FORCES_NOTE}.get(kind)
+def forces_note(calculator: Calculator) -> str:
+    """The note for the log header: gradient forces (conservative model) or direct ones."""
+    if getattr(calculator, "forces_kind", None) == "gradient":
+        return GRADIENT_FORCES_NOTE
+    return DIRECT_FORCES_NOTE
 
 
 @dataclass
@@ -457,7 +458,8 @@ class _MDRun:
             + (f", pressure {s.pressure / units.GPa:.4f} GPa" if s.npt else "")
             + f", seed {s.seed}",
             f"calculator: {calculator_label(self.calculator)}",
-        ] + ([f"Note: {note}"] if (note := forces_note(self.calculator)) else [])
+            f"Note: {forces_note(self.calculator)}",
+        ]
 
     # --- observe -----------------------------------------------------------------------------
     def add_point(self, step: int, frame: Atoms, econs: float | None, write_log: bool) -> None:
