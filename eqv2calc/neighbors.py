@@ -49,6 +49,7 @@ AUTO_DENSE_MAX_ATOMS = 200
 DENSE_CHUNK = 4_000_000
 
 _SEARCH_PAD_A = 1e-6  # as eqv2calc.graph: search at cutoff + pad, filter exactly afterwards
+_TIE_WINDOW_A = 1e-3  # as eqv2calc.graph: strict ties ranked up to d_(k+1) + this
 
 
 @dataclass
@@ -373,33 +374,68 @@ def _cap_keep(
     strict: bool,
 ) -> torch.Tensor:
     """Boolean mask implementing the neighbour cap of :mod:`eqv2calc.graph` (all candidates
-    valid). Strict mode ranks every candidate by (centre, chained distance shell, gridded edge
-    vector x, y, z, neighbour, offset) and keeps the first k per centre, which is the module's
-    rule: without a tie at the cut, shells separate the k-th and (k+1)-th nearest."""
+    valid).
+
+    The (k+1)-th smallest d² of every centre comes from ``topk`` on a padded (centre x
+    candidates) matrix. Strict mode then ranks, for centres above the cap, the candidates up to
+    ``d₍ₖ₊₁₎ + 1e-3 Å`` (all of them when a chain of near-equal distances reaches that bound)
+    by (chained distance shell, gridded edge vector x, y, z, neighbour, offset) and keeps the
+    first k: the module's tie rule, and the k nearest whenever there is no tie at the cut.
+    """
     dev = ci.device
+    n_c = ci.shape[0]
     counts = torch.bincount(ci, minlength=n_atoms)
     over = counts > k
     starts = torch.cumsum(counts, 0) - counts
-    order = _stable_lexsort([ci, d2])
-    c_s, d_s = ci[order], d2[order]
-    rank = torch.arange(ci.shape[0], device=dev) - starts[c_s]
+    by_c = torch.sort(ci, stable=True).indices
+    c_sorted = ci[by_c]
+    slot = torch.arange(n_c, device=dev) - starts[c_sorted]
+    max_c = int(counts.max())
+    inf = float("inf")
+    if max_c <= k:
+        return torch.ones_like(ci, dtype=torch.bool)
+    padded = torch.full((n_atoms, max_c), inf, dtype=d2.dtype, device=dev)
+    padded[c_sorted, slot] = d2[by_c]
+    d2_k1 = torch.topk(padded, k + 1, dim=1, largest=False, sorted=True).values[:, k]
+    del padded
     if not strict:
-        d2_k1 = torch.full((n_atoms,), float("inf"), dtype=d2.dtype, device=dev)
-        at = rank == k
-        d2_k1[c_s[at]] = d_s[at]
         return d2 <= d2_k1[ci] + NONSTRICT_TOLERANCE_A2
-    dist = torch.sqrt(d_s)
+    d_k1 = torch.sqrt(d2_k1)
+    dist = torch.sqrt(d2)
+    keep = ~over[ci]
+    window = over[ci] & (dist <= d_k1[ci] + _TIE_WINDOW_A)
+    ranked = _rank_tied(torch.nonzero(window).squeeze(1), ci, nj, off, vec, d2, k, d_k1, over)
+    if ranked is None:  # a shell chain reaches the window top: rank all their candidates
+        ranked = _rank_tied(torch.nonzero(over[ci]).squeeze(1), ci, nj, off, vec, d2, k, None, over)
+    idx, pos_in = ranked
+    keep[idx[pos_in < k]] = True
+    return keep
+
+
+def _rank_tied(idx, ci, nj, off, vec, d2, k, d_k1, over):
+    """(candidate indices in rank order, position within their centre) for ``idx``; None when
+    ``d_k1`` is given and a cut shell reaches the top of the distance window."""
+    dev = ci.device
+    order = idx[_stable_lexsort([ci[idx], d2[idx]])]
+    c_s = ci[order]
+    dist = torch.sqrt(d2[order])
     new_shell = torch.ones_like(c_s, dtype=torch.bool)
     new_shell[1:] = (c_s[1:] != c_s[:-1]) | ((dist[1:] - dist[:-1]) > TIE_TOL_A)
-    shell = torch.empty_like(c_s)
-    shell[order] = torch.cumsum(new_shell.long(), 0)
-    grid = torch.round(vec / VEC_GRID_A).long()
-    ranked = _stable_lexsort([shell, *_packed(grid, 18), *_packed_nj_off(nj, off)])
+    shell_sorted = torch.cumsum(new_shell.long(), 0)
+    cnt = torch.bincount(c_s, minlength=over.shape[0])
+    first = torch.cumsum(cnt, 0) - cnt
+    if d_k1 is not None:
+        centres = torch.nonzero(over & (cnt > k)).squeeze(1)
+        cut_shell = shell_sorted[first[centres] + k]
+        last = torch.searchsorted(shell_sorted, cut_shell, right=True) - 1
+        if bool((dist[last] >= d_k1[centres] + _TIE_WINDOW_A - TIE_TOL_A).any()):
+            return None
+    grid = torch.round(vec[order] / VEC_GRID_A).long()
+    ranked = order[
+        _stable_lexsort([shell_sorted, *_packed(grid, 18), *_packed_nj_off(nj[order], off[order])])
+    ]
     r_c = ci[ranked]  # grouped by centre (shells increase with the centre)
-    pos_in = torch.arange(ci.shape[0], device=dev) - starts[r_c]
-    keep = torch.zeros_like(ci, dtype=torch.bool)
-    keep[ranked] = (pos_in < k) | ~over[r_c]
-    return keep
+    return ranked, torch.arange(ranked.shape[0], device=dev) - first[r_c]
 
 
 def _filter_and_cap(

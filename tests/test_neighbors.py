@@ -183,3 +183,13 @@ def test_bad_inputs_are_named():
         neighbor_graph(
             pos, torch.eye(3)[None], False, batch, 1, cutoff=3, max_neighbors=None, strict=False
         )
+
+
+def test_tie_window_fallback_ranks_everything(monkeypatch):
+    """With a vanishing tie window every tied cut takes the rank-all path: same edges."""
+    import eqv2calc.neighbors as nb
+
+    monkeypatch.setattr(nb, "_TIE_WINDOW_A", 1e-9)
+    a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    structs = [(a.get_positions(), a.cell.array, a.pbc)]
+    _assert_same(structs, 6.0, 20, True, "dense")
