@@ -40,16 +40,15 @@ from eqv2calc.drivers.batching import (
     predict_many,
 )
 from eqv2calc.drivers.relax import (
-    OPTIMIZERS,
     RelaxResult,
-    apply_restart_frame,
+    RelaxSettings,
     final_copy,
-    frame_energies,
     get_optimizer,
     max_free_force,
     prepare_logfile,
-    read_restart,
     relax,
+    relax_settings,
+    restart_state,
 )
 from eqv2calc.drivers.validate import check_stress_support, validate_structure
 
@@ -111,14 +110,51 @@ def _append_frame(path: Path, atoms: Atoms) -> None:
         traj.write(atoms)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The structures of a batch relaxation and where each one's files go."""
+
+    atoms: list[Atoms]
+    labels: list[str]
+    trajectories: list[Path | None]
+    logfiles: list[Path | None]
+    restart: bool
+
+
+def _plan(
+    atoms_list: list[Atoms],
+    labels: Sequence[str] | None,
+    trajectory_dir: str | os.PathLike | None,
+    trajectories: Sequence[str | os.PathLike | None] | None,
+    logfiles: Sequence[str | os.PathLike | None] | None,
+    restart: bool,
+) -> _Plan:
+    n = len(atoms_list)
+    labels = (
+        list(labels)
+        if labels is not None
+        else [f"{a.get_chemical_formula()}_{i}" for i, a in enumerate(atoms_list)]
+    )
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} structures")
+    tdir = Path(trajectory_dir) if trajectory_dir is not None else None
+
+    def paths(given, suffix: str) -> list[Path | None]:
+        if given is not None:
+            return [(Path(t) if t is not None else None) for t in given]
+        return [(tdir / f"{lab}{suffix}") if tdir is not None else None for lab in labels]
+
+    plan = _Plan(atoms_list, labels, paths(trajectories, ".traj"), paths(logfiles, ".log"), restart)
+    if len(plan.trajectories) != n or len(plan.logfiles) != n:
+        raise ValueError("trajectories/logfiles must have one entry per structure")
+    return plan
+
+
 def relax_batch(
     atoms_list: Sequence[Atoms],
     calculator: Calculator,
+    settings: RelaxSettings | None = None,
     *,
-    optimizer: str = "FIRE",
-    fmax: float = 0.05,
-    steps: int = 500,
-    relax_cell: bool = False,
     max_atoms_per_batch: int = DEFAULT_MAX_ATOMS_PER_BATCH,
     trajectory_dir: str | os.PathLike | None = None,
     labels: Sequence[str] | None = None,
@@ -126,8 +162,8 @@ def relax_batch(
     logfiles: Sequence[str | os.PathLike | None] | None = None,
     restart: bool = False,
     progress: bool = True,
-    optimizer_kwargs: dict[str, Any] | None = None,
     on_result: Callable[[int, RelaxResult], None] | None = None,
+    **options: Any,
 ) -> list[RelaxResult]:
     """Relax many structures together, one batched model call per optimizer step.
 
@@ -139,12 +175,10 @@ def relax_batch(
         atoms_list: Structures to relax (not modified; constraints honoured).
         calculator: Any ASE calculator; with ``predict_batch`` (``EquiformerV2Calculator``)
             all active structures are evaluated in one call per step.
-        optimizer: ``FIRE``, ``BFGS`` or ``LBFGS`` (batched); ``BFGSLineSearch`` needs
-            several evaluations per step and is run one structure at a time.
-        fmax: Convergence threshold on the largest force on a free atom, eV/Å.
-        steps: Maximum optimizer steps per structure (steps read back on restart count).
-        relax_cell: Relax the cell too (``FrechetCellFilter``); needs a calculator with
-            stress (eV/Å³) and structures periodic in 3D.
+        settings: Optimizer (``FIRE``, ``BFGS``, ``LBFGS`` batched; ``BFGSLineSearch`` needs
+            several evaluations per step and runs one structure at a time), ``fmax`` (eV/Å),
+            steps, ``relax_cell`` (needs stress, eV/Å³), optimizer keyword arguments: see
+            :class:`~eqv2calc.drivers.relax.RelaxSettings`.
         max_atoms_per_batch: Memory budget: the active batch holds at most this many atoms
             (a single larger structure runs alone).
         trajectory_dir: Folder for ``<label>.traj`` trajectories and ``<label>.log`` logs.
@@ -152,11 +186,12 @@ def relax_batch(
         trajectories: Per-structure trajectory files (overrides ``trajectory_dir``; None
             entries write none).
         logfiles: Per-structure optimizer logs (ASE format; overrides ``trajectory_dir``).
-        restart: Continue each structure from the last frame of its trajectory if present.
+        restart: Continue each structure from the last readable frame of its trajectory.
         progress: Show tqdm progress bars (structures done; optimizer steps).
-        optimizer_kwargs: Extra keyword arguments for every optimizer (e.g. ``maxstep``, Å).
         on_result: Called as ``on_result(index, result)`` as soon as a structure finishes
             (converged, out of steps or failed) — e.g. to write it to disk.
+        **options: Fields of ``RelaxSettings`` (``optimizer="BFGS"``, ``fmax=0.01``...),
+            applied on top of ``settings``.
 
     Returns:
         One :class:`~eqv2calc.drivers.relax.RelaxResult` per input, in input order. Bad
@@ -166,35 +201,14 @@ def relax_batch(
     Raises:
         ValueError: Unknown optimizer, or ``relax_cell`` with a calculator without stress.
     """
-    atoms_list = list(atoms_list)
-    n = len(atoms_list)
-    opt_class, batched = get_optimizer(optimizer)
-    opt_name = OPTIMIZERS[optimizer.lower()].name
-    if relax_cell:
+    s = relax_settings(settings, **options)
+    _, batched = get_optimizer(s.optimizer)
+    if s.relax_cell:
         check_stress_support(calculator)
     if max_atoms_per_batch < 1:
         raise ValueError(f"max_atoms_per_batch must be at least 1, got {max_atoms_per_batch}")
-    labels = (
-        list(labels)
-        if labels is not None
-        else [f"{a.get_chemical_formula()}_{i}" for i, a in enumerate(atoms_list)]
-    )
-    if len(labels) != n:
-        raise ValueError(f"{len(labels)} labels for {n} structures")
-    tdir = Path(trajectory_dir) if trajectory_dir is not None else None
-    traj_paths: list[Path | None] = (
-        [(Path(t) if t is not None else None) for t in trajectories]
-        if trajectories is not None
-        else [(tdir / f"{lab}.traj") if tdir is not None else None for lab in labels]
-    )
-    log_paths: list[Path | None] = (
-        [(Path(p) if p is not None else None) for p in logfiles]
-        if logfiles is not None
-        else [(tdir / f"{lab}.log") if tdir is not None else None for lab in labels]
-    )
-    if len(traj_paths) != n or len(log_paths) != n:
-        raise ValueError("trajectories/logfiles must have one entry per structure")
-
+    plan = _plan(list(atoms_list), labels, trajectory_dir, trajectories, logfiles, restart)
+    n = len(plan.atoms)
     results: list[RelaxResult | None] = [None] * n
     outer = inner = None
     if progress:
@@ -210,57 +224,11 @@ def relax_batch(
         if on_result is not None:
             on_result(i, result)
 
-    def failed(i: int, message: str, started: float | None = None) -> RelaxResult:
-        return RelaxResult(
-            label=labels[i],
-            atoms=atoms_list[i].copy(),
-            optimizer=opt_name,
-            fmax=fmax,
-            relax_cell=relax_cell,
-            error=message,
-            trajectory=traj_paths[i],
-            wall_time=(time.perf_counter() - started) if started else 0.0,
-        )
-
     try:
-        if not batched:
-            for i, atoms in enumerate(atoms_list):
-                try:
-                    res = relax(
-                        atoms,
-                        calculator,
-                        optimizer=optimizer,
-                        fmax=fmax,
-                        steps=steps,
-                        relax_cell=relax_cell,
-                        trajectory=traj_paths[i],
-                        logfile=log_paths[i],
-                        restart=restart,
-                        label=labels[i],
-                        optimizer_kwargs=optimizer_kwargs,
-                    )
-                except Exception as err:
-                    res = failed(i, error_text(err))
-                finish(i, res)
-            return [r for r in results if r is not None]
-        _run_batched(
-            atoms_list,
-            calculator,
-            opt_class,
-            opt_name,
-            fmax,
-            steps,
-            relax_cell,
-            max_atoms_per_batch,
-            labels,
-            traj_paths,
-            log_paths,
-            restart,
-            optimizer_kwargs,
-            finish,
-            failed,
-            inner,
-        )
+        if batched:
+            _run_batched(plan, calculator, s, max_atoms_per_batch, finish, inner)
+        else:
+            _run_one_by_one(plan, calculator, s, finish)
     finally:
         if inner is not None:
             inner.close()
@@ -269,58 +237,72 @@ def relax_batch(
     return [r for r in results if r is not None]
 
 
-def _start_run(
-    i: int,
-    atoms: Atoms,
-    calculator: Calculator,
-    opt_class: type,
-    relax_cell: bool,
-    label: str,
-    traj_path: Path | None,
-    log_path: Path | None,
-    restart: bool,
-    optimizer_kwargs: dict[str, Any] | None,
-    fmax: float,
-    steps: int,
-) -> _Run:
-    validate_structure(atoms, relax_cell=relax_cell)
+def _failed(
+    plan: _Plan, i: int, s: RelaxSettings, message: str, started: float | None = None
+) -> RelaxResult:
+    return RelaxResult(
+        label=plan.labels[i],
+        atoms=plan.atoms[i].copy(),
+        optimizer=s.optimizer_name,
+        fmax=s.fmax,
+        relax_cell=s.relax_cell,
+        error=message,
+        trajectory=plan.trajectories[i],
+        wall_time=(time.perf_counter() - started) if started else 0.0,
+    )
+
+
+def _run_one_by_one(
+    plan: _Plan, calculator: Calculator, s: RelaxSettings, finish: Callable
+) -> None:
+    """Optimizers that need several evaluations per step: :func:`relax`, one at a time."""
+    for i, atoms in enumerate(plan.atoms):
+        try:
+            res = relax(
+                atoms,
+                calculator,
+                s,
+                trajectory=plan.trajectories[i],
+                logfile=plan.logfiles[i],
+                restart=plan.restart,
+                label=plan.labels[i],
+            )
+        except Exception as err:
+            res = _failed(plan, i, s, error_text(err))
+        finish(i, res)
+
+
+def _start_run(i: int, plan: _Plan, calculator: Calculator, s: RelaxSettings) -> _Run:
+    atoms, traj_path = plan.atoms[i], plan.trajectories[i]
+    validate_structure(atoms, relax_cell=s.relax_cell)
     started = time.perf_counter()
     work = atoms.copy()
-    frames = read_restart(traj_path) if (restart and traj_path is not None) else []
-    done = 0
-    energies: list[float] = []
-    if frames:
-        apply_restart_frame(work, frames[-1])
-        done = len(frames) - 1
-        energies = frame_energies(frames)[:done]
-    if traj_path is not None:
-        traj_path.parent.mkdir(parents=True, exist_ok=True)
-        if not frames:
-            traj_path.unlink(missing_ok=True)
-    props = ["energy", "free_energy", "forces"] + (["stress"] if relax_cell else [])
-    served = _ServedCalculator(calculator, props, want_stress=relax_cell)
+    frames, done, energies = restart_state(work, traj_path, plan.restart)
+    props = ["energy", "free_energy", "forces"] + (["stress"] if s.relax_cell else [])
+    served = _ServedCalculator(calculator, props, want_stress=s.relax_cell)
     work.calc = served
     target: Any = work
-    if relax_cell:
+    if s.relax_cell:
         from ase.filters import FrechetCellFilter
 
         target = FrechetCellFilter(work)
     # Trajectory frames are written here (not by the optimizer) so that they hold the
     # structure and its batched results, once per evaluation.
+    opt_class, _ = get_optimizer(s.optimizer)
     opt = opt_class(
         target,
-        logfile=prepare_logfile(log_path, bool(frames)),
+        logfile=prepare_logfile(plan.logfiles[i], bool(frames)),
         trajectory=None,
-        **(optimizer_kwargs or {}),
+        **(s.optimizer_kwargs or {}),
     )
-    if frames and len(frames) > 1 and not relax_cell and hasattr(opt, "_replay_trajectory"):
+    if frames and len(frames) > 1 and not s.relax_cell and hasattr(opt, "_replay_trajectory"):
         opt.replay_trajectory(str(traj_path))
     opt.nsteps = done
-    opt.fmax = fmax  # what Optimizer.run(fmax=...) would set
-    opt.max_steps = steps
+    opt.fmax = s.fmax  # what Optimizer.run(fmax=...) would set
+    opt.max_steps = s.steps
     return _Run(
         index=i,
-        label=label,
+        label=plan.labels[i],
         atoms=work,
         opt=opt,
         served=served,
@@ -332,47 +314,24 @@ def _start_run(
 
 
 def _run_batched(
-    atoms_list: list[Atoms],
+    plan: _Plan,
     calculator: Calculator,
-    opt_class: type,
-    opt_name: str,
-    fmax: float,
-    steps: int,
-    relax_cell: bool,
+    s: RelaxSettings,
     max_atoms: int,
-    labels: list[str],
-    traj_paths: list[Path | None],
-    log_paths: list[Path | None],
-    restart: bool,
-    optimizer_kwargs: dict[str, Any] | None,
     finish: Callable[[int, RelaxResult], None],
-    failed: Callable[..., RelaxResult],
     bar: Any,
 ) -> None:
-    pending = deque(range(len(atoms_list)))
+    pending = deque(range(len(plan.atoms)))
     active: list[_Run] = []
     while pending or active:
         # Admit waiting structures while the batch stays within the atom budget.
         n_active = sum(len(r.atoms) for r in active)
-        while pending and (not active or n_active + len(atoms_list[pending[0]]) <= max_atoms):
+        while pending and (not active or n_active + len(plan.atoms[pending[0]]) <= max_atoms):
             i = pending.popleft()
             try:
-                run = _start_run(
-                    i,
-                    atoms_list[i],
-                    calculator,
-                    opt_class,
-                    relax_cell,
-                    labels[i],
-                    traj_paths[i],
-                    log_paths[i],
-                    restart,
-                    optimizer_kwargs,
-                    fmax,
-                    steps,
-                )
+                run = _start_run(i, plan, calculator, s)
             except Exception as err:
-                finish(i, failed(i, error_text(err)))
+                finish(i, _failed(plan, i, s, error_text(err)))
                 continue
             active.append(run)
             n_active += len(run.atoms)
@@ -391,39 +350,41 @@ def _run_batched(
             bar.set_postfix(active=len(active), refresh=False)
 
         # 2. one batched prediction for the whole batch
-        outputs = predict_isolating(calculator, [r.atoms for r in active], relax_cell)
+        outputs = predict_isolating(calculator, [r.atoms for r in active], s.relax_cell)
 
         # 3. per structure: serve, log, record, check convergence
         still: list[_Run] = []
         for run, out in zip(active, outputs):
-            i = run.index
             if isinstance(out, str):
-                finish(i, failed(i, out, run.started))
+                finish(run.index, _failed(plan, run.index, s, out, run.started))
                 continue
-            run.served.serve(run.atoms, out)
-            run.last = out
-            opt = run.opt
-            gradient = opt.optimizable.get_gradient()
-            first = not run.evaluated
-            run.evaluated = True
-            run.energies.append(out["energy"])
-            # Like ASE's Optimizer.irun: the starting point of a restarted run was logged
-            # and written before, so only a fresh start logs step 0.
-            if not first or opt.nsteps == 0:
-                opt.log(gradient)
-                if run.trajectory is not None:
-                    _append_frame(run.trajectory, run.atoms)
-            converged = bool(opt.gradient_converged(gradient))
-            if converged or opt.nsteps >= steps:
-                finish(i, _result(run, opt_name, fmax, relax_cell, converged))
+            converged = _record(run, out)
+            if converged or run.opt.nsteps >= s.steps:
+                finish(run.index, _result(run, s, converged))
             else:
                 still.append(run)
         active = still
 
 
-def _result(
-    run: _Run, opt_name: str, fmax: float, relax_cell: bool, converged: bool
-) -> RelaxResult:
+def _record(run: _Run, out: dict[str, Any]) -> bool:
+    """Serve a batched result to one structure, log it, write its frame; True if converged."""
+    run.served.serve(run.atoms, out)
+    run.last = out
+    opt = run.opt
+    gradient = opt.optimizable.get_gradient()
+    first = not run.evaluated
+    run.evaluated = True
+    run.energies.append(out["energy"])
+    # Like ASE's Optimizer.irun: the starting point of a restarted run was logged
+    # and written before, so only a fresh start logs step 0.
+    if not first or opt.nsteps == 0:
+        opt.log(gradient)
+        if run.trajectory is not None:
+            _append_frame(run.trajectory, run.atoms)
+    return bool(opt.gradient_converged(gradient))
+
+
+def _result(run: _Run, s: RelaxSettings, converged: bool) -> RelaxResult:
     final = final_copy(run.atoms, run.last)
     stress = run.last.get("stress")
     run.atoms.calc = None
@@ -436,10 +397,10 @@ def _result(
         steps=int(run.opt.nsteps),
         converged=converged,
         energies=[float(e) for e in run.energies],
-        optimizer=opt_name,
-        fmax=fmax,
-        relax_cell=relax_cell,
-        max_stress=float(np.abs(stress).max()) if (relax_cell and stress is not None) else None,
+        optimizer=s.optimizer_name,
+        fmax=s.fmax,
+        relax_cell=s.relax_cell,
+        max_stress=float(np.abs(stress).max()) if (s.relax_cell and stress is not None) else None,
         trajectory=run.trajectory,
         restarted_from=run.done_before,
         wall_time=time.perf_counter() - run.started,

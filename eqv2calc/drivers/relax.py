@@ -18,7 +18,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,11 @@ from eqv2calc.drivers.validate import check_stress_support, validate_structure
 __all__ = [
     "OPTIMIZERS",
     "RelaxResult",
+    "RelaxSettings",
+    "RestartWarning",
+    "read_restart",
+    "relax_settings",
+    "restart_state",
     "fix_below",
     "get_optimizer",
     "relax",
@@ -69,6 +74,42 @@ def get_optimizer(name: str) -> tuple[type, bool]:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {known}")
     module, attr = info.import_path.split(":")
     return getattr(importlib.import_module(module), attr), info.batched
+
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    """How to relax (everything except where the files go).
+
+    Attributes:
+        optimizer: ``FIRE``, ``BFGS``, ``LBFGS`` or ``BFGSLineSearch`` (any case).
+        fmax: Convergence threshold on the largest force on a free atom, eV/Å (with
+            ``relax_cell``, the cell gradient must be below it too).
+        steps: Maximum optimizer steps per structure (steps read back on restart count).
+        relax_cell: Relax the cell too (``FrechetCellFilter``); needs stress (eV/Å³) and a
+            structure periodic in 3D.
+        optimizer_kwargs: Extra keyword arguments for the optimizer (e.g. ``maxstep``, Å).
+    """
+
+    optimizer: str = "FIRE"
+    fmax: float = 0.05
+    steps: int = 500
+    relax_cell: bool = False
+    optimizer_kwargs: dict[str, Any] | None = None
+
+    @property
+    def optimizer_name(self) -> str:
+        """The optimizer's canonical name (``"LBFGS"``); ValueError if unknown."""
+        get_optimizer(self.optimizer)
+        return OPTIMIZERS[self.optimizer.lower()].name
+
+
+def relax_settings(settings: RelaxSettings | None = None, **options: Any) -> RelaxSettings:
+    """``settings`` (default :class:`RelaxSettings`) with ``options`` (field names) applied;
+    TypeError names an unknown option."""
+    unknown = sorted(set(options) - {f.name for f in fields(RelaxSettings)})
+    if unknown:
+        raise TypeError(f"unknown relaxation option(s) {', '.join(unknown)}")
+    return replace(settings or RelaxSettings(), **options)
 
 
 @dataclass
@@ -290,6 +331,31 @@ def apply_restart_frame(work: Atoms, frame: Atoms) -> None:
     work.set_positions(frame.positions, apply_constraint=False)
 
 
+def restart_state(
+    work: Atoms, traj_path: Path | None, restart: bool
+) -> tuple[list[Atoms], int, list[float]]:
+    """Prepare ``work`` and its trajectory file for a (re)start.
+
+    With ``restart`` and a readable trajectory, ``work`` moves to the last frame's geometry;
+    without, an old trajectory file is removed (a fresh run writes a new one).
+
+    Returns:
+        ``(frames, steps_done, energies)``: the frames read back, the optimizer steps they
+        represent, and the energies (eV) of all but the last frame (which is re-evaluated).
+    """
+    frames = read_restart(traj_path) if (restart and traj_path is not None) else []
+    done, energies = 0, []
+    if frames:
+        apply_restart_frame(work, frames[-1])
+        done = len(frames) - 1
+        energies = frame_energies(frames)[:done]
+    if traj_path is not None:
+        traj_path.parent.mkdir(parents=True, exist_ok=True)
+        if not frames:
+            traj_path.unlink(missing_ok=True)
+    return frames, done, energies
+
+
 def prepare_logfile(logfile: str | os.PathLike | None, restart: bool) -> str | None:
     """Path for an ASE optimizer log; an old log is removed unless restarting."""
     if logfile is None:
@@ -304,64 +370,51 @@ def prepare_logfile(logfile: str | os.PathLike | None, restart: bool) -> str | N
 def relax(
     atoms: Atoms,
     calculator: Calculator,
+    settings: RelaxSettings | None = None,
     *,
-    optimizer: str = "FIRE",
-    fmax: float = 0.05,
-    steps: int = 500,
-    relax_cell: bool = False,
     trajectory: str | os.PathLike | None = None,
     logfile: str | os.PathLike | None = None,
     restart: bool = False,
     label: str | None = None,
     progress: bool = False,
-    optimizer_kwargs: dict[str, Any] | None = None,
     validate: bool = True,
+    **options: Any,
 ) -> RelaxResult:
     """Relax one structure with an ASE optimizer, the ordinary one-at-a-time way.
 
     Args:
         atoms: Structure to relax (not modified; constraints such as ``FixAtoms`` honoured).
         calculator: Any ASE calculator.
-        optimizer: ``FIRE``, ``BFGS``, ``LBFGS`` or ``BFGSLineSearch``.
-        fmax: Convergence threshold on the largest force on a free atom, eV/Å.
-        steps: Maximum number of optimizer steps in total (steps read back on restart count).
-        relax_cell: Also relax the cell with ``FrechetCellFilter`` (needs stress, eV/Å³).
+        settings: Optimizer, ``fmax`` (eV/Å), steps, cell relaxation (:class:`RelaxSettings`).
         trajectory: ASE ``.traj`` file to write every step to.
         logfile: Optimizer log file (ASE format).
-        restart: Continue from the last frame of ``trajectory`` if it exists (positions,
-            cell; BFGS/LBFGS history rebuilt from the frames when the cell is fixed).
+        restart: Continue from the last readable frame of ``trajectory`` if it exists
+            (positions, cell; BFGS/LBFGS history rebuilt from the frames when the cell is
+            fixed). A damaged trajectory is moved aside, never deleted.
         label: Name for messages and the result (default: chemical formula).
         progress: Show a tqdm progress bar over steps.
-        optimizer_kwargs: Extra keyword arguments for the optimizer (e.g. ``maxstep``, Å).
         validate: Check the structure first (see :func:`validate_structure`).
+        **options: Fields of :class:`RelaxSettings` (``optimizer="BFGS"``, ``fmax=0.01``...),
+            applied on top of ``settings``.
 
     Returns:
         The :class:`RelaxResult`. Bad input raises
         :class:`~eqv2calc.drivers.validate.StructureError`; calculator errors propagate.
     """
+    s = relax_settings(settings, **options)
     label = label or atoms.get_chemical_formula()
-    opt_class, _ = get_optimizer(optimizer)
-    if relax_cell:
+    opt_class, _ = get_optimizer(s.optimizer)
+    if s.relax_cell:
         check_stress_support(calculator)
     if validate:
-        validate_structure(atoms, relax_cell=relax_cell)
+        validate_structure(atoms, relax_cell=s.relax_cell)
     t0 = time.perf_counter()
     work = atoms.copy()
     traj_path = Path(trajectory) if trajectory is not None else None
-    frames = read_restart(traj_path) if (restart and traj_path is not None) else []
-    done = 0
-    energies: list[float] = []
-    if frames:
-        apply_restart_frame(work, frames[-1])
-        done = len(frames) - 1
-        energies = frame_energies(frames)[:done]  # the last frame is re-evaluated below
-    if traj_path is not None:
-        traj_path.parent.mkdir(parents=True, exist_ok=True)
-        if not frames:
-            traj_path.unlink(missing_ok=True)
+    frames, done, energies = restart_state(work, traj_path, restart)
     work.calc = calculator
     target: Any = work
-    if relax_cell:
+    if s.relax_cell:
         from ase.filters import FrechetCellFilter
 
         target = FrechetCellFilter(work)
@@ -370,30 +423,60 @@ def relax(
         logfile=prepare_logfile(logfile, restart and bool(frames)),
         trajectory=str(traj_path) if traj_path is not None else None,
         append_trajectory=bool(frames),
-        **(optimizer_kwargs or {}),
+        **(s.optimizer_kwargs or {}),
     )
-    if frames and not relax_cell and hasattr(opt, "_replay_trajectory") and len(frames) > 1:
+    if frames and not s.relax_cell and hasattr(opt, "_replay_trajectory") and len(frames) > 1:
         opt.replay_trajectory(str(traj_path))
     opt.nsteps = done
+    opt.attach(lambda: energies.append(float(work.get_potential_energy())), interval=1)
+    converged = _run_optimizer(opt, s, done, label if progress else None, energies, work)
+    return _one_result(
+        work,
+        calculator=calculator,
+        s=s,
+        label=label,
+        energies=energies,
+        opt=opt,
+        converged=converged,
+        traj_path=traj_path,
+        done=done,
+        t0=t0,
+    )
 
-    def record() -> None:
-        energies.append(float(work.get_potential_energy()))
 
-    opt.attach(record, interval=1)
+def _run_optimizer(
+    opt: Any, s: RelaxSettings, done: int, bar_label: str | None, energies: list, work: Atoms
+) -> bool:
+    """Run ``opt`` to ``s.fmax`` for the steps left; a progress bar when ``bar_label``."""
     bar = None
-    if progress:
+    if bar_label is not None:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, initial=done, desc=label, unit="step", leave=False)
+        bar = tqdm(total=s.steps, initial=done, desc=bar_label, unit="step", leave=False)
         opt.attach(lambda: bar.update(1) if opt.nsteps > done else None, interval=1)
     try:
         if done:
             # ASE does not call observers for the starting point of a restarted run.
-            record()
-        converged = bool(opt.run(fmax=fmax, steps=max(steps - done, 0)))
+            energies.append(float(work.get_potential_energy()))
+        return bool(opt.run(fmax=s.fmax, steps=max(s.steps - done, 0)))
     finally:
         if bar is not None:
             bar.close()
+
+
+def _one_result(
+    work: Atoms,
+    *,
+    calculator: Calculator,
+    s: RelaxSettings,
+    label: str,
+    energies: list[float],
+    opt: Any,
+    converged: bool,
+    traj_path: Path | None,
+    done: int,
+    t0: float,
+) -> RelaxResult:
     results: dict[str, Any] = {
         "energy": work.get_potential_energy(),
         "forces": work.get_forces(apply_constraint=False),
@@ -401,7 +484,7 @@ def relax(
     if "free_energy" in getattr(calculator, "implemented_properties", ()):
         results["free_energy"] = work.get_potential_energy(force_consistent=True)
     max_stress = None
-    if relax_cell:
+    if s.relax_cell:
         results["stress"] = work.get_stress(voigt=True)
         max_stress = float(np.abs(results["stress"]).max())
     final = final_copy(work, results)
@@ -415,9 +498,9 @@ def relax(
         steps=int(opt.nsteps),
         converged=converged,
         energies=energies,
-        optimizer=OPTIMIZERS[optimizer.lower()].name,
-        fmax=fmax,
-        relax_cell=relax_cell,
+        optimizer=s.optimizer_name,
+        fmax=s.fmax,
+        relax_cell=s.relax_cell,
         max_stress=max_stress,
         trajectory=traj_path,
         restarted_from=done,
