@@ -10,7 +10,7 @@ in fresh output folders with
 
 Wall time covers the whole ``run_campaign`` call: ledger, worker start-up (model loading in
 each actor), the relaxations and writing the results; ``first result`` is the time until the
-first item was recorded. Speed-ups are against ``local`` measured in the same run.
+first item was recorded. Speed-ups are against the first local row of the same run.
 
     python benchmarks/bench_campaign.py                      # bundled demo model, 16 x 16 atoms
     python benchmarks/bench_campaign.py --model emt --structures 32 --repeat 3 3 1
