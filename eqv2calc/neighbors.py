@@ -14,8 +14,11 @@ Candidate search (``method``):
   ``DENSE_CHUNK`` candidates. Fastest for small structures; cost grows as N² per structure.
 * ``"vesin"``: `vesin-torch <https://github.com/Luthaf/vesin>`_'s cell list, one call per
   structure (``pip install eqv2calc[vesin]``); linear in N, for large structures.
-* ``"auto"`` (default): dense while a structure has at most ``AUTO_DENSE_MAX_ATOMS`` atoms,
-  else vesin when installed, else dense. (Measured in ``benchmarks/README.md``.)
+* ``"host"``: :mod:`eqv2calc.graph`'s own search (pymatgen cell list, k-d tree) on the host,
+  one structure at a time; on a CPU device this is the fastest (no transfer involved).
+* ``"auto"`` (default): host on CPU; on CUDA dense while every structure has at most
+  ``AUTO_DENSE_MAX_ATOMS`` atoms, else vesin when installed, else dense. (Measured in
+  ``benchmarks/README.md``.)
 
 The neighbour cap is applied on the device too (sorts, no per-centre loop). Output sizes
 depend on the data, so building a graph synchronises with the host once or twice (tensor
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from eqv2calc.graph import MIN_PAIR_DISTANCE_A, NONSTRICT_TOLERANCE_A2, TIE_TOL_A, VEC_GRID_A
@@ -312,6 +316,38 @@ def _vesin_candidates(
     return torch.cat(out_i), torch.cat(out_j), torch.cat(out_n)
 
 
+def _host_candidates(
+    pos: torch.Tensor,
+    cells_p: torch.Tensor,
+    pbc: torch.Tensor,
+    counts: torch.Tensor,
+    ptr: torch.Tensor,
+    radius: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates from :mod:`eqv2calc.graph`'s search (pymatgen cell list / k-d tree) on the
+    host, one structure at a time; the fastest search on a CPU device."""
+    from eqv2calc.graph import _candidate_pairs
+
+    pos_h = pos.detach().cpu().numpy()
+    cells_h = cells_p.detach().cpu().numpy()
+    pbc_h = pbc.cpu().numpy()
+    out_i, out_j, out_n = [], [], []
+    for b, (p0, n_b) in enumerate(zip(ptr[:-1].tolist(), counts.tolist())):
+        if n_b == 0:
+            continue
+        ci, nj, off = _candidate_pairs(
+            np.ascontiguousarray(pos_h[p0 : p0 + n_b]), cells_h[b], pbc_h[b], radius
+        )
+        out_i.append(torch.from_numpy(ci + p0))
+        out_j.append(torch.from_numpy(nj + p0))
+        out_n.append(torch.from_numpy(off.astype(np.int64)))
+    dev = pos.device
+    if not out_i:
+        z = torch.zeros(0, dtype=torch.long, device=dev)
+        return z, z, torch.zeros(0, 3, dtype=torch.long, device=dev)
+    return tuple(torch.cat(t).to(dev) for t in (out_i, out_j, out_n))
+
+
 def _vesin_available() -> bool:
     try:
         import vesin_torch  # noqa: F401
@@ -351,13 +387,20 @@ def candidate_pairs(
     cells_p = _periodic_cells(cells, pbc)
     _check_cells(cells_p, pbc)
     if method == "auto":
-        big = num_graphs > 0 and int(counts.max()) > AUTO_DENSE_MAX_ATOMS
-        method = "vesin" if (big and _vesin_available()) else "dense"
+        if positions.device.type == "cpu":
+            method = "host"
+        else:
+            big = num_graphs > 0 and int(counts.max()) > AUTO_DENSE_MAX_ATOMS
+            method = "vesin" if (big and _vesin_available()) else "dense"
+    if method == "host":
+        return _host_candidates(positions, cells_p, pbc, counts, ptr, radius)
     if method == "dense":
         return _dense_candidates(positions, cells_p, pbc, counts, ptr, radius)
     if method == "vesin":
         return _vesin_candidates(positions, cells_p, pbc, counts, ptr, radius)
-    raise ValueError(f"neighbour search method must be 'auto', 'dense' or 'vesin', got {method!r}")
+    raise ValueError(
+        f"neighbour search method must be 'auto', 'host', 'dense' or 'vesin', got {method!r}"
+    )
 
 
 # --------------------------------------------------------------------------- cap and order

@@ -19,7 +19,7 @@ CASES = REFERENCE["cases"]
 
 
 def _methods() -> list[str]:
-    methods = ["dense"]
+    methods = ["dense", "host"]
     try:
         import vesin_torch  # noqa: F401
 
