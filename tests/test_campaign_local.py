@@ -93,9 +93,10 @@ def test_shards_split_then_merge(tmp_path):
     merged = _ledger_rows(out / "campaign.sqlite")
     assert set(merged) == labels[0] | labels[1]
     assert all(r["state"] == "done" for r in merged.values())
-    res = runner.invoke(main, ["campaign", "status", str(out / "campaign.sqlite")])
+    res = runner.invoke(main, ["campaign", "status", str(out)])  # merged + shards: once each
     assert res.exit_code == 0, res.output
-    assert "6 done" in res.output and "items/s" in res.output
+    assert "6 items in 3 ledger(s)" in res.output and "6 done" in res.output
+    assert "items/s" in res.output
     res = runner.invoke(main, ["campaign", "status", str(tmp_path / "in")])
     assert res.exit_code == 1 and "no campaign ledger" in res.output
     res = runner.invoke(main, ["relax", str(inputs), *RELAX, "--shard", "2/2", "--output-dir", "x"])

@@ -29,6 +29,7 @@ __all__ = [
     "write_adsorbml_summary",
 ]
 
+_RANK = {"done": 3, "failed": 2, "running": 1, "pending": 0}
 _SHARD_RE = re.compile(r"campaign\.shard-(\d+)-of-(\d+)\.sqlite$")
 
 
@@ -75,14 +76,10 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
         found and missing.
     """
     files = find_ledgers(paths)
-    counts = dict.fromkeys(STATES, 0)
-    failures: list[dict[str, Any]] = []
     intervals: list[tuple[float, float]] = []
-    item_walls: list[float] = []
-    workers: set[str] = set()
     kinds, settings, fingerprints = set(), None, set()
     shards: dict[int, set[int]] = {}
-    finished = 0
+    items: dict[str, dict[str, Any]] = {}  # an item in several ledgers (merged) counts once
     for f in files:
         m = _SHARD_RE.search(f.name)
         if m:
@@ -91,23 +88,27 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
             kinds.add(led.kind)
             settings = settings or led.settings
             fingerprints.add(led.fingerprint)
-            for k, v in led.counts().items():
-                counts[k] += v
             for row in led.rows():
-                if row["state"] == "failed":
-                    failures.append(
-                        {"label": row["label"], "source": row["source"], "error": row["error"]}
-                    )
-                if row["state"] in ("done", "failed"):
-                    finished += 1
-                prov = row["provenance"] or {}
-                if prov.get("worker"):
-                    workers.add(str(prov["worker"]))
-                if isinstance(prov.get("wall_s"), (int, float)):
-                    item_walls.append(float(prov["wall_s"]))
+                old = items.get(row["key"])
+                if old is None or _RANK[row["state"]] > _RANK[old["state"]]:
+                    items[row["key"]] = row
             for run in led.runs():
                 if run["finished"] is not None:
                     intervals.append((run["started"], run["finished"]))
+    counts = dict.fromkeys(STATES, 0)
+    failures: list[dict[str, Any]] = []
+    item_walls: list[float] = []
+    workers: set[str] = set()
+    for row in items.values():
+        counts[row["state"]] += 1
+        if row["state"] == "failed":
+            failures.append({"label": row["label"], "source": row["source"], "error": row["error"]})
+        prov = row["provenance"] or {}
+        if prov.get("worker"):
+            workers.add(str(prov["worker"]))
+        if isinstance(prov.get("wall_s"), (int, float)):
+            item_walls.append(float(prov["wall_s"]))
+    finished = counts["done"] + counts["failed"]
     busy = _union_seconds(intervals)
     missing = {n: sorted(set(range(n)) - got) for n, got in shards.items()}
     return {
@@ -152,9 +153,6 @@ def format_status(status: dict[str, Any], max_failures: int = 20) -> str:
     if len(status["failures"]) > max_failures:
         lines.append(f"... and {len(status['failures']) - max_failures} more failures")
     return "\n".join(lines)
-
-
-_RANK = {"done": 3, "failed": 2, "running": 1, "pending": 0}
 
 
 def merge_ledgers(sources: list[str | os.PathLike], dest: str | os.PathLike) -> dict[str, int]:
