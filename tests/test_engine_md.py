@@ -86,3 +86,38 @@ def test_langevin_reaches_each_systems_temperature():
 def test_bad_settings():
     with pytest.raises(ValueError, match="nve"):
         run_md_engine(_systems(), EMT(), MDSettings(ensemble="npt"))
+
+
+def test_cli_md_several_inputs_run_together(tmp_path):
+    from ase.io import read, write
+    from click.testing import CliRunner
+
+    from eqv2calc.cli import main
+
+    files = []
+    for name, a in (("a", bulk("Cu", "fcc", a=3.6, cubic=True)), ("b", bulk("Au", "fcc", a=4.1))):
+        write(tmp_path / f"{name}.extxyz", a)
+        files.append(str(tmp_path / f"{name}.extxyz"))
+    res = CliRunner().invoke(
+        main,
+        [
+            "md",
+            *files,
+            "--model",
+            "emt",
+            "--ensemble",
+            "nve",
+            "--steps",
+            "6",
+            "--log-interval",
+            "3",
+            "--seed",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    for name in ("a", "b"):
+        assert len(read(tmp_path / f"{name}_md.traj", ":")) == 3
+        assert (tmp_path / f"{name}_md_final.extxyz").is_file()
+    bad = CliRunner().invoke(main, ["md", *files, "--model", "emt", "--ensemble", "npt"])
+    assert bad.exit_code != 0 and "nve or nvt" in bad.output

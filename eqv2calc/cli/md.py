@@ -21,6 +21,10 @@ from eqv2calc.io import OutputDirLocked
 
 _HELP = f"""Run molecular dynamics of the structure in FILE.
 
+With several FILEs the systems run together on the device (eqv2calc.engine: one model call
+per step for all of them; --ensemble nve or nvt with Langevin), each with its own trajectory,
+log and final structure.
+
 \b
 Ensembles (ASE integrators):
   nve  velocity Verlet
@@ -48,7 +52,7 @@ Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
 
 
 @click.command("md", help=_HELP)
-@click.argument("file", metavar="FILE")
+@click.argument("files", metavar="FILE...", nargs=-1, required=True)
 @model_options
 @click.option(
     "--ensemble",
@@ -170,7 +174,7 @@ Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
 )
 def md_command(
     *,
-    file: str,
+    files: tuple[str, ...],
     model: str | None,
     device: str,
     dtype: str,
@@ -198,6 +202,25 @@ def md_command(
     from eqv2calc.drivers.jobs import md_paths, run_md_job
     from eqv2calc.drivers.md import MDSettings
 
+    if len(files) > 1:  # several systems: the batched device engine
+        _md_many(
+            files,
+            model,
+            device,
+            dtype,
+            ensemble,
+            temperature,
+            timestep,
+            steps,
+            thermostat,
+            friction,
+            seed,
+            log_interval,
+            restart,
+            progress,
+        )
+        return
+    file = files[0]
     entries, errors = read_inputs([file])
     if errors:
         raise SystemExit(1)
@@ -252,3 +275,76 @@ def md_command(
     else:
         click.echo(f"{result.summary_line()} -> {final_path}")
         click.echo(f"log: {log}; trajectory: {traj}", err=True)
+
+
+def _md_many(
+    files,
+    model,
+    device,
+    dtype,
+    ensemble,
+    temperature,
+    timestep,
+    steps,
+    thermostat,
+    friction,
+    seed,
+    log_interval,
+    restart,
+    progress,
+) -> None:
+    """Several inputs: NVE / Langevin NVT of all systems together (eqv2calc.engine.md)."""
+    import numpy as np
+    from ase import units
+
+    from eqv2calc.drivers.jobs import md_paths
+    from eqv2calc.engine.md import MDSettings as EngineMD
+    from eqv2calc.engine.md import run_md_engine
+    from eqv2calc.io import write_structure
+
+    if ensemble.lower() == "npt" or (ensemble.lower() == "nvt" and thermostat != "langevin"):
+        fail("several inputs run together with --ensemble nve or nvt --thermostat langevin")
+    if restart:
+        fail("--restart works with one input; run the systems one at a time to restart")
+    entries, errors = read_inputs(list(files))
+    if errors or not entries:
+        raise SystemExit(1)
+    paths = [md_paths(e) for e in entries]
+    check_outputs(files=[p for trio in paths for p in trio])
+    calc = make_calculator(model, device, dtype)
+    rng = np.random.default_rng(seed)
+    systems = []
+    for e in entries:
+        a = e.atoms.copy()
+        m = a.get_masses()[:, None]  # Maxwell-Boltzmann momenta, centre of mass at rest
+        p = np.sqrt(m * temperature * units.kB) * rng.normal(size=(len(a), 3))
+        if len(a) > 1:
+            p -= m * p.sum(axis=0) / m.sum()
+        a.set_momenta(p)  # fixed atoms at rest (FixAtoms)
+        systems.append(a)
+    settings = EngineMD(
+        ensemble=ensemble.lower(),
+        timestep_fs=timestep,
+        steps=steps,
+        temperature_K=temperature,
+        friction_per_fs=friction,
+        seed=int(seed or 0),
+        log_interval=log_interval,
+    )
+    try:
+        results = run_md_engine(
+            systems,
+            calc,
+            settings,
+            labels=[e.label for e in entries],
+            trajectories=[p[0] for p in paths],
+            logfiles=[p[1] for p in paths],
+        )
+    except (ValueError, RuntimeError) as err:
+        fail(str(err))
+    for e, r, (traj, log, final) in zip(entries, results, paths):
+        write_structure(final, r.atoms)
+        click.echo(
+            f"{e.label}: {r.steps} steps, final T {r.temperatures[-1]:.1f} K, "
+            f"Epot {r.potential_energies[-1]:.6f} eV -> {final} (log {log}, trajectory {traj})"
+        )
