@@ -198,6 +198,7 @@ def relax_command(
     from pathlib import Path
 
     from eqv2calc.drivers.jobs import run_relax_job
+    from eqv2calc.drivers.relax import RelaxSettings
     from eqv2calc.drivers.validate import check_stress_support
 
     entries, read_errors = read_inputs(files)
@@ -228,11 +229,10 @@ def relax_command(
         job = run_relax_job(
             entries,
             calc,
+            settings=RelaxSettings(
+                optimizer=optimizer, fmax=fmax, steps=steps, relax_cell=relax_cell
+            ),
             read_errors=read_errors,
-            optimizer=optimizer,
-            fmax=fmax,
-            steps=steps,
-            relax_cell=relax_cell,
             fix_below_z=fix_below,
             output=output,
             output_dir=output_dir,

@@ -27,7 +27,7 @@ from eqv2calc.drivers.batch_relax import relax_batch
 from eqv2calc.drivers.batching import DEFAULT_MAX_ATOMS_PER_BATCH
 from eqv2calc.drivers.evaluate import EvalResult, evaluate
 from eqv2calc.drivers.md import MDResult, run_md
-from eqv2calc.drivers.relax import RelaxResult, fix_below
+from eqv2calc.drivers.relax import RelaxResult, RelaxSettings, fix_below, relax_settings
 from eqv2calc.io import (
     StructureEntry,
     StructureReadError,
@@ -220,6 +220,24 @@ class _Summary:
             "runs": list(old.get("runs", [])) + [dict(self.run, settings=settings)],
         }
 
+    def begin(
+        self, read_errors: Sequence[Any], check: Callable[[], Any] | None = None
+    ) -> JobReport:
+        """Record unreadable inputs as failures and write the summary for the first time
+        (after ``check``); on failure the locks are released. Returns the job's report."""
+        report = JobReport(summary_path=self.path)
+        report.read_errors.extend(str(err) for err in read_errors)
+        report.n_failed += len(report.read_errors)
+        self.data["read_errors"] = report.read_errors
+        try:
+            if check is not None:
+                check()
+            self.flush()
+        except BaseException:
+            self.finish({})
+            raise
+        return report
+
     def set(self, key: str, record: dict[str, Any]) -> None:
         structures = self.data["structures"]
         old = structures.get(key)
@@ -286,12 +304,9 @@ def _choose_engine(engine, calculator, optimizer, batch, restart, entries) -> st
 def run_relax_job(
     entries: Sequence[StructureEntry],
     calculator: Calculator,
+    settings: RelaxSettings | None = None,
     *,
     read_errors: Sequence[StructureReadError | str] = (),
-    optimizer: str = "FIRE",
-    fmax: float = 0.05,
-    steps: int = 500,
-    relax_cell: bool = False,
     fix_below_z: float | None = None,
     output: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
@@ -303,17 +318,16 @@ def run_relax_job(
     progress: bool = True,
     on_result: Callable[[StructureEntry, RelaxResult, RelaxPaths], None] | None = None,
     engine: str | None = "ase",
+    **options: Any,
 ) -> JobReport:
     """Relax structures read from files and write every result as soon as it is ready.
 
     Args:
         entries: Structures from :func:`eqv2calc.io.load_structures`.
         calculator: Any ASE calculator.
+        settings: Optimizer, ``fmax`` (eV/Å), steps, ``relax_cell`` (needs stress):
+            :class:`~eqv2calc.drivers.relax.RelaxSettings`.
         read_errors: Inputs that could not be read (recorded in the summary as failures).
-        optimizer: ``FIRE``, ``BFGS``, ``LBFGS`` or ``BFGSLineSearch``.
-        fmax: Force threshold, eV/Å.
-        steps: Maximum optimizer steps per structure.
-        relax_cell: Relax the cell too (needs stress).
         fix_below_z: Fix atoms with z below this height (Å) in addition to constraints read
             from the input.
         output: File for the relaxed structure (only with a single structure).
@@ -333,6 +347,8 @@ def run_relax_job(
             engine, :mod:`eqv2calc.engine`: FIRE/LBFGS, FixAtoms, no restart) or None (torch
             where it applies: an eqv2calc model, FIRE/LBFGS, batched, no restart, only FixAtoms
             constraints; else ase).
+        **options: Fields of ``RelaxSettings`` (``optimizer="BFGS"``, ``fmax=0.01``...),
+            applied on top of ``settings``.
 
     Returns:
         The :class:`JobReport`; ``report.exit_code`` is the command's exit status.
@@ -341,19 +357,20 @@ def run_relax_job(
         OutputNotWritableError: An output folder cannot be written (checked before any work).
         OutputDirLocked: Another process is writing into an output folder.
     """
+    s = relax_settings(settings, **options)
     entries = list(entries)
-    engine = _choose_engine(engine, calculator, optimizer, batch, restart, entries)
+    engine = _choose_engine(engine, calculator, s.optimizer, batch, restart, entries)
     if output is not None and len(entries) > 1:
         raise ValueError(
             f"--output names one file but {len(entries)} structures were given; "
             "use an output folder instead"
         )
-    settings = {
+    recorded = {
         "model": calculator_label(calculator),
-        "optimizer": optimizer,
-        "fmax_eV_per_A": fmax,
-        "steps": steps,
-        "relax_cell": relax_cell,
+        "optimizer": s.optimizer,
+        "fmax_eV_per_A": s.fmax,
+        "steps": s.steps,
+        "relax_cell": s.relax_cell,
         "fix_below_A": fix_below_z,
         "batched": batch,
         "max_atoms_per_batch": max_atoms_per_batch,
@@ -363,107 +380,34 @@ def run_relax_job(
     summary = _Summary(
         Path(summary_path) if summary_path else None,
         "relax",
-        settings,
+        recorded,
         folders=[p.relaxed.parent for p in paths] + [p.trajectory.parent for p in paths],
     )
-    report = JobReport(summary_path=summary.path)
-    for err in read_errors:
-        report.read_errors.append(str(err))
-        report.n_failed += 1
-    summary.data["read_errors"] = report.read_errors
-    try:
-        summary.flush()
-    except BaseException:
-        summary.finish({})
-        raise
-    atoms_list = []
-    fixed_counts = []
-    for entry in entries:
-        atoms = entry.atoms.copy()
-        fixed_counts.append(len(fix_below(atoms, fix_below_z)) if fix_below_z is not None else 0)
-        atoms_list.append(atoms)
+    report = summary.begin(read_errors)
+    atoms_list = [e.atoms.copy() for e in entries]
+    fixed = [len(fix_below(a, fix_below_z)) if fix_below_z is not None else 0 for a in atoms_list]
     records: list[dict[str, Any] | None] = [None] * len(entries)
 
     def finished(i: int, result: RelaxResult) -> None:
-        entry, out = entries[i], paths[i]
-        record = {"source": str(entry.source), "frame": entry.index, **result.to_dict()}
-        record["fixed_by_fix_below"] = fixed_counts[i]
-        record["log"] = str(out.log)
-        if result.ok:
-            final = result.atoms.copy()
-            final.calc = result.atoms.calc
-            final.info.update(
-                {
-                    "relax_converged": result.converged,
-                    "relax_steps": result.steps,
-                    "relax_fmax": result.fmax,
-                }
-            )
-            try:
-                write_structure(out.relaxed, final)
-                record["output"] = str(out.relaxed)
-                report.n_ok += 1
-                if not result.converged:
-                    report.n_not_converged += 1
-            except Exception as err:
-                record.update(status="error", error=f"cannot write {out.relaxed}: {err}")
-                result.error = record["error"]
-                report.n_failed += 1
-        else:
-            report.n_failed += 1
-        records[i] = record
-        summary.set(entry.label, record)
+        records[i] = _record_relaxed(entries[i], result, paths[i], fixed[i], report)
+        summary.set(entries[i].label, records[i])
         if on_result is not None:
-            on_result(entry, result, out)
+            on_result(entries[i], result, paths[i])
 
     try:
-        relax_kwargs = dict(
-            optimizer=optimizer,
-            fmax=fmax,
-            steps=steps,
-            relax_cell=relax_cell,
+        _dispatch_relax(
+            atoms_list,
+            calculator,
+            s,
+            engine=engine,
+            batch=batch,
+            max_atoms_per_batch=max_atoms_per_batch,
             labels=[e.label for e in entries],
-            trajectories=[p.trajectory for p in paths],
-            logfiles=[p.log for p in paths],
+            paths=paths,
             restart=restart,
             progress=progress,
             on_result=finished,
         )
-        if engine == "torch":
-            from eqv2calc.engine import EngineSettings, relax_engine
-
-            relax_engine(
-                atoms_list,
-                calculator,
-                EngineSettings(
-                    optimizer=optimizer,
-                    fmax=fmax,
-                    steps=steps,
-                    relax_cell=relax_cell,
-                    max_atoms_per_batch=max_atoms_per_batch,
-                ),
-                labels=relax_kwargs["labels"],
-                trajectories=relax_kwargs["trajectories"],
-                logfiles=relax_kwargs["logfiles"],
-                on_result=finished,
-                progress=progress,
-            )
-        elif batch:
-            relax_batch(
-                atoms_list, calculator, max_atoms_per_batch=max_atoms_per_batch, **relax_kwargs
-            )
-        else:
-            # One structure at a time (same results, no batching across structures).
-            for i, atoms in enumerate(atoms_list):
-                kwargs = dict(
-                    relax_kwargs,
-                    labels=[entries[i].label],
-                    trajectories=[paths[i].trajectory],
-                    logfiles=[paths[i].log],
-                    on_result=lambda _j, res, i=i: finished(i, res),
-                    progress=False,
-                )
-                relax_batch([atoms], calculator, max_atoms_per_batch=max(len(atoms), 1), **kwargs)
     except BaseException as err:
         summary.stopped_by = err
         raise
@@ -471,6 +415,105 @@ def run_relax_job(
         report.records = [r for r in records if r is not None]
         summary.finish(_count(report))
     return report
+
+
+def _record_relaxed(
+    entry: StructureEntry, result: RelaxResult, out: RelaxPaths, fixed: int, report: JobReport
+) -> dict[str, Any]:
+    """Write one relaxed structure and return its summary record (counts go to ``report``)."""
+    record = {"source": str(entry.source), "frame": entry.index, **result.to_dict()}
+    record["fixed_by_fix_below"] = fixed
+    record["log"] = str(out.log)
+    if not result.ok:
+        report.n_failed += 1
+        return record
+    final = result.atoms.copy()
+    final.calc = result.atoms.calc
+    final.info.update(
+        {
+            "relax_converged": result.converged,
+            "relax_steps": result.steps,
+            "relax_fmax": result.fmax,
+        }
+    )
+    try:
+        write_structure(out.relaxed, final)
+    except Exception as err:
+        record.update(status="error", error=f"cannot write {out.relaxed}: {err}")
+        result.error = record["error"]
+        report.n_failed += 1
+        return record
+    record["output"] = str(out.relaxed)
+    report.n_ok += 1
+    if not result.converged:
+        report.n_not_converged += 1
+    return record
+
+
+def _dispatch_relax(
+    atoms_list: list,
+    calculator: Calculator,
+    s: RelaxSettings,
+    *,
+    engine: str,
+    batch: bool,
+    max_atoms_per_batch: int,
+    labels: list[str],
+    paths: list[RelaxPaths],
+    restart: bool,
+    progress: bool,
+    on_result: Callable[[int, RelaxResult], None],
+) -> None:
+    """Run the relaxations with the device engine, batched ASE optimizers or one by one."""
+    trajectories = [p.trajectory for p in paths]
+    logfiles = [p.log for p in paths]
+    if engine == "torch":
+        from eqv2calc.engine import EngineSettings, relax_engine
+
+        relax_engine(
+            atoms_list,
+            calculator,
+            EngineSettings(
+                optimizer=s.optimizer,
+                fmax=s.fmax,
+                steps=s.steps,
+                relax_cell=s.relax_cell,
+                max_atoms_per_batch=max_atoms_per_batch,
+            ),
+            labels=labels,
+            trajectories=trajectories,
+            logfiles=logfiles,
+            on_result=on_result,
+            progress=progress,
+        )
+    elif batch:
+        relax_batch(
+            atoms_list,
+            calculator,
+            s,
+            max_atoms_per_batch=max_atoms_per_batch,
+            labels=labels,
+            trajectories=trajectories,
+            logfiles=logfiles,
+            restart=restart,
+            progress=progress,
+            on_result=on_result,
+        )
+    else:
+        # One structure at a time (same results, no batching across structures).
+        for i, atoms in enumerate(atoms_list):
+            relax_batch(
+                [atoms],
+                calculator,
+                s,
+                max_atoms_per_batch=max(len(atoms), 1),
+                labels=[labels[i]],
+                trajectories=[trajectories[i]],
+                logfiles=[logfiles[i]],
+                restart=restart,
+                progress=False,
+                on_result=lambda _j, res, i=i: on_result(i, res),
+            )
 
 
 def run_eval_job(
@@ -516,17 +559,9 @@ def run_eval_job(
     summary = _Summary(
         Path(summary_path) if summary_path else None, "eval", settings, folders=[output.parent]
     )
-    report = JobReport(summary_path=summary.path)
-    for err in read_errors:
-        report.read_errors.append(str(err))
-        report.n_failed += 1
-    summary.data["read_errors"] = report.read_errors
-    try:
-        check_writable_file(output, what="results file")
-        summary.flush()
-    except BaseException:
-        summary.finish({})
-        raise
+    report = summary.begin(
+        read_errors, check=lambda: check_writable_file(output, what="results file")
+    )
     records: list[dict[str, Any] | None] = [None] * len(entries)
 
     def done(i: int, result: EvalResult) -> None:
