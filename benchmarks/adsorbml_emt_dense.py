@@ -13,8 +13,10 @@ For every system this script
    ``--num-random`` random sites, fixed seed — 60 to 100 per system;
 2. builds the *dense reference*: every placement relaxed with EMT ("DFT"), anomalies removed
    (desorbed, dissociated, surface changed, intercalated; migrated ones are kept, as in the
-   pipeline); the dense minimum is the lowest valid EMT energy. It is the AdsorbML pipeline with
-   EMT as the "ML" model, stored in ``<workdir>/dense/`` and reused;
+   pipeline) and relaxations that ran out of steps dropped (their end point is not a minimum;
+   the pipeline drops them too, ``discard_unconverged``); the dense minimum is the lowest valid
+   EMT energy. It is the AdsorbML pipeline with EMT as the "ML" model, stored in
+   ``<workdir>/dense/`` and reused;
 3. runs the AdsorbML pipeline with the candidate as the ML model on the same placements and
    hands its top 5 to EMT as single points (SP) and as relaxations from the ML geometry (RX);
 4. scores success@k (k = 1..5): the best valid EMT energy among the top k is at most the
@@ -358,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
         dft_optimizer=args.optimizer,
         max_atoms_per_batch=args.max_atoms,
         progress=False,
+        discard_unconverged=True,
         scf_first=scf.first,
         scf_later=scf.later,
     )

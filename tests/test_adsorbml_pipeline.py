@@ -195,3 +195,17 @@ def test_gas_reference_mode_can_change_on_resume(tmp_path):
     assert b.gas_ml.refs["O"] == OC20_GAS_REFS["O"] != a.gas_ml.refs["O"]
     r = b.record(b.ranked[0])
     assert r.e_ads == pytest.approx(r.e_ml - b.slab_energy_ml - OC20_GAS_REFS["O"])
+
+
+def test_discard_unconverged_drops_relaxations_that_ran_out_of_steps(tmp_path):
+    kept = _cfg(steps=3)
+    (o,) = run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, kept, write_outputs=False)
+    unconverged = {r.pid for r in o.ml if not r.converged}
+    assert unconverged  # 3 steps is not enough for every placement
+    assert unconverged & set(o.ranked)  # kept by default, as in AdsorbML
+    # the same results, read again with discard_unconverged: only converged ones are ranked
+    strict = _cfg(steps=3, discard_unconverged=True)
+    (s,) = run_adsorbml(_system(), get_adsorbate("O"), EMT(), tmp_path, strict, write_outputs=False)
+    assert s.new_ml_relaxations == 0
+    assert not unconverged & set(s.ranked)
+    assert {r.pid for r in s.ml if r.valid} == {r.pid for r in o.ml if r.valid} - unconverged

@@ -58,7 +58,9 @@ class AdsorbMLConfig:
     random sites). ML relaxation: ``optimizer``, ``fmax`` (eV/Å), ``steps``,
     ``max_atoms_per_batch``, ``relax_slab``. Filtering: ``desorption_multiplier``,
     ``surface_change_multiplier``, ``discard_migrated`` (drop configurations whose binding
-    atom moved to another site type; by default they are reported and kept);
+    atom moved to another site type; by default they are reported and kept),
+    ``discard_unconverged`` (drop ML relaxations that ran out of steps: their end point is not
+    a minimum; by default they are kept, as in AdsorbML);
     dedup ``dedup_position_tol`` (Å), ``dedup_energy_tol`` (eV).
     Energies: ``gas_refs`` "computed" (with the same calculator) or "oc20"; per-element
     ``gas_ref_overrides`` (eV). Reference: ``top_k``, ``dft_mode`` "sp"/"rx", ``dft_fmax``,
@@ -91,6 +93,7 @@ class AdsorbMLConfig:
     dft_optimizer: str = "BFGS"
     progress: bool = True
     discard_migrated: bool = False
+    discard_unconverged: bool = False
     write_vasp: bool = False
     scf_first: float = 25.0
     scf_later: float = 8.0
@@ -143,11 +146,13 @@ class MLRecord:
     initial: Atoms
     final_site: str | None = None
     discarded_kinds: tuple[str, ...] = ANOMALY_KINDS
+    require_converged: bool = False
 
     @property
     def valid(self) -> bool:
         bad = set(self.anomalies) & set(self.discarded_kinds)
-        return self.status == "ok" and not bad and math.isfinite(self.e_ml)
+        unconverged = self.require_converged and not self.converged
+        return self.status == "ok" and not bad and not unconverged and math.isfinite(self.e_ml)
 
 
 @dataclass
@@ -548,6 +553,7 @@ def run_system(
                 initial=initial[pid],
                 final_site=r.get("final_site"),
                 discarded_kinds=cfg.discarded_kinds,
+                require_converged=cfg.discard_unconverged,
             )
         )
     valid = [m for m in ml if m.valid]
