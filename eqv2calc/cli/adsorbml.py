@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import click
 
@@ -322,150 +324,126 @@ def adsorbml_command(**kw: object) -> None:
         raise SystemExit(code)
 
 
-def _run(
-    *,
-    slab_file,
-    bulk_file,
-    miller,
-    adsorbate,
-    binding_atoms,
-    list_adsorbates,
-    model,
-    device,
-    dtype,
-    optimizer,
-    fmax,
-    steps,
-    max_atoms,
-    num_random,
-    seed,
-    max_tilt,
-    site_separation,
-    min_distance,
-    fix_below,
-    surface_depth,
-    min_thickness,
-    vacuum,
-    min_size,
-    no_slab_relax,
-    top_k,
-    dedup_tol,
-    dedup_energy_tol,
-    dft_spec,
-    dft_mode,
-    dft_fmax,
-    dft_steps,
-    gas_refs,
-    gas_ref,
-    out_dir,
-    progress,
-    write_vasp=False,
-    discard_migrated=False,
-) -> int:
-    from eqv2calc.adsorbml.adsorbates import (
-        UnknownAdsorbateError,
-        get_adsorbate,
-        load_adsorbate_file,
+_ADSORBATE_FILE_SUFFIXES = {
+    ".xyz",
+    ".extxyz",
+    ".traj",
+    ".cif",
+    ".vasp",
+    ".json",
+    ".pdb",
+    ".sdf",
+    ".mol",
+}
+
+
+def _check_usage(o: SimpleNamespace) -> None:
+    if o.adsorbate is None:
+        raise click.UsageError("--adsorbate is required (or --list-adsorbates)")
+    if bool(o.slab_file) == bool(o.bulk_file):
+        raise click.UsageError("give exactly one of --slab FILE or --bulk FILE --miller H K L")
+    if o.bulk_file and o.miller is None:
+        raise click.UsageError("--bulk needs --miller H K L")
+    if o.slab_file and o.miller is not None:
+        raise click.UsageError("--miller goes with --bulk, not --slab")
+
+
+def _load_adsorbate(name: str, binding: list[int] | None) -> Any:
+    """A library adsorbate by name, or one read from a structure file."""
+    from eqv2calc.adsorbml.adsorbates import get_adsorbate, load_adsorbate_file
+
+    if Path(name).is_file():
+        return load_adsorbate_file(name, binding)
+    if binding is not None:
+        raise click.UsageError("--binding-atoms is only for an adsorbate structure file")
+    if any(c in name for c in "/\\") or Path(name).suffix.lower() in _ADSORBATE_FILE_SUFFIXES:
+        raise FileNotFoundError(f"adsorbate file {name} does not exist")
+    return get_adsorbate(name)
+
+
+def _load_slabs(o: SimpleNamespace) -> list[Any]:
+    """The slab read from --slab, or every termination cut from --bulk/--miller."""
+    from eqv2calc.adsorbml.slabs import read_slab, slabs_from_bulk
+
+    if o.slab_file:
+        return [read_slab(o.slab_file, fix_below=o.fix_below, surface_depth=o.surface_depth)]
+    return slabs_from_bulk(
+        o.bulk_file,
+        tuple(o.miller),
+        min_thickness=o.min_thickness,
+        vacuum=o.vacuum,
+        min_size=o.min_size,
+        fix_below=o.fix_below,
+        surface_depth=o.surface_depth,
     )
+
+
+def _config(o: SimpleNamespace, overrides: dict[str, float]) -> Any:
+    from eqv2calc.adsorbml.pipeline import AdsorbMLConfig
+
+    return AdsorbMLConfig(
+        num_random=o.num_random,
+        seed=o.seed,
+        max_tilt=o.max_tilt,
+        min_distance_scale=o.min_distance,
+        site_separation=o.site_separation,
+        optimizer=o.optimizer,
+        fmax=o.fmax,
+        steps=o.steps,
+        max_atoms_per_batch=o.max_atoms,
+        relax_slab=not o.no_slab_relax,
+        dedup_position_tol=o.dedup_tol,
+        dedup_energy_tol=o.dedup_energy_tol,
+        gas_refs=o.gas_refs,
+        gas_ref_overrides=overrides,
+        top_k=o.top_k,
+        dft_mode=o.dft_mode,
+        dft_fmax=o.dft_fmax,
+        dft_steps=o.dft_steps,
+        progress=o.progress,
+        write_vasp=o.write_vasp,
+        discard_migrated=o.discard_migrated,
+    )
+
+
+def _run(**options: Any) -> int:
+    """One slab (or one bulk cut) and one adsorbate: the options of ``eqv2calc adsorbml``."""
+    from eqv2calc.adsorbml.adsorbates import UnknownAdsorbateError
     from eqv2calc.adsorbml.energies import parse_gas_ref
-    from eqv2calc.adsorbml.pipeline import AdsorbMLConfig, run_adsorbml
+    from eqv2calc.adsorbml.pipeline import run_adsorbml
     from eqv2calc.adsorbml.placement import PlacementError
     from eqv2calc.adsorbml.reference import make_reference_calculator
     from eqv2calc.adsorbml.report import format_table
-    from eqv2calc.adsorbml.slabs import SlabInputError, read_slab, slabs_from_bulk
+    from eqv2calc.adsorbml.slabs import SlabInputError
     from eqv2calc.adsorbml.store import ResumeMismatchError
 
-    if list_adsorbates:
+    o = SimpleNamespace(**{"write_vasp": False, "discard_migrated": False, **options})
+    if o.list_adsorbates:
         _list_adsorbates()
         return 0
-    if adsorbate is None:
-        raise click.UsageError("--adsorbate is required (or --list-adsorbates)")
-    if bool(slab_file) == bool(bulk_file):
-        raise click.UsageError("give exactly one of --slab FILE or --bulk FILE --miller H K L")
-    if bulk_file and miller is None:
-        raise click.UsageError("--bulk needs --miller H K L")
-    if slab_file and miller is not None:
-        raise click.UsageError("--miller goes with --bulk, not --slab")
-    binding = _parse_binding_atoms(binding_atoms)
-
+    _check_usage(o)
+    binding = _parse_binding_atoms(o.binding_atoms)
     try:
-        overrides = dict(parse_gas_ref(t) for t in gas_ref)
-        # adsorbate
-        if Path(adsorbate).is_file():
-            ads = load_adsorbate_file(adsorbate, binding)
-        else:
-            if binding is not None:
-                raise click.UsageError("--binding-atoms is only for an adsorbate structure file")
-            if any(c in adsorbate for c in "/\\") or Path(adsorbate).suffix.lower() in {
-                ".xyz",
-                ".extxyz",
-                ".traj",
-                ".cif",
-                ".vasp",
-                ".json",
-                ".pdb",
-                ".sdf",
-                ".mol",
-            }:
-                raise FileNotFoundError(f"adsorbate file {adsorbate} does not exist")
-            ads = get_adsorbate(adsorbate)
-        # slabs
-        if slab_file:
-            systems = [read_slab(slab_file, fix_below=fix_below, surface_depth=surface_depth)]
-        else:
-            systems = slabs_from_bulk(
-                bulk_file,
-                tuple(miller),
-                min_thickness=min_thickness,
-                vacuum=vacuum,
-                min_size=min_size,
-                fix_below=fix_below,
-                surface_depth=surface_depth,
-            )
+        overrides = dict(parse_gas_ref(t) for t in o.gas_ref)
+        ads = _load_adsorbate(o.adsorbate, binding)
+        systems = _load_slabs(o)
     except (UnknownAdsorbateError, SlabInputError, FileNotFoundError, ValueError) as err:
         echo_error(str(err))
         return 1
 
-    slab_label = Path(slab_file).stem if slab_file else systems[0].name.rsplit("_t", 1)[0]
-    out = (
-        Path(out_dir)
-        if out_dir
-        else _default_out(
-            clean_label(slab_label, "_.-", collapse=True, strip="", fallback=""), ads.name
-        )
-    )
+    slab_label = Path(o.slab_file).stem if o.slab_file else systems[0].name.rsplit("_t", 1)[0]
+    clean = clean_label(slab_label, "_.-", collapse=True, strip="", fallback="")
+    out = Path(o.out_dir) if o.out_dir else _default_out(clean, ads.name)
     check_outputs(folders=[out])
-    calc = make_calculator(model, device=device, dtype=dtype)
+    calc = make_calculator(o.model, device=o.device, dtype=o.dtype)
     dft_calc = dft_label = None
-    if dft_spec:
+    if o.dft_spec:
         try:
-            dft_calc, dft_label = make_reference_calculator(dft_spec, directory=out / "dft_run")
+            dft_calc, dft_label = make_reference_calculator(o.dft_spec, directory=out / "dft_run")
         except ValueError as err:
             echo_error(str(err))
             return 1
-    cfg = AdsorbMLConfig(
-        num_random=num_random,
-        seed=seed,
-        max_tilt=max_tilt,
-        min_distance_scale=min_distance,
-        site_separation=site_separation,
-        optimizer=optimizer,
-        fmax=fmax,
-        steps=steps,
-        max_atoms_per_batch=max_atoms,
-        relax_slab=not no_slab_relax,
-        dedup_position_tol=dedup_tol,
-        dedup_energy_tol=dedup_energy_tol,
-        gas_refs=gas_refs,
-        gas_ref_overrides=overrides,
-        top_k=top_k,
-        dft_mode=dft_mode,
-        dft_fmax=dft_fmax,
-        dft_steps=dft_steps,
-        progress=progress,
-        write_vasp=write_vasp,
-        discard_migrated=discard_migrated,
-    )
+    cfg = _config(o, overrides)
     click.echo(
         f"AdsorbML: {ads.name} ({ads.formula}) on {len(systems)} slab(s) "
         f"[{', '.join(s.name for s in systems)}] -> {out}",
@@ -481,7 +459,8 @@ def _run(
         return 1
     click.echo(format_table(outcomes, cfg.scf_model))
     click.echo(
-        f"results: {out / 'adsorbml.db'}, {out / 'summary.json'}, {out / 'energies.png'}, {out / 'topk'}/"
-        + (f", {out / 'vasp'}/ (VASP inputs, POTCAR not included)" if write_vasp else "")
+        f"results: {out / 'adsorbml.db'}, {out / 'summary.json'}, {out / 'energies.png'}, "
+        f"{out / 'topk'}/"
+        + (f", {out / 'vasp'}/ (VASP inputs, POTCAR not included)" if o.write_vasp else "")
     )
     return 0
