@@ -205,19 +205,19 @@ def md_command(
     if len(files) > 1:  # several systems: the batched device engine
         _md_many(
             files,
-            model,
-            device,
-            dtype,
-            ensemble,
-            temperature,
-            timestep,
-            steps,
-            thermostat,
-            friction,
-            seed,
-            log_interval,
-            restart,
-            progress,
+            model=model,
+            device=device,
+            dtype=dtype,
+            ensemble=ensemble,
+            temperature=temperature,
+            timestep=timestep,
+            steps=steps,
+            thermostat=thermostat,
+            friction=friction,
+            seed=seed,
+            log_interval=log_interval,
+            restart=restart,
+            progress=progress,
         )
         return
     file = files[0]
@@ -279,6 +279,7 @@ def md_command(
 
 def _md_many(
     files,
+    *,
     model,
     device,
     dtype,
