@@ -645,8 +645,9 @@ def run_md_job(
         entry: The structure (from :func:`eqv2calc.io.load_structures`).
         calculator: Any ASE calculator (NPT needs stress).
         trajectory, logfile, output: Output files (see :func:`md_paths` for defaults).
-        **md_options: Keyword arguments of :func:`eqv2calc.drivers.md.run_md` (ensemble,
-            temperature_K, timestep_fs, steps, ..., restart, progress).
+        **md_options: Keyword arguments of :func:`eqv2calc.drivers.md.run_md`:
+            ``settings`` (an :class:`~eqv2calc.drivers.md.MDSettings`), ``restart``,
+            ``progress``, or single settings fields (``ensemble="npt"``...).
 
     Returns:
         ``(result, (trajectory, log, final structure))``.
