@@ -120,8 +120,11 @@ def _fix_bottom(slab: Atoms) -> None:
     slab.set_constraint(FixAtoms(mask=metal & (z < zmin + 0.5)))
 
 
-def generate(seed: int, scale: float) -> list[Atoms]:
-    """All categories for one seed; ``scale`` multiplies every count."""
+def generate(seed: int, scale: float, physics: bool = False) -> list[Atoms]:
+    """All categories for one seed; ``scale`` multiplies every count.
+
+    ``physics`` adds hops, vibrations and equations of state (``physics_data.py``, issue 17).
+    """
     rng = np.random.default_rng(seed)
     out: list[Atoms] = []
 
@@ -217,6 +220,10 @@ def generate(seed: int, scale: float) -> list[Atoms]:
             )
         atoms.rattle(float(rng.uniform(0.02, 0.12)), seed=int(rng.integers(2**31)))
         out.append(_label(atoms, "cluster"))
+    if physics:
+        from physics_data import physics_frames  # beside this script
+
+        out += physics_frames(rng, n, _label)
     return [a for a in out if a is not None]
 
 
@@ -246,6 +253,11 @@ def main() -> None:
         default=20.0,
         help="drop structures with any |F_i,a| above this (eV/Å)",
     )
+    parser.add_argument(
+        "--physics",
+        action="store_true",
+        help="add hops (NEB images), vibrations and equations of state (physics_data.py)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,7 +272,7 @@ def main() -> None:
         ("test", args.seed + 1000, args.test_scale),
     ):
         t0 = time.time()
-        frames = _drop_outliers(generate(seed, scale), args.max_force)
+        frames = _drop_outliers(generate(seed, scale, args.physics), args.max_force)
         _write(frames, out / f"{name}.extxyz")
         summary[name] = {
             "structures": len(frames),

@@ -1,0 +1,129 @@
+"""EMT training structures where curvature matters: hops, vibrations, equations of state.
+
+Issue 17: the bundled model was trained on rattled, relaxed and MD structures and gets hop
+barriers and vibrational modes badly wrong. These generators add what users compute first:
+
+* ``hop``: adsorbates moving between neighbouring hollow sites of (100)/(111) slabs: the images
+  of an EMT NEB (end points relaxed, 5 images, a few FIRE steps) plus rattled copies;
+* ``vib``: finite displacements around relaxed adsorbate minima (the adsorbate atoms moved by
+  ±0.01–0.05 Å along x, y, z, as ASE's Vibrations does) and around bulk sites (one atom of a
+  supercell displaced, as phonopy does);
+* ``eos``: fcc cells of each metal scaled isotropically over ±8 % in volume (plus a small
+  shear), lightly rattled.
+
+Each frame is labelled by ``generate_data._label`` (EMT energy, forces, stress for 3D cells).
+Used by ``generate_data.py --physics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from ase import Atoms
+from ase.build import add_adsorbate, bulk, fcc100, fcc111
+from ase.calculators.emt import EMT
+from ase.constraints import FixAtoms
+from ase.mep import NEB
+from ase.optimize import BFGS, FIRE
+
+METALS = ["Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt"]
+HOP_ADSORBATES = ["O", "H", "N", "C"]
+
+
+def _slab(metal: str, facet: str) -> Atoms:
+    slab = (fcc100 if facet == "100" else fcc111)(metal, (2, 2, 3), vacuum=7.0)
+    z = slab.positions[:, 2]
+    slab.set_constraint(FixAtoms(mask=z < z.min() + 0.5))
+    return slab
+
+
+def _endpoints(metal: str, facet: str, adsorbate: str) -> tuple[Atoms, Atoms]:
+    slab = _slab(metal, facet)
+    a = slab.cell[0, 0] / 2
+    initial = slab.copy()
+    add_adsorbate(initial, adsorbate, 1.2, "hollow" if facet == "100" else "fcc")
+    final = initial.copy()
+    if facet == "100":
+        final.positions[-1, 0] += a
+    else:
+        final.positions[-1, :2] += [a / 2, a / (2 * np.sqrt(3))]
+    return initial, final
+
+
+def _relaxed(atoms: Atoms, fmax: float = 0.02) -> Atoms:
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    BFGS(atoms, logfile=None).run(fmax=fmax, steps=200)
+    return atoms
+
+
+def hop_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
+    """NEB images of ``count`` random hops (5 images each) and one rattled copy per image."""
+    out = []
+    for _ in range(count):
+        metal = str(rng.choice(METALS))
+        facet = str(rng.choice(["100", "111"]))
+        ads = str(rng.choice(HOP_ADSORBATES))
+        initial, final = _endpoints(metal, facet, ads)
+        initial, final = _relaxed(initial), _relaxed(final)
+        path = [initial] + [initial.copy() for _ in range(5)] + [final]
+        for image in path[1:-1]:
+            image.calc = EMT()
+        neb = NEB(path, climb=True, method="improvedtangent")
+        neb.interpolate(method="idpp")
+        FIRE(neb, logfile=None).run(fmax=0.05, steps=int(rng.integers(20, 150)))
+        for image in path:
+            out.append(image.copy())
+            rattled = image.copy()
+            rattled.rattle(float(rng.uniform(0.01, 0.06)), seed=int(rng.integers(2**31)))
+            out.append(rattled)
+    return out
+
+
+def vibration_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
+    """Displacements around ``count`` adsorbate minima and ``count`` bulk supercells."""
+    out = []
+    for _ in range(count):
+        metal = str(rng.choice(METALS))
+        facet = str(rng.choice(["100", "111"]))
+        minimum = _relaxed(_endpoints(metal, facet, str(rng.choice(HOP_ADSORBATES)))[0], 0.01)
+        out.append(minimum.copy())
+        for axis in range(3):
+            for sign in (1.0, -1.0):
+                moved = minimum.copy()
+                moved.positions[-1, axis] += sign * float(rng.uniform(0.01, 0.05))
+                out.append(moved)
+    for _ in range(count):
+        metal = str(rng.choice(METALS))
+        cell = bulk(metal, "fcc", cubic=True).repeat((2, 2, 2))
+        out.append(cell.copy())  # the exactly symmetric site too
+        for _ in range(3):
+            moved = cell.copy()
+            i = int(rng.integers(len(moved)))
+            moved.positions[i] += rng.normal(0, 1, 3) / np.sqrt(3) * rng.uniform(0.005, 0.05)
+            out.append(moved)
+    return out
+
+
+def eos_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
+    """``count`` scaled cells per metal over ±8 % volume (primitive and cubic cells)."""
+    out = []
+    for metal in METALS:
+        for s in np.linspace(0.973, 1.026, count):  # linear ±2.7 % ≈ volume ±8 %
+            cell = bulk(metal, "fcc") if rng.uniform() < 0.5 else bulk(metal, "fcc", cubic=True)
+            eps = rng.normal(0, 0.003, (3, 3))
+            cell.set_cell(cell.cell.array @ (s * np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
+            cell.rattle(float(rng.uniform(0.0, 0.02)), seed=int(rng.integers(2**31)))
+            out.append(cell)
+    return out
+
+
+def physics_frames(
+    rng: np.random.Generator, n: Callable[[int], int], label: Callable[[Atoms, str], Atoms]
+) -> list[Atoms]:
+    """All three categories, labelled; ``n`` scales the counts (as in generate_data)."""
+    out = [label(a, "hop") for a in hop_frames(rng, n(40))]
+    out += [label(a, "vib") for a in vibration_frames(rng, n(40))]
+    out += [label(a, "eos") for a in eos_frames(rng, n(9))]
+    return out
