@@ -201,3 +201,20 @@ def test_log_and_restart(tmp_path):
     frames = read(traj, ":")
     assert [f.info["md_step"] for f in frames] == list(range(0, 81, 10))
     assert "restarted from" in log.read_text()
+
+
+def test_md_settings_object_and_checks():
+    from eqv2calc.drivers import MDSettings
+
+    settings = MDSettings(ensemble="NVE", timestep_fs=2.0, steps=10, log_interval=5, seed=1)
+    assert settings.checked().ensemble == "nve"
+    by_object = run_md(_cu(1), EMT(), settings)
+    by_keywords = run_md(
+        _cu(1), EMT(), ensemble="nve", timestep_fs=2.0, steps=10, log_interval=5, seed=1
+    )
+    np.testing.assert_array_equal(by_object.atoms.positions, by_keywords.atoms.positions)
+    assert by_object.steps_logged == [0, 5, 10]
+    with pytest.raises(ValueError, match="timestep must be positive"):
+        MDSettings(timestep_fs=float("nan")).checked()
+    with pytest.raises(TypeError, match="unknown option.*temperature"):
+        run_md(_cu(1), EMT(), temperature=300)

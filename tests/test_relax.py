@@ -133,3 +133,19 @@ def test_calculator_without_stress_is_fine_without_cell_relaxation():
     calc: Calculator = _EMTNoStress()
     result = relax(bulk("Cu", a=3.7, cubic=True), calc, steps=5)
     assert result.converged  # symmetric: no forces
+
+
+def test_settings_object_and_keyword_options_agree():
+    from eqv2calc.drivers import RelaxSettings, relax_batch
+
+    settings = RelaxSettings(optimizer="BFGS", fmax=0.02, steps=40)
+    by_object = relax(_slab(), EMT(), settings)
+    by_keywords = relax(_slab(), EMT(), optimizer="BFGS", fmax=0.02, steps=40)
+    assert by_object.steps == by_keywords.steps and by_object.optimizer == "BFGS"
+    assert by_object.final_energy == by_keywords.final_energy
+    (batched,) = relax_batch([_slab()], EMT(), settings, progress=False)
+    assert batched.steps == by_object.steps
+    # an override on top of the settings object; unknown names are refused by name
+    assert relax(_slab(), EMT(), settings, steps=2).steps == 2
+    with pytest.raises(TypeError, match="unknown relaxation option.*fmx"):
+        relax(_slab(), EMT(), fmx=0.1)
