@@ -131,6 +131,8 @@ def _classic_with(raw, tmp_path, **options):
         ({"grid_resolution": 4}, ("grid_resolution 4", "even number >= 6")),
         ({"norm_type": "batch_norm"}, ("norm_type 'batch_norm'",)),
         ({"num_layers": 0}, ("num_layers", ">= 1")),
+        ({"max_radius": "six"}, ("max_radius='six'", "expected float")),
+        ({"lmax_list": ["2"]}, ("lmax_list=['2']", "expected list[int]")),
     ],
     ids=lambda v: "-".join(map(str, v)) if isinstance(v, tuple) else "_".join(v),
 )

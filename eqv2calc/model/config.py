@@ -77,7 +77,9 @@ class EquiformerV2Config:
             self.avg_num_nodes = DEFAULT_AVG_NUM_NODES
         if not self.avg_degree:
             self.avg_degree = DEFAULT_AVG_DEGREE
-        problems = []
+        problems = self._type_problems()
+        if problems:
+            raise ValueError("invalid EquiformerV2 configuration: " + "; ".join(problems))
         if len(self.lmax_list) != 1 or len(self.mmax_list) != 1:
             problems.append(
                 f"lmax_list/mmax_list {self.lmax_list}/{self.mmax_list}: one resolution expected"
@@ -109,6 +111,34 @@ class EquiformerV2Config:
             problems.append(f"max_neighbors must be >= 1, got {self.max_neighbors}")
         if problems:
             raise ValueError("invalid EquiformerV2 configuration: " + "; ".join(problems))
+
+    def _type_problems(self) -> list[str]:
+        """Each field against its annotated type (bool is not an int; ints are floats)."""
+        problems = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type)
+            if kind == "bool":
+                ok = isinstance(value, bool) or value in (0, 1)  # 0/1 as the reference's truthiness
+                if ok:
+                    setattr(self, f.name, bool(value))
+            elif kind == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif kind.startswith("float"):
+                ok = (value is None and "None" in kind) or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool)
+                )
+            elif kind == "int | None":
+                ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+            elif kind == "list[int]":
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value
+                )
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                problems.append(f"{f.name}={value!r} (expected {kind})")
+        return problems
 
     @property
     def lmax(self) -> int:
