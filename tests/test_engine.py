@@ -165,3 +165,14 @@ def test_predict_state_equals_predict_batch():
         out["forces"].numpy(), np.concatenate([r["forces"] for r in ref]), atol=1e-10
     )
     assert out["energy"].dtype == torch.float64
+
+
+def test_per_structure_fmax():
+    """Each structure converges to its own threshold, as separate ASE runs would."""
+    structs = _slabs(2)
+    fmaxes = [0.1, 0.01]
+    res = relax_engine(structs, EMT(), EngineSettings(optimizer="FIRE", fmax=fmaxes, steps=300))
+    for s, r, f in zip(structs, res, fmaxes):
+        ((e, n, conv, _),) = _ase_reference([s], EMT, "FIRE", f, 300)
+        assert r.fmax == f and r.converged == conv and r.steps == n
+        assert abs(r.final_energy - e) < 1e-8

@@ -46,7 +46,7 @@ class EngineSettings:
     Attributes:
         optimizer: ``"FIRE"`` or ``"LBFGS"``.
         fmax: convergence threshold on the largest force row (eV/Å; under the cell filter the
-            cell rows count too, as in ASE).
+            cell rows count too, as in ASE); one value, or one per structure.
         steps: maximum optimizer steps per structure.
         relax_cell: relax the cell with the Frechet cell filter (stress model needed).
         max_atoms_per_batch: atom budget of the active batch (a larger structure runs alone).
@@ -56,7 +56,7 @@ class EngineSettings:
     """
 
     optimizer: str = "FIRE"
-    fmax: float = 0.05
+    fmax: float | Sequence[float] = 0.05
     steps: int = 500
     relax_cell: bool = False
     max_atoms_per_batch: int = DEFAULT_MAX_ATOMS
@@ -75,6 +75,7 @@ class _Item:
     energies: list = field(default_factory=list)
     traj: Path | None = None
     log: Path | None = None
+    fmax: float = 0.05
 
 
 class _Batch:
@@ -238,6 +239,7 @@ def relax_engine(
         if labels is not None
         else [f"{a.get_chemical_formula()}_{i}" for i, a in enumerate(atoms_list)]
     )
+    fmaxes = [float(f) for f in np.broadcast_to(np.asarray(settings.fmax, dtype=float), (n,))]
     trajs = [Path(t) if t else None for t in (trajectories or [None] * n)]
     logs = [Path(p) if p else None for p in (logfiles or [None] * n)]
     results: list[Any] = [None] * n
@@ -261,7 +263,7 @@ def relax_engine(
                 label=labels[i],
                 atoms=atoms_list[i].copy(),
                 optimizer=opt_name,
-                fmax=settings.fmax,
+                fmax=fmaxes[i],
                 relax_cell=settings.relax_cell,
                 error=msg,
                 trajectory=trajs[i],
@@ -307,7 +309,15 @@ def relax_engine(
                     logs[i].parent.mkdir(parents=True, exist_ok=True)
                     logs[i].unlink(missing_ok=True)
                 new.append(
-                    _Item(i, atoms, labels[i], time.perf_counter(), traj=trajs[i], log=logs[i])
+                    _Item(
+                        i,
+                        atoms,
+                        labels[i],
+                        time.perf_counter(),
+                        traj=trajs[i],
+                        log=logs[i],
+                        fmax=fmaxes[i],
+                    )
                 )
                 budget += size
             if new:
@@ -398,7 +408,7 @@ def _iterate(active: _Batch, ev, settings: EngineSettings, opt_name: str, finish
             _write_log(it.log, opt_name, it.steps, float(energy[k]), float(fmax[k]))
         if it.traj is not None:
             _append_frame(it, active, k, positions, cells, out, settings.relax_cell)
-        converged = bool(fmax[k] < settings.fmax)
+        converged = bool(fmax[k] < it.fmax)
         if converged or it.steps >= settings.steps:
             finish(
                 it.index,
@@ -460,7 +470,7 @@ def _result(it, active, k, positions, cells, out, settings, opt_name, converged)
         converged=converged,
         energies=[float(e) for e in it.energies],
         optimizer=opt_name,
-        fmax=settings.fmax,
+        fmax=it.fmax,
         relax_cell=settings.relax_cell,
         max_stress=float(np.abs(stress).max()) if stress is not None else None,
         trajectory=it.traj,
