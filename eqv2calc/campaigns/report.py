@@ -80,6 +80,7 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
     kinds, settings, fingerprints = set(), None, set()
     shards: dict[int, set[int]] = {}
     items: dict[str, dict[str, Any]] = {}  # an item in several ledgers (merged) counts once
+    runs: list[dict[str, Any]] = []
     for f in files:
         m = _SHARD_RE.search(f.name)
         if m:
@@ -92,9 +93,7 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
                 old = items.get(row["key"])
                 if old is None or _RANK[row["state"]] > _RANK[old["state"]]:
                     items[row["key"]] = row
-            for run in led.runs():
-                if run["finished"] is not None:
-                    intervals.append((run["started"], run["finished"]))
+            runs.extend(led.runs())
     counts = dict.fromkeys(STATES, 0)
     failures: list[dict[str, Any]] = []
     item_walls: list[float] = []
@@ -109,6 +108,18 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
         if isinstance(prov.get("wall_s"), (int, float)):
             item_walls.append(float(prov["wall_s"]))
     finished = counts["done"] + counts["failed"]
+    # A killed driver never recorded its end: its last finished item stands in for it.
+    ends = sorted(r["finished"] for r in items.values() if r["finished"] is not None)
+    starts = sorted(r["started"] for r in runs)
+    for run in runs:
+        end = run["finished"]
+        if end is None:
+            later = [t for t in starts if t > run["started"]]
+            limit = later[0] if later else math.inf
+            inside = [t for t in ends if run["started"] <= t < limit]
+            end = inside[-1] if inside else None
+        if end is not None:
+            intervals.append((run["started"], end))
     busy = _union_seconds(intervals)
     missing = {n: sorted(set(range(n)) - got) for n, got in shards.items()}
     return {
