@@ -140,6 +140,10 @@ def test_eval_campaign_matches_plain_eval(tmp_path):
     plain = tmp_path / "plain.extxyz"
     res = runner.invoke(main, ["eval", str(inputs), "--model", "emt", "-o", str(plain)])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        main, ["eval", str(inputs), "--model", "emt", "--output-dir", str(tmp_path)]
+    )
+    assert res.exit_code == 0 and (tmp_path / "eval_results.extxyz").is_file()
     out = tmp_path / "camp"
     res = runner.invoke(
         main,

@@ -71,7 +71,7 @@ structures are still evaluated).
     "--output-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Campaign mode: folder of the ledger and of --output (when --output is a bare name).",
+    help="Folder for --output when it is a bare file name (and, in campaign mode, of the ledger).",
 )
 @campaign_options
 def eval_command(
@@ -110,6 +110,12 @@ def eval_command(
     entries, read_errors = read_inputs(files)
     if not entries:
         fail("no structures to evaluate")
+    if (
+        output_dir is not None
+        and not Path(output).is_absolute()
+        and Path(output).parent == Path(".")
+    ):
+        output = str(Path(output_dir) / output)
     if summary_path is None:
         summary_path = str(Path(output).parent / "eval_summary.json")
     check_outputs(files=[output, summary_path])
