@@ -141,8 +141,29 @@ def _mapping(value: object, path: Path, what: str) -> dict:
     return value
 
 
+#: fields older eqv2calc versions wrote into backbone configs (config["eqv2calc"] present)
+_OLD_EQV2CALC_FIELDS = {
+    "radial_bias",
+    "use_denoising_energy",
+    "use_denoising_stress",
+    "use_force_encoding",
+    "use_noise_schedule_sigma_encoding",
+}
+
+
+def _old_eqv2calc_options(options: dict, entry: names.ModuleClass, path: Path) -> bool:
+    """Drop the fields older eqv2calc versions wrote that ``entry`` does not take; True when
+    they marked DeNS inputs on a plain backbone."""
+    if options.get("radial_bias", True) is not True:
+        raise CheckpointError(f"{path}: radial_bias=False (radial MLPs without bias) is refused")
+    dens = entry.kind != "dens" and bool(options.get("use_force_encoding", False))
+    for key in _OLD_EQV2CALC_FIELDS - entry.arguments:
+        options.pop(key, None)
+    return dens
+
+
 def _hydra_heads(
-    model: dict, keys: set[str], path: Path
+    model: dict, keys: set[str], path: Path, old_eqv2calc: bool = False
 ) -> tuple[dict[str, HeadSpec], dict[str, tuple[str, str]], dict[str, str]]:
     """Heads of a hydra config: specs, state-dict submodules and output-name renames."""
     heads, head_modules, renames = {}, {}, {}
@@ -174,6 +195,9 @@ def _hydra_heads(
         if entry.kind == "rank2":
             for part in ("isotropic", "anisotropic"):
                 renames[f"{file_output}_{part}"] = f"{ours}_{part}"
+        if old_eqv2calc and entry.kind == "forces":  # older eqv2calc wrote DeNS heads this way
+            prefix = f"output_heads.{file_key}.denoising_pos_block."
+            options["denoising_block"] = any(k.startswith(prefix) for k in keys)
         heads[file_key] = HeadSpec(entry.kind, options)
         head_modules[file_key] = (entry.kind, entry.submodule)
     for kind in ("energy", "forces"):
@@ -196,6 +220,8 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
     prefix = _state_prefix(state)
     keys = {k[len(prefix) :] for k in state}
     renames: dict[str, str] = {}
+    # written by an older eqv2calc: its backbone configs held a few fields of its own
+    old_eqv2calc = isinstance(config.get("eqv2calc"), dict)
 
     if isinstance(model, dict) and model.get("name") == "hydra":
         layout = "hydra"
@@ -214,7 +240,7 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
             )
         backbone_opts = dict(_mapping(model["backbone"], path, "model.backbone"))
         backbone_name = backbone_opts.pop("model", None)
-        heads, head_modules, renames = _hydra_heads(model, keys, path)
+        heads, head_modules, renames = _hydra_heads(model, keys, path, old_eqv2calc)
     else:
         layout = "classic"
         if isinstance(model, dict):
@@ -234,8 +260,11 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
             "an EquiformerV2 backbone" if layout == "hydra" else "'equiformer_v2' (classic layout)"
         )
         raise CheckpointError(f"{path}: model {backbone_name!r} is not {expected}")
+    old_dens = old_eqv2calc and _old_eqv2calc_options(backbone_opts, entry, path)
     try:
         options = names.backbone_config(backbone_opts, entry)
+        if old_dens:
+            options["dens_inputs"] = True
         cfg = EquiformerV2Config.from_dict(options, where="model config")
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
