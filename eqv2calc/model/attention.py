@@ -170,7 +170,9 @@ class EquivariantGraphAttention(nn.Module):
             summed.index_add_(
                 0,
                 dst[start:stop],
-                rotation.narrow(start, stop).rotate_back(weighted.view(n, -1, values.shape[2])),
+                rotation.narrow(start, stop)
+                .rotate_back(weighted.view(n, -1, values.shape[2]))
+                .to(summed.dtype),  # bf16 autocast: accumulate in the features' dtype
             )
         return self.proj(summed)
 

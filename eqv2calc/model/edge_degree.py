@@ -53,7 +53,8 @@ class EdgeDegreeEmbedding(nn.Module):
             edge_inv = self.edge_invariants(distance_basis[start:stop], atomic_numbers, part)
             # edge frame: only the m = 0 coefficients are non-zero, one per degree [n, lmax+1, C]
             m0 = self.radial(edge_inv).view(-1, self.num_m0, self.channels)
-            out.index_add_(
-                0, part[1], rotation.narrow(start, stop).rotate_back_zonal(m0)
-            )  # [n, K, C]
+            # under bf16 autocast the rotated terms come back in bfloat16: accumulate them in
+            # the output's dtype (a no-op in float32/float64)
+            rotated = rotation.narrow(start, stop).rotate_back_zonal(m0)  # [n, K, C]
+            out.index_add_(0, part[1], rotated.to(out.dtype))
         return out / self.avg_degree
