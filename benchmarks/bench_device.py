@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 DATA = REPO / "tests" / "data" / "eqv2"
-DEMO = REPO / "models" / "eqv2calc-demo-emt.pt"
+DEMO = REPO / "eqv2calc" / "registry" / "models" / "eqv2calc-demo-emt.pt"
 
 from bench_model import FULL_CONFIG, build_structure  # noqa: E402
 
@@ -263,8 +263,10 @@ def bench_relax(device, quick: bool, count: int, fmax: float, steps: int, rounds
 def bench_precision(device, modes: list[str], repeats: int) -> list[dict]:
     """Errors of each mode against float64 on every fixture case, and 31M forward speed."""
 
-    ref = json.loads((DATA / "reference.json").read_text())
-    cases = ref["cases"]
+    cases = []  # both fixture folders: tests/data/eqv2 and tests/data/eqv2_options
+    for folder in (DATA, DATA.parent / "eqv2_options"):
+        ref = json.loads((folder / "reference.json").read_text())
+        cases += [{**c, "_folder": folder} for c in ref["cases"]]
     rows = []
     calcs64 = {}
     for mode in modes:
@@ -286,8 +288,8 @@ def _precision_mode(device, mode, cases, calcs64, repeats) -> dict:
         prec = PRECISIONS[mode]
         err = {"energy_eV": 0.0, "forces_eV_A": 0.0, "stress_eV_A3": 0.0}
         for case in cases:
-            ck = DATA / "checkpoints" / f"{case['checkpoint']}.pt"
-            atoms = read(DATA / "structures" / f"{case['structure']}.extxyz")
+            ck = case["_folder"] / "checkpoints" / f"{case['checkpoint']}.pt"
+            atoms = read(case["_folder"] / "structures" / f"{case['structure']}.extxyz")
             if ck not in calcs64:
                 calcs64[ck] = EquiformerV2Calculator(str(ck), device=device, dtype="float64")
             c64 = calcs64[ck]

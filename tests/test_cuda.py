@@ -20,7 +20,13 @@ pytestmark = [
 
 DATA = Path(__file__).parent / "data" / "eqv2"
 REFERENCE = json.loads((DATA / "reference.json").read_text()) if DATA.is_dir() else {"cases": []}
-DEMO = Path(__file__).resolve().parents[1] / "models" / "eqv2calc-demo-emt.pt"
+DEMO = (
+    Path(__file__).resolve().parents[1]
+    / "eqv2calc"
+    / "registry"
+    / "models"
+    / "eqv2calc-demo-emt.pt"
+)
 
 
 def _tol(case: dict, key: str, default: float) -> float:

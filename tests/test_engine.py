@@ -18,7 +18,7 @@ from eqv2calc.engine.optimizers import make_optimizer
 from eqv2calc.engine.state import BatchedStructures
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "models" / "eqv2calc-demo-emt.pt"
+DEMO = ROOT / "eqv2calc" / "registry" / "models" / "eqv2calc-demo-emt.pt"
 ASE_OPT = {"FIRE": FIRE, "LBFGS": LBFGS}
 
 

@@ -25,7 +25,7 @@ from eqv2calc.cli.models import models_command
 from eqv2calc.download import DownloadError, download_file, sha256_of
 
 DATA = Path(__file__).parent / "data" / "eqv2"
-REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+REPO_MODELS = Path(__file__).resolve().parents[1] / "eqv2calc" / "registry" / "models"
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)  # more than one read chunk
 

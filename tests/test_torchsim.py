@@ -11,7 +11,13 @@ import torch
 ts = pytest.importorskip("torch_sim")
 
 DATA = Path(__file__).parent / "data" / "eqv2"
-DEMO = Path(__file__).resolve().parents[1] / "models" / "eqv2calc-demo-emt.pt"
+DEMO = (
+    Path(__file__).resolve().parents[1]
+    / "eqv2calc"
+    / "registry"
+    / "models"
+    / "eqv2calc-demo-emt.pt"
+)
 
 
 def test_torchsim_validation_and_parity_with_calculator():

@@ -31,7 +31,7 @@ Files and environment variables:
   HF_TOKEN             Hugging Face access token, needed for the gated OMat24/MPtrj
                        checkpoints (request access on huggingface.co/fairchem/OMAT24)
   EQV2CALC_MODELS_DIR  folder with the model cards and the bundled checkpoint
-                       (default: the repository's models/ folder)
+                       (default: the package data folder eqv2calc/registry/models/)
 """
 
 

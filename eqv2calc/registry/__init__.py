@@ -1,7 +1,8 @@
 """The model registry: model cards, the checkpoint cache, and name → file resolution.
 
 Every released EquiformerV2 checkpoint that eqv2calc knows about has a *model card*, a small
-YAML file in the repository's ``models/`` folder (see ``models/README.md``). A card records
+YAML file shipped with the package in ``eqv2calc/registry/models/`` (fields described in the
+repository's ``models/README.md``). A card records
 what the model was trained on, what its energy means, its graph settings (cutoff in Å,
 neighbour cap), published accuracy with sources, the download URL and the licence.
 
@@ -24,8 +25,8 @@ Environment variables:
 ``HF_TOKEN``
     Hugging Face access token, sent as a bearer token to gated Hugging Face repositories.
 ``EQV2CALC_MODELS_DIR``
-    folder holding the model cards and bundled checkpoints (default: the repository's
-    ``models/`` folder, or ``<prefix>/share/eqv2calc/models`` for a non-editable install).
+    folder holding the model cards and bundled checkpoints (default: the package data folder
+    ``eqv2calc/registry/models/``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ import difflib
 import functools
 import os
 import re
-import site
-import sys
 from pathlib import Path
 
 from eqv2calc.download import DownloadError, download_file
@@ -142,30 +141,18 @@ class BundledModelMissingError(FileNotFoundError):
 # --------------------------------------------------------------------------------------------
 
 
-def _has_cards(folder: Path) -> bool:
-    return folder.is_dir() and any(
-        p.suffix in _CARD_SUFFIXES for p in folder.iterdir() if p.is_file()
-    )
-
-
-def _candidate_models_dirs() -> list[Path]:
-    import eqv2calc
-
-    candidates = [Path(eqv2calc.__file__).resolve().parents[1] / "models"]
-    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix, site.getuserbase()]):
-        candidates.append(Path(prefix) / "share" / "eqv2calc" / "models")
-    return candidates
+#: The model cards and the bundled checkpoint, shipped as package data.
+PACKAGE_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
 def models_dir() -> Path:
     """The folder that holds the model cards and bundled checkpoints.
 
-    ``$EQV2CALC_MODELS_DIR`` when set; otherwise the repository's ``models/`` folder next to the
-    ``eqv2calc`` package (editable installs), then ``<prefix>/share/eqv2calc/models``.
+    ``$EQV2CALC_MODELS_DIR`` when set; otherwise the package data folder
+    ``eqv2calc/registry/models/`` (:data:`PACKAGE_MODELS_DIR`).
 
     Raises:
-        FileNotFoundError: ``$EQV2CALC_MODELS_DIR`` is not a folder, or no folder with model
-            cards was found (the message lists where it looked).
+        FileNotFoundError: ``$EQV2CALC_MODELS_DIR`` or the package data folder is not a folder.
     """
     override = os.environ.get(ENV_MODELS_DIR)
     if override:
@@ -173,15 +160,12 @@ def models_dir() -> Path:
         if not folder.is_dir():
             raise FileNotFoundError(f"{ENV_MODELS_DIR}={override!r} is not a folder")
         return folder
-    candidates = _candidate_models_dirs()
-    for folder in candidates:
-        if _has_cards(folder):
-            return folder
-    looked = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"No eqv2calc model cards found (looked in: {looked}). Set {ENV_MODELS_DIR} to the "
-        "repository's models/ folder."
-    )
+    if not PACKAGE_MODELS_DIR.is_dir():
+        raise FileNotFoundError(
+            f"No eqv2calc model cards found: {PACKAGE_MODELS_DIR} is missing (a broken "
+            f"installation); reinstall eqv2calc or set {ENV_MODELS_DIR} to a folder of cards."
+        )
+    return PACKAGE_MODELS_DIR
 
 
 def cache_dir() -> Path:
@@ -389,7 +373,7 @@ def fetch(
 def _bundled_missing(card: ModelCard, path: Path) -> BundledModelMissingError:
     return BundledModelMissingError(
         f"The bundled model '{card.name}' is missing: expected the checkpoint at {path}. "
-        "It ships with the eqv2calc repository (models/ folder); restore it from the repository "
+        "It ships with the eqv2calc package (eqv2calc/registry/models/); reinstall eqv2calc "
         "or pass a checkpoint path or registry name explicitly (run 'eqv2calc models' to list).",
         path,
     )

@@ -1,6 +1,6 @@
 """Model cards: the metadata of one checkpoint, read from a YAML file and validated.
 
-See ``models/README.md`` for the fields. Lengths are in Å.
+See the repository's ``models/README.md`` for the fields. Lengths are in Å.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class AccuracyEntry:
 
 @dataclass(frozen=True, eq=True)
 class ModelCard:
-    """Metadata of one model checkpoint (one YAML file in ``models/``).
+    """Metadata of one model checkpoint (one YAML file in ``eqv2calc/registry/models/``).
 
     Lengths are in Å. Fields that the sources do not give are ``None``.
 
@@ -67,7 +67,7 @@ class ModelCard:
         file_name: checkpoint file name, also its name in the cache folder.
         family: training-data family: ``demo``, ``oc20``, ``oc22``, ``omat24``, ``mptrj``, ``odac``.
         layout: checkpoint layout: ``classic``, ``hydra`` or ``hydra-dens`` (None if not fixed yet).
-        bundled: True for a checkpoint shipped in ``models/`` (never downloaded).
+        bundled: True for a checkpoint shipped with the package (never downloaded).
         training_data: what the model was trained on.
         energy_kind: ``adsorption`` (referenced energy, OC20/ODAC style), ``total`` (total DFT
             energy) or ``emt`` (imitates ASE's EMT).

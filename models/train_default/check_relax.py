@@ -5,7 +5,7 @@ is relaxed with FIRE (fmax 0.05 eV/Å) by EMT and by the model; printed: O heigh
 top layer (Å), shortest O–metal distance (Å), the largest atom displacement between the two
 relaxed structures (Å), and the model's energy/force error at the EMT minimum.
 
-    python models/train_default/check_relax.py [--model models/eqv2calc-demo-emt.pt]
+    python models/train_default/check_relax.py [--model eqv2calc/registry/models/eqv2calc-demo-emt.pt]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ase.optimize import FIRE
 from eqv2calc.calculator import EquiformerV2Calculator
 
 HERE = Path(__file__).resolve().parent
+DEMO = HERE.parents[1] / "eqv2calc" / "registry" / "models" / "eqv2calc-demo-emt.pt"
 
 
 def _case(metal: str, facet: str, site: str):
@@ -59,7 +60,7 @@ def _geometry(atoms) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(HERE.parent / "eqv2calc-demo-emt.pt"))
+    parser.add_argument("--model", default=str(DEMO))
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     model = EquiformerV2Calculator(model=args.model, device="cpu")

@@ -1,7 +1,7 @@
 """Mean absolute errors of a model against EMT labels, per structure category of the test set.
 
     python models/train_default/evaluate_categories.py \
-        [--model models/eqv2calc-demo-emt.pt] [--data scratch/train_default/data/test.extxyz]
+        [--model eqv2calc/registry/models/eqv2calc-demo-emt.pt] [--data scratch/train_default/data/test.extxyz]
 
 Prints energy MAE (meV/atom), force MAE (meV/Å, per component) and the mean |F| of the labels
 for each ``category`` written by ``generate_data.py``, then the totals.
@@ -19,11 +19,12 @@ from ase.io import read
 from eqv2calc.calculator import EquiformerV2Calculator
 
 HERE = Path(__file__).resolve().parent
+DEMO = HERE.parents[1] / "eqv2calc" / "registry" / "models" / "eqv2calc-demo-emt.pt"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(HERE.parent / "eqv2calc-demo-emt.pt"))
+    parser.add_argument("--model", default=str(DEMO))
     parser.add_argument(
         "--data",
         default=str(HERE.parent.parent / "scratch" / "train_default" / "data" / "test.extxyz"),

@@ -1,9 +1,9 @@
-"""Train the bundled demonstration model and copy the best checkpoint into models/.
+"""Train the bundled demonstration model and copy the best checkpoint into the package.
 
 Run from the repository root after ``generate_data.py``::
 
     python models/train_default/generate_data.py --out scratch/train_default/data --seed 0
-    python models/train_default/train.py            # writes models/eqv2calc-demo-emt.pt
+    python models/train_default/train.py            # writes eqv2calc/registry/models/eqv2calc-demo-emt.pt
 
 ``--resume`` continues an interrupted run from ``scratch/train_default/run/last.pt``.
 The same training can be run with the CLI:
@@ -32,7 +32,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--target",
-        default=str(REPO / "models" / "eqv2calc-demo-emt.pt"),
+        default=str(REPO / "eqv2calc" / "registry" / "models" / "eqv2calc-demo-emt.pt"),
         help="where the model goes",
     )
     parser.add_argument("--epochs", type=int, default=None, help="override run.epochs")
