@@ -1,4 +1,4 @@
-"""Tests for eqv2calc.registry, eqv2calc.download and the ``eqv2calc models`` command.
+"""Tests for eqv2calc.registry, eqv2calc.registry.download and the ``eqv2calc models`` command.
 
 No test touches the network: downloads go through ``file://`` URLs and a local HTTP server
 bound to 127.0.0.1.
@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from eqv2calc import registry
 from eqv2calc.cli import main as cli_main
 from eqv2calc.cli.models import models_command
-from eqv2calc.download import DownloadError, download_file, sha256_of
+from eqv2calc.registry.download import DownloadError, download_file, sha256_of
 
 DATA = Path(__file__).parent / "data" / "eqv2"
 REPO_MODELS = Path(__file__).resolve().parents[1] / "eqv2calc" / "registry" / "models"

@@ -37,7 +37,6 @@ import os
 import re
 from pathlib import Path
 
-from eqv2calc.download import DownloadError, download_file
 from eqv2calc.registry.cards import (
     ENERGY_KINDS,
     FAMILIES,
@@ -48,6 +47,7 @@ from eqv2calc.registry.cards import (
     ModelCard,
     load_card,
 )
+from eqv2calc.registry.download import DownloadError, download_file
 
 __all__ = [
     "AccuracyEntry",
