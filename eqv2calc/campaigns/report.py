@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from eqv2calc.campaigns.ledger import LEDGER_NAME, STATES, Ledger, LedgerError
+from eqv2calc.plotting import pyplot
 
 __all__ = [
     "campaign_status",
@@ -366,11 +367,7 @@ def write_adsorbml_summary(ledger: Ledger, out_dir: str | os.PathLike) -> dict[s
         if r["best_e_ads_ml_eV"] is not None or r["best_e_ads_ref_eV"] is not None
     ]
     if plotted:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot("the campaign summary plot")
         fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(plotted) + 2), 3.5))
         xs = range(len(plotted))
         ml = [p[2] if p[2] is not None else math.nan for p in plotted]

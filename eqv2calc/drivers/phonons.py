@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from eqv2calc.plotting import pyplot
+
 __all__ = ["PhononResult", "PhononSettings", "PhonopyMissingError", "run_phonons"]
 
 INSTALL_HINT = "phonons need phonopy: pip install 'eqv2calc[phonons]' (or pip install phonopy)"
@@ -343,11 +345,12 @@ def _write_summary(result: PhononResult, settings: PhononSettings) -> None:
 
 
 def plot_band_and_dos(result: PhononResult, path: Path) -> None:
-    """Band structure (left) and total DOS (right), frequencies in THz, as a PNG."""
-    import matplotlib
+    """Band structure (left) and total DOS (right), frequencies in THz, as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises:
+        MatplotlibMissingError: matplotlib is not installed.
+    """
+    plt = pyplot("the phonon band structure")
 
     fig, (ax_band, ax_dos) = plt.subplots(
         1, 2, figsize=(8, 4.5), sharey=True, gridspec_kw={"width_ratios": [3, 1]}
