@@ -78,6 +78,7 @@ __all__ = [
     "build_graph",
     "graph_from_atoms",
     "batch_graphs",
+    "check_cutoff_and_cap",
     "MIN_PAIR_DISTANCE_A",
     "NONSTRICT_TOLERANCE_A2",
     "TIE_TOL_A",
@@ -463,6 +464,32 @@ def _rank_tied(
 # --------------------------------------------------------------------------- public API
 
 
+def check_cutoff_and_cap(cutoff, max_neighbors) -> tuple[float, int | None]:
+    """Validate a neighbour-search radius (Å) and per-centre cap; return them as float / int.
+
+    Raises:
+        ValueError: cutoff is not a positive finite number, or max_neighbors is not a
+            positive integer or None.
+    """
+    try:
+        cutoff = float(cutoff)
+    except (TypeError, ValueError):
+        raise ValueError(f"cutoff must be a positive number in Å, got {cutoff!r}") from None
+    if not np.isfinite(cutoff) or cutoff <= 0:
+        raise ValueError(f"cutoff must be a positive finite distance in Å, got {cutoff!r}")
+    if max_neighbors is not None:
+        if isinstance(max_neighbors, bool) or int(max_neighbors) != max_neighbors:
+            raise ValueError(
+                f"max_neighbors must be a positive integer or None, got {max_neighbors!r}"
+            )
+        max_neighbors = int(max_neighbors)
+        if max_neighbors < 1:
+            raise ValueError(
+                f"max_neighbors must be a positive integer or None (no cap), got {max_neighbors}"
+            )
+    return cutoff, max_neighbors
+
+
 def build_graph(
     positions,
     cell,
@@ -491,22 +518,7 @@ def build_graph(
         ValueError: non-finite positions (names the atom), a periodic axis with a zero
             or degenerate lattice vector, cutoff <= 0, or a bad max_neighbors.
     """
-    try:
-        cutoff = float(cutoff)
-    except (TypeError, ValueError):
-        raise ValueError(f"cutoff must be a positive number in Å, got {cutoff!r}") from None
-    if not np.isfinite(cutoff) or cutoff <= 0:
-        raise ValueError(f"cutoff must be a positive finite distance in Å, got {cutoff!r}")
-    if max_neighbors is not None:
-        if isinstance(max_neighbors, bool) or int(max_neighbors) != max_neighbors:
-            raise ValueError(
-                f"max_neighbors must be a positive integer or None, got {max_neighbors!r}"
-            )
-        max_neighbors = int(max_neighbors)
-        if max_neighbors < 1:
-            raise ValueError(
-                f"max_neighbors must be a positive integer or None (no cap), got {max_neighbors}"
-            )
+    cutoff, max_neighbors = check_cutoff_and_cap(cutoff, max_neighbors)
     pos = _as_positions(positions)
     pbc_arr = _as_pbc(pbc)
     cell_arr = _as_cell(cell)

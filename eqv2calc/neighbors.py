@@ -36,7 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from eqv2calc.graph import MIN_PAIR_DISTANCE_A, NONSTRICT_TOLERANCE_A2, TIE_TOL_A, VEC_GRID_A
+from eqv2calc.graph import (
+    MIN_PAIR_DISTANCE_A,
+    NONSTRICT_TOLERANCE_A2,
+    TIE_TOL_A,
+    VEC_GRID_A,
+    check_cutoff_and_cap,
+)
 
 __all__ = [
     "DeviceGraph",
@@ -211,14 +217,14 @@ def _dense_candidates(
                     wrapped,
                     cells_p,
                     images,
-                    int(ptr[b]),
-                    n_b,
-                    i0,
-                    min(n_b, i0 + step),
-                    int(img_ptr[b]),
-                    int(n_img[b]),
-                    b,
-                    r2,
+                    p0=int(ptr[b]),
+                    n_b=n_b,
+                    i0=i0,
+                    i1=min(n_b, i0 + step),
+                    g0=int(img_ptr[b]),
+                    m=int(n_img[b]),
+                    b=b,
+                    r2=r2,
                 )
                 out_i.append(ii)
                 out_j.append(jj)
@@ -254,7 +260,7 @@ def _dense_candidates(
     return torch.cat(out_i), torch.cat(out_j), torch.cat(out_n).long()
 
 
-def _dense_block(wrapped, cells_p, images, p0, n_b, i0, i1, g0, m, b, r2):
+def _dense_block(wrapped, cells_p, images, *, p0, n_b, i0, i1, g0, m, b, r2):
     """Candidates of centres i0..i1-1 of one (large) structure, as in the dense search."""
     dev = wrapped.device
     ci = torch.arange(i0, i1, device=dev)
@@ -447,15 +453,19 @@ def _cap_keep(
     dist = torch.sqrt(d2)
     keep = ~over[ci]
     window = over[ci] & (dist <= d_k1[ci] + _TIE_WINDOW_A)
-    ranked = _rank_tied(torch.nonzero(window).squeeze(1), ci, nj, off, vec, d2, k, d_k1, over)
+    ranked = _rank_tied(
+        torch.nonzero(window).squeeze(1), ci, nj, off, vec, d2, k=k, d_k1=d_k1, over=over
+    )
     if ranked is None:  # a shell chain reaches the window top: rank all their candidates
-        ranked = _rank_tied(torch.nonzero(over[ci]).squeeze(1), ci, nj, off, vec, d2, k, None, over)
+        ranked = _rank_tied(
+            torch.nonzero(over[ci]).squeeze(1), ci, nj, off, vec, d2, k=k, d_k1=None, over=over
+        )
     idx, pos_in = ranked
     keep[idx[pos_in < k]] = True
     return keep
 
 
-def _rank_tied(idx, ci, nj, off, vec, d2, k, d_k1, over):
+def _rank_tied(idx, ci, nj, off, vec, d2, *, k, d_k1, over):
     """(candidate indices in rank order, position within their centre) for ``idx``; None when
     ``d_k1`` is given and a cut shell reaches the top of the distance window."""
     dev = ci.device
@@ -489,6 +499,7 @@ def _filter_and_cap(
     ci: torch.Tensor,
     nj: torch.Tensor,
     off: torch.Tensor,
+    *,
     cutoff: float,
     max_neighbors: int | None,
     strict: bool,
@@ -516,23 +527,6 @@ def _filter_and_cap(
         edge_batch=b_e,
         num_edges=torch.bincount(b_e, minlength=num_graphs),
     )
-
-
-def _validate(cutoff: float, max_neighbors: int | None) -> tuple[float, int | None]:
-    cutoff = float(cutoff)
-    if not cutoff > 0 or cutoff == float("inf"):
-        raise ValueError(f"cutoff must be a positive finite distance in Å, got {cutoff!r}")
-    if max_neighbors is not None:
-        if isinstance(max_neighbors, bool) or int(max_neighbors) != max_neighbors:
-            raise ValueError(
-                f"max_neighbors must be a positive integer or None, got {max_neighbors!r}"
-            )
-        max_neighbors = int(max_neighbors)
-        if max_neighbors < 1:
-            raise ValueError(
-                f"max_neighbors must be a positive integer or None, got {max_neighbors}"
-            )
-    return cutoff, max_neighbors
 
 
 def neighbor_graph(
@@ -567,7 +561,7 @@ def neighbor_graph(
         :class:`DeviceGraph` with edges ordered by centre, neighbour, then lattice offset, i.e.
         edge for edge what :func:`eqv2calc.graph.build_graph` + ``batch_graphs`` give.
     """
-    cutoff, max_neighbors = _validate(cutoff, max_neighbors)
+    cutoff, max_neighbors = check_cutoff_and_cap(cutoff, max_neighbors)
     pos64 = positions.detach().to(torch.float64)
     cells64 = cells.detach().to(torch.float64).reshape(-1, 3, 3)
     pbc = _as_pbc(pbc, num_graphs, positions.device)
@@ -585,9 +579,9 @@ def neighbor_graph(
         ci,
         nj,
         off,
-        cutoff,
-        max_neighbors,
-        strict,
+        cutoff=cutoff,
+        max_neighbors=max_neighbors,
+        strict=strict,
         sort=True,
     )
 
@@ -632,7 +626,7 @@ class NeighborCache:
         skin: float = 1.0,
         method: str = "auto",
     ) -> None:
-        self.cutoff, self.max_neighbors = _validate(cutoff, max_neighbors)
+        self.cutoff, self.max_neighbors = check_cutoff_and_cap(cutoff, max_neighbors)
         self.strict = bool(strict)
         if skin < 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
@@ -695,8 +689,8 @@ class NeighborCache:
             ci,
             nj,
             off,
-            self.cutoff,
-            self.max_neighbors,
-            self.strict,
+            cutoff=self.cutoff,
+            max_neighbors=self.max_neighbors,
+            strict=self.strict,
             sort=True,
         )

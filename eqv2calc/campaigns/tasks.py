@@ -148,40 +148,36 @@ class RelaxTask:
                 )
             emit(Outcome(p["key"], res.ok, rec, res.error, atoms, {"wall_s": res.wall_time}))
 
+        structures = [p["atoms"] for p in payloads]
+        per_structure: dict[str, Any] = {  # the same for both drivers
+            "labels": [p["label"] for p in payloads],
+            "trajectories": [p["trajectory"] for p in payloads],
+            "logfiles": [p["log"] for p in payloads],
+            "on_result": on_result,
+            "progress": False,
+        }
         if self.engine == "torch":
             from eqv2calc.engine import EngineSettings, relax_engine
 
-            relax_engine(
-                [p["atoms"] for p in payloads],
-                calculator,
-                EngineSettings(
-                    optimizer=self.optimizer,
-                    fmax=self.fmax,
-                    steps=self.steps,
-                    relax_cell=self.relax_cell,
-                    max_atoms_per_batch=self.max_atoms_per_batch,
-                ),
-                labels=[p["label"] for p in payloads],
-                trajectories=[p["trajectory"] for p in payloads],
-                logfiles=[p["log"] for p in payloads],
-                on_result=on_result,
-                progress=False,
+            settings = EngineSettings(
+                optimizer=self.optimizer,
+                fmax=self.fmax,
+                steps=self.steps,
+                relax_cell=self.relax_cell,
+                max_atoms_per_batch=self.max_atoms_per_batch,
             )
+            relax_engine(structures, calculator, settings, **per_structure)
             return
         relax_batch(
-            [p["atoms"] for p in payloads],
+            structures,
             calculator,
             optimizer=self.optimizer,
             fmax=self.fmax,
             steps=self.steps,
             relax_cell=self.relax_cell,
             max_atoms_per_batch=self.max_atoms_per_batch,
-            labels=[p["label"] for p in payloads],
-            trajectories=[p["trajectory"] for p in payloads],
-            logfiles=[p["log"] for p in payloads],
             restart=True,
-            progress=False,
-            on_result=on_result,
+            **per_structure,
         )
 
     def record(self, payload: dict[str, Any], outcome: Outcome) -> dict[str, Any]:

@@ -27,7 +27,13 @@ from eqv2calc.drivers.batch_relax import relax_batch
 from eqv2calc.drivers.batching import DEFAULT_MAX_ATOMS_PER_BATCH
 from eqv2calc.drivers.evaluate import EvalResult, evaluate
 from eqv2calc.drivers.md import MDResult, run_md
-from eqv2calc.drivers.relax import RelaxResult, RelaxSettings, fix_below, relax_settings
+from eqv2calc.drivers.relax import (
+    RelaxResult,
+    RelaxSettings,
+    fix_below,
+    move_aside,
+    relax_settings,
+)
 from eqv2calc.io import (
     StructureEntry,
     StructureReadError,
@@ -141,13 +147,7 @@ def _now() -> str:
 
 
 def _move_aside(path: Path, why: str) -> None:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    counter = 2
-    while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
-        counter += 1
-    os.replace(path, target)
+    target = move_aside(path)
     warnings.warn(f"{path}: {why}; moved to {target.name}", SummaryWarning, stacklevel=3)
 
 

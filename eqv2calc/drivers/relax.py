@@ -40,6 +40,7 @@ __all__ = [
     "restart_state",
     "fix_below",
     "get_optimizer",
+    "move_aside",
     "relax",
 ]
 
@@ -244,7 +245,12 @@ class RestartWarning(UserWarning):
     """A restart trajectory was damaged: what was kept, and where the file was moved."""
 
 
-def _move_aside(path: Path) -> Path:
+def move_aside(path: Path) -> Path:
+    """Rename a damaged file to ``<name>.corrupt-<UTC stamp>[-N]`` next to it (never deleted).
+
+    Returns:
+        The new path.
+    """
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     counter = 2
@@ -288,7 +294,7 @@ def read_restart(path: Path) -> list[Atoms]:
         problem = f"not a readable trajectory ({type(err).__name__}: {err})"
     if problem is None:
         return frames
-    aside = _move_aside(path)
+    aside = move_aside(path)
     if frames:
         from eqv2calc.io import atomic_path
 

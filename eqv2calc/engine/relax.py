@@ -412,7 +412,17 @@ def _iterate(active: _Batch, ev, settings: EngineSettings, opt_name: str, finish
         if converged or it.steps >= settings.steps:
             finish(
                 it.index,
-                _result(it, active, k, positions, cells, out, settings, opt_name, converged),
+                _result(
+                    it,
+                    active,
+                    k,
+                    positions,
+                    cells,
+                    out,
+                    settings=settings,
+                    opt_name=opt_name,
+                    converged=converged,
+                ),
             )
             keep.append(False)
         else:
@@ -455,7 +465,7 @@ def _append_frame(it, active, k, positions, cells, out, relax_cell) -> None:
         traj.write(a)
 
 
-def _result(it, active, k, positions, cells, out, settings, opt_name, converged):
+def _result(it, active, k, positions, cells, out, *, settings, opt_name, converged):
     from eqv2calc.drivers.relax import RelaxResult, max_free_force
 
     final, res = _atoms_at(it, active, k, positions, cells, out, settings.relax_cell)

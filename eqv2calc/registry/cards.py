@@ -206,7 +206,8 @@ def _str_list(value: Any, key: str, source: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
+def _check_keys(data: Mapping[str, Any], source: str) -> None:
+    """A mapping with no unknown key and every required one."""
     if not isinstance(data, Mapping):
         raise CardError(f"{source}: a model card must be a YAML mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - _FIELDS)
@@ -219,6 +220,9 @@ def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
         if key not in data:
             raise CardError(f"{source}: required key '{key}' is missing")
 
+
+def _text_fields(data: Mapping[str, Any], source: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """(required non-empty text fields, optional text fields or None), stripped."""
     text = {}
     for key in (
         "name",
@@ -245,7 +249,14 @@ def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
     ):
         value = _expect(data.get(key), str, key, source, allow_none=True)
         optional_text[key] = value.strip() if isinstance(value, str) else None
+    return text, optional_text
 
+
+def _check_kinds(
+    data: Mapping[str, Any], source: str, text: dict[str, str], optional_text: dict[str, Any]
+) -> tuple[str, str | None, str, tuple[str, ...], bool]:
+    """(family, layout, energy_kind, properties, bundled), each checked against its choices;
+    also the rules that tie them to url, layout, file_name and sha256."""
     family = _expect(data["family"], str, "family", source, allow_none=False)
     if family not in FAMILIES:
         raise CardError(f"{source}: family {family!r} is not one of {', '.join(FAMILIES)}")
@@ -275,24 +286,13 @@ def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
     sha = optional_text["sha256"]
     if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
         raise CardError(f"{source}: sha256 must be 64 hexadecimal digits, got {sha!r}")
+    return family, layout, energy_kind, properties, bundled
 
-    cutoff = _expect(data.get("cutoff"), (int, float), "cutoff", source, allow_none=True)
-    max_neighbors = _expect(
-        data.get("max_neighbors"), int, "max_neighbors", source, allow_none=True
-    )
-    strict = _expect(
-        data.get("strict_max_neighbors"), bool, "strict_max_neighbors", source, allow_none=True
-    )
-    max_elements = _expect(
-        data.get("max_num_elements"), int, "max_num_elements", source, allow_none=True
-    )
-    size = _expect(data.get("size_bytes"), int, "size_bytes", source, allow_none=True)
-    exact = _expect(data.get("parameters_exact"), int, "parameters_exact", source, allow_none=True)
-    gated = _expect(data.get("gated", False), bool, "gated", source, allow_none=False)
-    architecture = _expect(data.get("architecture"), dict, "architecture", source, allow_none=True)
 
+def _accuracy(raw_accuracy: Any, source: str) -> tuple[AccuracyEntry, ...]:
+    """The ``accuracy`` list (None or empty: no entries)."""
     accuracy = []
-    raw_accuracy = data.get("accuracy") or []
+    raw_accuracy = raw_accuracy or []
     if not isinstance(raw_accuracy, list):
         raise CardError(f"{source}: key 'accuracy' must be a list of mappings")
     for i, entry in enumerate(raw_accuracy):
@@ -307,11 +307,35 @@ def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
             for k in ("metric", "unit", "dataset", "source")
         }
         accuracy.append(AccuracyEntry(value=float(value), **strings))
+    return tuple(accuracy)
 
+
+def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
+    _check_keys(data, source)
+    text, optional_text = _text_fields(data, source)
+    family, layout, energy_kind, properties, bundled = _check_kinds(
+        data, source, text, optional_text
+    )
+    sha = optional_text["sha256"]
+    cutoff = _expect(data.get("cutoff"), (int, float), "cutoff", source, allow_none=True)
+    max_neighbors = _expect(
+        data.get("max_neighbors"), int, "max_neighbors", source, allow_none=True
+    )
+    strict = _expect(
+        data.get("strict_max_neighbors"), bool, "strict_max_neighbors", source, allow_none=True
+    )
+    max_elements = _expect(
+        data.get("max_num_elements"), int, "max_num_elements", source, allow_none=True
+    )
+    size = _expect(data.get("size_bytes"), int, "size_bytes", source, allow_none=True)
+    exact = _expect(data.get("parameters_exact"), int, "parameters_exact", source, allow_none=True)
+    gated = _expect(data.get("gated", False), bool, "gated", source, allow_none=False)
+    architecture = _expect(data.get("architecture"), dict, "architecture", source, allow_none=True)
+    accuracy = _accuracy(data.get("accuracy"), source)
     return ModelCard(
         name=text["name"],
         title=text["title"],
-        file_name=file_name,
+        file_name=text["file_name"],
         family=family,
         layout=layout,
         bundled=bundled,
@@ -328,7 +352,7 @@ def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
         architecture=dict(architecture or {}),
         parameters=optional_text["parameters"],
         parameters_exact=exact,
-        accuracy=tuple(accuracy),
+        accuracy=accuracy,
         url=optional_text["url"],
         source_page=optional_text["source_page"],
         size_bytes=size,
