@@ -13,6 +13,7 @@ head) are predicted directly, not as energy derivatives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -133,6 +134,9 @@ class EquiformerV2Calculator(Calculator):
                 raise ValueError(f"forces must be 'direct' or 'gradient', got {forces!r}")
             self.model.forces_kind = forces
         self.model_label = str(model) if model is not None else "eqv2calc-demo-emt (bundled)"
+        #: precision mode every model call runs under: an object with ``.name`` and
+        #: ``.context(device)`` (:class:`eqv2calc.engine.precision.Precision`), or None
+        self.precision = None
 
     # --- facts about the model -------------------------------------------------------------
     @property
@@ -218,11 +222,12 @@ class EquiformerV2Calculator(Calculator):
         if not atoms_list:
             return []
         if self.forces_kind == "gradient":  # forces and stress are energy derivatives
-            out = gradient_outputs(self.model, self.structure_input(atoms_list))
+            with self._precision_context():
+                out = gradient_outputs(self.model, self.structure_input(atoms_list))
             out = {k: v.detach() for k, v in out.items()}
         else:
             graph = self.graph_input(atoms_list)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._precision_context():
                 out = self.model(graph)
         energy = out["energy"].double().cpu().numpy()
         forces = out["forces"].double().cpu().numpy()
@@ -300,7 +305,9 @@ class EquiformerV2Calculator(Calculator):
                 edge_batch=dg.edge_batch,
                 num_graphs=num_graphs,
             )
-            return {k: v.detach() for k, v in gradient_outputs(self.model, inputs).items()}
+            with self._precision_context():
+                out = gradient_outputs(self.model, inputs)
+            return {k: v.detach() for k, v in out.items()}
         # edge vectors in float64 then cast, exactly as graph_input does
         vec = dg.edge_vectors(positions.double(), cells.double()).to(self.dtype)
         graph = GraphInput(
@@ -310,8 +317,30 @@ class EquiformerV2Calculator(Calculator):
             batch=batch,
             num_graphs=num_graphs,
         )
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision_context():
             return self.model(graph)
+
+    def _precision_context(self):
+        """The context of :attr:`precision` on this device (a no-op when None)."""
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return self.precision.context(self.device)
+
+    def compile_model(self) -> None:
+        """Compile the model in place with ``torch.compile(dynamic=True)`` (opt-in).
+
+        The first calls of each new graph shape are slow (compilation); later calls reuse it.
+
+        Raises:
+            RuntimeError: ``torch.compile`` is not supported on this platform.
+        """
+        dynamo = getattr(torch, "_dynamo", None)
+        supported = getattr(dynamo, "is_dynamo_supported", None)
+        if supported is not None and not supported():
+            raise RuntimeError(
+                f"torch.compile is not supported with torch {torch.__version__} on this platform"
+            )
+        self.model.compile(dynamic=True)
 
     def get_hessian(
         self,

@@ -106,6 +106,95 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+_PRECISION_KEYS = ("precision", "force_precision", "compile")
+
+
+def _store_precision_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep ``--precision``/``--force-precision``/``--compile`` for :func:`make_calculator`."""
+    if param.name is not None:
+        ctx.meta[f"eqv2calc.{param.name}"] = value
+    return value
+
+
+def precision_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--precision``, ``--force-precision`` and ``--compile`` to a click command.
+
+    They are not passed to the command function: :func:`make_calculator` reads them from the
+    click context and applies them to the calculator it builds.
+    """
+    options = [
+        click.option(
+            "--precision",
+            type=click.Choice(["float32", "float64", "tf32", "bf16"], case_sensitive=False),
+            default=None,
+            expose_value=False,
+            callback=_store_precision_option,
+            help="Precision mode of the model (default: --dtype). tf32: TF32 matmuls on CUDA "
+            "(on CPU the same as float32); bf16: bfloat16 autocast, refused unless "
+            "--force-precision (its error exceeds float32's own, see benchmarks/README.md).",
+        ),
+        click.option(
+            "--force-precision",
+            is_flag=True,
+            default=False,
+            expose_value=False,
+            callback=_store_precision_option,
+            help="Use a --precision mode even where its measured error is refused.",
+        ),
+        click.option(
+            "--compile",
+            "compile",
+            is_flag=True,
+            default=False,
+            expose_value=False,
+            callback=_store_precision_option,
+            help="Compile the model with torch.compile (opt-in; the first steps are slow).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _precision_request() -> dict[str, Any]:
+    """The precision options of the current click command (defaults outside one)."""
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    return {
+        "precision": meta.get("eqv2calc.precision"),
+        "force_precision": bool(meta.get("eqv2calc.force_precision")),
+        "compile": bool(meta.get("eqv2calc.compile")),
+    }
+
+
+def _apply_precision(calc: Any, dtype: str, request: dict[str, Any]) -> Any:
+    """Set the precision mode and compilation asked for on ``calc`` (or refuse, one line)."""
+    from eqv2calc.engine.precision import resolve_precision
+
+    name = request["precision"]
+    if name is not None:
+        try:
+            mode = resolve_precision(name, force=request["force_precision"])
+        except ValueError as err:
+            raise CommandError(str(err)) from None
+        if str(calc.dtype).removeprefix("torch.") != mode.dtype:
+            raise CommandError(f"--precision {mode.name} conflicts with --dtype {dtype}")
+        if mode.name == "tf32" and calc.device.type != "cuda":
+            click.echo(
+                f"note: --precision tf32 only changes CUDA matmuls; on {calc.device} it runs "
+                "as float32",
+                err=True,
+            )
+        calc.precision = mode
+    if request["compile"]:
+        try:
+            calc.compile_model()
+        except (RuntimeError, ImportError) as err:
+            text = " ".join(str(err).split()) or type(err).__name__
+            raise CommandError(f"--compile: {text}; run without --compile") from None
+    return calc
+
+
 def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--progress/--no-progress`` (tqdm bars on stderr)."""
     return click.option(
@@ -178,9 +267,16 @@ def make_calculator(model: str | None, device: str = "auto", dtype: str = "float
     Raises:
         CommandError: The model cannot be found or loaded (one-line message).
     """
+    request = _precision_request()
+    if request["precision"] is not None and request["precision"].lower() == "float64":
+        dtype = "float64"  # --precision float64 is --dtype float64
     if model is not None and model.strip().lower() == EMT_MODEL_NAME:
         from ase.calculators.emt import EMT
 
+        if request["precision"] not in (None, "float32", "float64") or request["compile"]:
+            raise CommandError(
+                "--precision tf32/bf16 and --compile need an EquiformerV2 model, not --model emt"
+            )
         return EMT()
     try:
         from eqv2calc.calculator import EquiformerV2Calculator
@@ -199,6 +295,7 @@ def make_calculator(model: str | None, device: str = "auto", dtype: str = "float
         what = model if model is not None else "the bundled default model"
         text = " ".join(str(err).split()) or type(err).__name__
         raise CommandError(f"cannot load model {what}: {text}") from err
+    _apply_precision(calc, dtype, request)
     if model is None:
         label = getattr(calc, "model_label", "the bundled model")
         click.echo(

@@ -15,6 +15,7 @@ from eqv2calc.cli._common import (
     make_calculator,
     max_atoms_option,
     model_options,
+    precision_options,
     progress_option,
     read_inputs,
     where,
@@ -44,6 +45,7 @@ structures are still evaluated).
 @click.command("eval", help=_HELP)
 @click.argument("files", nargs=-1, required=True, metavar="FILES...")
 @model_options
+@precision_options
 @click.option(
     "--output",
     "-o",

@@ -14,6 +14,7 @@ from eqv2calc.cli._common import (
     fail,
     make_calculator,
     model_options,
+    precision_options,
     read_inputs,
 )
 from eqv2calc.drivers.md import DIRECT_FORCES_NOTE
@@ -54,6 +55,7 @@ Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
 @click.command("md", help=_HELP)
 @click.argument("files", metavar="FILE...", nargs=-1, required=True)
 @model_options
+@precision_options
 @click.option(
     "--ensemble",
     type=click.Choice(["nve", "nvt", "npt"], case_sensitive=False),

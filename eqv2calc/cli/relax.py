@@ -16,6 +16,7 @@ from eqv2calc.cli._common import (
     make_calculator,
     max_atoms_option,
     model_options,
+    precision_options,
     progress_option,
     read_inputs,
     where,
@@ -52,6 +53,7 @@ Units: energies eV, forces eV/Å, lengths Å.
 @click.command("relax", help=_HELP)
 @click.argument("files", nargs=-1, required=True, metavar="FILES...")
 @model_options
+@precision_options
 @click.option(
     "--optimizer",
     type=click.Choice(["FIRE", "BFGS", "LBFGS", "BFGSLineSearch"], case_sensitive=False),
