@@ -48,7 +48,7 @@ def reference_emt_phonons(atoms, settings: PhononSettings):
         forces.append(sc.get_forces())
     ph.forces = np.array(forces)
     ph.produce_force_constants()
-    ph.run_mesh(list(settings.mesh))
+    ph.run_mesh(list(settings.mesh), is_gamma_center=True)
     ph.run_thermal_properties(t_min=settings.t_min, t_max=settings.t_max, t_step=settings.t_step)
     return ph
 

@@ -52,7 +52,7 @@ class PhononSettings:
         supercell: repetitions of the input cell along a, b, c (3 integers).
         delta: displacement of the finite differences, Å (phonopy's default 0.01).
         primitive: ``"auto"`` (phonopy finds the primitive cell) or ``None`` (the input cell).
-        mesh: q-point mesh for the DOS and thermal properties (3 integers).
+        mesh: Γ-centred q-point mesh for the DOS and thermal properties (3 integers).
         band_points: q-points per band-path segment.
         t_min, t_max, t_step: temperatures of the thermal properties, K.
         batch_size: most displaced supercells per batched call (None: all at once).
@@ -281,7 +281,7 @@ def run_phonons(
                 if np.allclose(q, point, atol=1e-8):
                     special[name] = sorted(float(f) for f in segment_f[end])
 
-    ph.run_mesh([int(n) for n in settings.mesh])
+    ph.run_mesh([int(n) for n in settings.mesh], is_gamma_center=True)
     mesh_freq = ph.mesh.frequencies
     ph.run_total_dos()
     dos = ph.total_dos
