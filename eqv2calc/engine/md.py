@@ -27,6 +27,7 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from eqv2calc.engine.evaluate import make_evaluator
+from eqv2calc.engine.files import default_labels, output_paths, start_fresh
 from eqv2calc.engine.optimizers import segment_sum
 from eqv2calc.engine.state import BatchedStructures
 
@@ -125,17 +126,10 @@ def run_md_engine(
     ev = evaluator or make_evaluator(calculator, skin=s.skin)
     dev = ev.device
     st = BatchedStructures.from_atoms(atoms_list, device=dev)
-    labels = (
-        list(labels)
-        if labels
-        else [f"{a.get_chemical_formula()}_{i}" for i, a in enumerate(atoms_list)]
-    )
-    trajs = [Path(t) if t else None for t in (trajectories or [None] * nb)]
-    logs = [Path(p) if p else None for p in (logfiles or [None] * nb)]
-    for p in trajs + logs:
-        if p is not None:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.unlink(missing_ok=True)
+    labels = default_labels(atoms_list, labels or None)
+    trajs = output_paths(trajectories, nb)
+    logs = output_paths(logfiles, nb)
+    start_fresh(trajs + logs)
 
     dt = s.timestep_fs * units.fs
     m = st.masses.unsqueeze(-1)  # [N, 1] amu
@@ -157,18 +151,9 @@ def run_md_engine(
         return out["energy"], out["forces"] * free
 
     if s.ensemble == "nvt":
-        kt = _per_system(s.temperature_K, nb, dev, "temperature_K") * units.kB
-        fr = _per_system(s.friction_per_fs, nb, dev, "friction_per_fs") / units.fs
-        kt_a, fr_a = kt[st.batch].unsqueeze(-1), fr[st.batch].unsqueeze(-1)
-        sigma = torch.sqrt(2 * kt_a * fr_a / m)
-        c1 = dt / 2.0 - dt * dt * fr_a / 8.0
-        c2 = dt * fr_a / 2 - dt * dt * fr_a * fr_a / 8.0
-        c3 = np.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr_a * sigma / 8.0
-        c5 = dt**1.5 * sigma / (2 * np.sqrt(3))
-        c4 = fr_a / 2.0 * c5
+        c1, c2, c3, c4, c5, com_factor = _langevin_coefficients(s, st, nb, dev, dt, m, counts)
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(s.seed))
-        com_factor = torch.sqrt(counts / (counts - 1.0).clamp_min(1.0))[st.batch].unsqueeze(-1)
 
     results = [
         BatchMDResult(label=labels[i], atoms=atoms_list[i], trajectory=trajs[i]) for i in range(nb)
@@ -187,14 +172,7 @@ def run_md_engine(
             r.temperatures.append(tk)
             r.steps = step
             if logs[i] is not None:
-                with open(logs[i], "a") as fh:
-                    if step == 0:
-                        fh.write(
-                            f"{'Time[ps]':>10} {'Etot[eV]':>14} {'Epot[eV]':>14} "
-                            f"{'Ekin[eV]':>12} {'T[K]':>9}\n"
-                        )
-                    t_ps = step * s.timestep_fs / 1000.0
-                    fh.write(f"{t_ps:10.4f} {ep + ek:14.6f} {ep:14.6f} {ek:12.6f} {tk:9.2f}\n")
+                _append_log(logs[i], step, step * s.timestep_fs / 1000.0, ep, ek, tk)
         if any(t is not None for t in trajs):
             _write_frames(trajs, atoms_list, st, x, v, epot, f)
 
@@ -230,6 +208,40 @@ def run_md_engine(
     for r, a in zip(results, final):
         r.atoms = a
     return results
+
+
+def _append_log(path: Path, step: int, t_ps: float, epot: float, ekin: float, temp: float) -> None:
+    """One line of an MD log: time (ps), Etot, Epot, Ekin (eV), T (K); the header at step 0."""
+    with open(path, "a") as fh:
+        if step == 0:
+            fh.write(
+                f"{'Time[ps]':>10} {'Etot[eV]':>14} {'Epot[eV]':>14} {'Ekin[eV]':>12} {'T[K]':>9}\n"
+            )
+        fh.write(f"{t_ps:10.4f} {epot + ekin:14.6f} {epot:14.6f} {ekin:12.6f} {temp:9.2f}\n")
+
+
+def _langevin_coefficients(
+    s: MDSettings,
+    st: BatchedStructures,
+    nb: int,
+    dev: torch.device | str,
+    dt: float,
+    m: torch.Tensor,
+    counts: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Per-atom ``[N, 1]`` coefficients c1..c5 of ASE's Langevin integrator (ASE units; ``dt``
+    in ASE time, ``m`` in amu) and the centre-of-mass noise factor ``sqrt(n / (n - 1))``."""
+    kt = _per_system(s.temperature_K, nb, dev, "temperature_K") * units.kB
+    fr = _per_system(s.friction_per_fs, nb, dev, "friction_per_fs") / units.fs
+    kt_a, fr_a = kt[st.batch].unsqueeze(-1), fr[st.batch].unsqueeze(-1)
+    sigma = torch.sqrt(2 * kt_a * fr_a / m)
+    c1 = dt / 2.0 - dt * dt * fr_a / 8.0
+    c2 = dt * fr_a / 2 - dt * dt * fr_a * fr_a / 8.0
+    c3 = np.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr_a * sigma / 8.0
+    c5 = dt**1.5 * sigma / (2 * np.sqrt(3))
+    c4 = fr_a / 2.0 * c5
+    com_factor = torch.sqrt(counts / (counts - 1.0).clamp_min(1.0))[st.batch].unsqueeze(-1)
+    return c1, c2, c3, c4, c5, com_factor
 
 
 def _sum_rows(values: torch.Tensor, batch: torch.Tensor, nb: int) -> torch.Tensor:

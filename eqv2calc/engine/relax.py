@@ -31,6 +31,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from eqv2calc.engine.cellfilter import FrechetRows
 from eqv2calc.engine.evaluate import make_evaluator
+from eqv2calc.engine.files import default_labels, output_paths, start_fresh
 from eqv2calc.engine.optimizers import make_optimizer, segment_max_norm
 from eqv2calc.engine.state import fixed_mask
 
@@ -217,7 +218,6 @@ def relax_engine(
         One :class:`~eqv2calc.drivers.relax.RelaxResult` per input, in input order.
     """
     from eqv2calc.drivers.relax import RelaxResult
-    from eqv2calc.drivers.validate import validate_structure
 
     settings = settings or EngineSettings()
     atoms_list = list(atoms_list)
@@ -225,23 +225,11 @@ def relax_engine(
     opt_name = settings.optimizer.upper()
     opt = make_optimizer(opt_name, **dict(settings.optimizer_kwargs or {}))
     ev = evaluator or make_evaluator(calculator, skin=settings.skin, precision=settings.precision)
-    if settings.relax_cell and not ev.has_stress:
-        raise ValueError(
-            "cell relaxation needs the stress, but this calculator has no stress head; use a "
-            "model with stress, e.g. an OMat/MP hydra checkpoint"
-        )
-    if settings.max_atoms_per_batch < 1:
-        raise ValueError(
-            f"max_atoms_per_batch must be at least 1, got {settings.max_atoms_per_batch}"
-        )
-    labels = (
-        list(labels)
-        if labels is not None
-        else [f"{a.get_chemical_formula()}_{i}" for i, a in enumerate(atoms_list)]
-    )
+    _check_settings(settings, ev)
+    labels = default_labels(atoms_list, labels)
     fmaxes = [float(f) for f in np.broadcast_to(np.asarray(settings.fmax, dtype=float), (n,))]
-    trajs = [Path(t) if t else None for t in (trajectories or [None] * n)]
-    logs = [Path(p) if p else None for p in (logfiles or [None] * n)]
+    trajs = output_paths(trajectories, n)
+    logs = output_paths(logfiles, n)
     results: list[Any] = [None] * n
     bar = None
     if progress:
@@ -287,27 +275,13 @@ def relax_engine(
                 pending.popleft()
                 atoms = atoms_list[i]
                 try:
-                    validate_structure(atoms, relax_cell=settings.relax_cell, label=labels[i])
-                    fixed_mask(atoms)
-                    if zmax is not None:
-                        bad = np.flatnonzero((atoms.numbers < 1) | (atoms.numbers > zmax))
-                        if bad.size:
-                            k = int(bad[0])
-                            raise ValueError(
-                                f"{labels[i]}: atom {k} has atomic number {atoms.numbers[k]}, "
-                                f"but this model covers Z = 1..{zmax}"
-                            )
+                    _check_admissible(atoms, labels[i], settings.relax_cell, zmax)
                 except Exception as err:
                     from eqv2calc.drivers.batching import error_text
 
                     fail(i, error_text(err))
                     continue
-                if trajs[i] is not None:
-                    trajs[i].parent.mkdir(parents=True, exist_ok=True)
-                    trajs[i].unlink(missing_ok=True)
-                if logs[i] is not None:
-                    logs[i].parent.mkdir(parents=True, exist_ok=True)
-                    logs[i].unlink(missing_ok=True)
+                start_fresh([trajs[i], logs[i]])
                 new.append(
                     _Item(
                         i,
@@ -329,6 +303,36 @@ def relax_engine(
         if bar is not None:
             bar.close()
     return results
+
+
+def _check_settings(settings: EngineSettings, ev) -> None:
+    """ValueError for a cell relaxation without stress or an atom budget below 1."""
+    if settings.relax_cell and not ev.has_stress:
+        raise ValueError(
+            "cell relaxation needs the stress, but this calculator has no stress head; use a "
+            "model with stress, e.g. an OMat/MP hydra checkpoint"
+        )
+    if settings.max_atoms_per_batch < 1:
+        raise ValueError(
+            f"max_atoms_per_batch must be at least 1, got {settings.max_atoms_per_batch}"
+        )
+
+
+def _check_admissible(atoms: Atoms, label: str, relax_cell: bool, zmax: int | None) -> None:
+    """Raise (with the label) if ``atoms`` cannot enter the batch: invalid structure,
+    constraints other than ``FixAtoms``, or an element outside the model's Z = 1..zmax."""
+    from eqv2calc.drivers.validate import validate_structure
+
+    validate_structure(atoms, relax_cell=relax_cell, label=label)
+    fixed_mask(atoms)
+    if zmax is not None:
+        bad = np.flatnonzero((atoms.numbers < 1) | (atoms.numbers > zmax))
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(
+                f"{label}: atom {k} has atomic number {atoms.numbers[k]}, "
+                f"but this model covers Z = 1..{zmax}"
+            )
 
 
 def _evaluate(active: _Batch, ev, relax_cell: bool):
