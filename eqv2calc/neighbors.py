@@ -562,9 +562,7 @@ def neighbor_graph(
         edge for edge what :func:`eqv2calc.graph.build_graph` + ``batch_graphs`` give.
     """
     cutoff, max_neighbors = check_cutoff_and_cap(cutoff, max_neighbors)
-    pos64 = positions.detach().to(torch.float64)
-    cells64 = cells.detach().to(torch.float64).reshape(-1, 3, 3)
-    pbc = _as_pbc(pbc, num_graphs, positions.device)
+    pos64, cells64, pbc = _as_float64(positions, cells, pbc, num_graphs)
     if not bool(torch.isfinite(pos64).all()):
         idx = int(torch.nonzero(~torch.isfinite(pos64).all(-1))[0, 0])
         raise ValueError(f"atom {idx} has a non-finite position (NaN or inf)")
@@ -584,6 +582,15 @@ def neighbor_graph(
         strict=strict,
         sort=True,
     )
+
+
+def _as_float64(
+    positions: torch.Tensor, cells: torch.Tensor, pbc, num_graphs: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detached float64 positions ``[N, 3]`` (Å) and cells ``[B, 3, 3]`` (Å), pbc ``[B, 3]``."""
+    pos64 = positions.detach().to(torch.float64)
+    cells64 = cells.detach().to(torch.float64).reshape(-1, 3, 3)
+    return pos64, cells64, _as_pbc(pbc, num_graphs, positions.device)
 
 
 def _as_pbc(pbc, num_graphs: int, device) -> torch.Tensor:
@@ -664,9 +671,7 @@ class NeighborCache:
         num_graphs: int,
     ) -> DeviceGraph:
         """Graph for the current positions (arguments as :func:`neighbor_graph`)."""
-        pos64 = positions.detach().to(torch.float64)
-        cells64 = cells.detach().to(torch.float64).reshape(-1, 3, 3)
-        pbc = _as_pbc(pbc, num_graphs, positions.device)
+        pos64, cells64, pbc = _as_float64(positions, cells, pbc, num_graphs)
         if self._stale(pos64, cells64, pbc, batch):
             self._cand = candidate_pairs(
                 pos64,
