@@ -128,6 +128,7 @@ def _x_to_y_swap(l: int) -> torch.Tensor:
     return torch.linalg.lstsq(y, y_rot).solution.T.contiguous()
 
 
+@torch.compiler.disable  # a cached constant: torch.compile calls it, does not trace it
 @functools.cache
 @torch.inference_mode(False)  # cached: must stay usable by autograd (gradient forces)
 def _tilt_basis(l: int) -> torch.Tensor:
