@@ -94,10 +94,14 @@ def cu(tmp_path, monkeypatch):
 
 
 def _eval(runner, cu, *flags):
-    res = runner.invoke(main, ["eval", str(cu), "-o", "out.extxyz", "--no-progress", *flags])
+    out = f"out{len(list(Path('.').glob('out*.extxyz')))}.extxyz"  # a fresh file per call
+    summary = out.replace(".extxyz", ".json")
+    res = runner.invoke(
+        main, ["eval", str(cu), "-o", out, "--summary", summary, "--no-progress", *flags]
+    )
     energy = None
     if res.exit_code == 0:
-        energy = ase.io.read("out.extxyz").get_potential_energy()
+        energy = ase.io.read(out).get_potential_energy()
     return res, energy
 
 
@@ -127,22 +131,23 @@ def test_cli_eval_precision_flags(runner, cu):
 
 
 def test_cli_relax_and_md_take_precision(runner, cu):
+    # refused first: the refusal comes before any output is written
+    res = runner.invoke(main, ["relax", str(cu), "--steps", "2", "--precision", "bf16"])
+    assert res.exit_code == 1 and "refused" in res.stderr
+    res = runner.invoke(main, ["md", str(cu), "--steps", "2", "--precision", "bf16"])
+    assert res.exit_code == 1 and "refused" in res.stderr
     res = runner.invoke(
         main,
         ["relax", str(cu), "--steps", "2", "--no-progress", "--output-dir", "r"]
         + ["--precision", "bf16", "--force-precision"],
     )
     assert res.exit_code in (0, 3), res.stderr  # 3: not converged in 2 steps
-    res = runner.invoke(main, ["relax", str(cu), "--steps", "2", "--precision", "bf16"])
-    assert res.exit_code == 1 and "refused" in res.stderr
     res = runner.invoke(
         main,
         ["md", str(cu), "--steps", "2", "--ensemble", "nve", "--no-progress"]
         + ["--precision", "bf16", "--force-precision"],
     )
     assert res.exit_code == 0, res.stderr
-    res = runner.invoke(main, ["md", str(cu), "--steps", "2", "--precision", "bf16"])
-    assert res.exit_code == 1 and "refused" in res.stderr
 
 
 def test_cli_compile_refused_cleanly_without_torch_compile(runner, cu, monkeypatch):
