@@ -175,3 +175,73 @@ def test_driver_stops_do_not_count_as_attempts(tmp_path):
         assert led.recover() == 1  # a killed driver
     (row,) = led.rows()
     assert row["state"] == "pending" and row["attempts"] == 0
+
+
+def _shard_ledgers(folder, settings_per_shard):
+    """One finished shard ledger per settings dict (shard i of len(settings_per_shard))."""
+    n = len(settings_per_shard)
+    for i, settings in enumerate(settings_per_shard):
+        fp = settings_fingerprint(settings)
+        with Ledger(folder / ledger_name((i, n)), "relax", settings) as led:
+            led.add_items([ItemSpec(key=item_key(f"s{i}", fp), label=f"s{i}")])
+            for k, tok in led.claim([item_key(f"s{i}", fp)], "w", 60).items():
+                led.complete(k, tok, {"k": k})
+
+
+def test_status_of_inconsistent_ledgers_fails_naming_them(tmp_path):
+    from click.testing import CliRunner
+
+    from eqv2calc.cli import main
+
+    _shard_ledgers(tmp_path, [SETTINGS, {**SETTINGS, "fmax": 0.02}])
+    status = campaign_status([tmp_path])
+    assert not status["same_settings"] and len(status["settings_groups"]) == 2
+    res = CliRunner().invoke(main, ["campaign", "status", str(tmp_path)])
+    assert res.exit_code == 1 and "different settings" in res.output
+    assert "campaign.shard-0-of-2.sqlite" in res.output
+    assert "campaign.shard-1-of-2.sqlite" in res.output
+    assert "Traceback" not in res.output
+    # consistent shards: exit 0
+    good = tmp_path / "good"
+    good.mkdir()
+    _shard_ledgers(good, [SETTINGS, SETTINGS])
+    res = CliRunner().invoke(main, ["campaign", "status", str(good)])
+    assert res.exit_code == 0, res.output
+
+
+def test_failed_merge_writes_nothing(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from eqv2calc.campaigns import report
+    from eqv2calc.cli import main
+
+    # shards with other settings: refused, and no campaign.sqlite left behind
+    _shard_ledgers(tmp_path, [SETTINGS, {**SETTINGS, "fmax": 0.02}])
+    res = CliRunner().invoke(main, ["campaign", "merge", str(tmp_path)])
+    assert res.exit_code == 1 and "other settings" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "campaign.shard-0-of-2.sqlite",
+        "campaign.shard-1-of-2.sqlite",
+    ]
+
+    # a merge that fails after writing leaves an existing destination as it was
+    good = tmp_path / "good"
+    good.mkdir()
+    _shard_ledgers(good, [SETTINGS, SETTINGS])
+    dest = good / "campaign.sqlite"
+    with Ledger(good / ledger_name((0, 2))) as led:
+        Ledger(dest, led.kind, led.settings).close()  # an empty merged ledger
+    real = report._merge_into
+
+    def merge_then_fail(*args, **kw):
+        real(*args, **kw)
+        raise LedgerError("disk full")
+
+    monkeypatch.setattr(report, "_merge_into", merge_then_fail)
+    with pytest.raises(LedgerError, match="disk full"):
+        merge_ledgers([good], dest)
+    with Ledger(dest) as led:
+        assert led.counts()["done"] == 0
+    assert sorted(p.name for p in good.iterdir() if "shard" not in p.name) == ["campaign.sqlite"]
+    monkeypatch.setattr(report, "_merge_into", real)
+    assert merge_ledgers([good], dest)["done"] == 2

@@ -100,7 +100,7 @@ def test_shards_split_then_merge(tmp_path):
     res = runner.invoke(main, ["campaign", "status", str(tmp_path / "in")])
     assert res.exit_code == 1 and "no campaign ledger" in res.output
     res = runner.invoke(main, ["relax", str(inputs), *RELAX, "--shard", "2/2", "--output-dir", "x"])
-    assert res.exit_code == 1 and "0 <= I < N" in res.output
+    assert res.exit_code == 2 and "0 <= I < N" in res.output
 
 
 def test_second_driver_is_refused(tmp_path):
@@ -214,13 +214,77 @@ def test_ray_executor_without_ray_says_how_to_install(tmp_path, monkeypatch):
     assert "pip install 'eqv2calc[ray]'" in res.output
 
 
-@pytest.mark.parametrize("bad", ["1", "a/b", "-1/2"])
+@pytest.mark.parametrize("bad", ["1", "a/b", "-1/2", "2/2", "0/0"])
 def test_bad_shard_spec(tmp_path, bad):
     inputs = _inputs(tmp_path / "in", 1)
     res = CliRunner().invoke(
         main, ["relax", str(inputs), *RELAX, "--shard", bad, "--output-dir", str(tmp_path)]
     )
-    assert res.exit_code == 1 and "--shard" in res.output
+    # a bad option value is a usage error (exit 2, as the README says), and nothing is run
+    assert res.exit_code == 2 and "--shard" in res.output
+    assert "Traceback" not in res.output
+    assert not list(tmp_path.glob("campaign*.sqlite"))
+
+
+def test_shards_with_other_settings_on_one_folder_are_refused(tmp_path):
+    inputs = _inputs(tmp_path / "in", 6)
+    runner = CliRunner()
+
+    def shard(i: int, steps: int, out: Path):
+        return runner.invoke(
+            main,
+            ["relax", str(inputs), *RELAX, "--shard", f"{i}/2", "--steps", str(steps)]
+            + ["--output-dir", str(out)],
+        )
+
+    mix = tmp_path / "cmix"
+    res = shard(0, 200, mix)
+    assert res.exit_code == 0, res.output
+    res = shard(1, 300, mix)  # other settings, same folder: refused, nothing recorded
+    assert res.exit_code == 1
+    assert "campaign.shard-0-of-2.sqlite" in res.output and "steps: 200 -> 300" in res.output
+    assert "Traceback" not in res.output
+    assert not (mix / "campaign.shard-1-of-2.sqlite").exists()
+
+    # the split depends on the inputs only: the same shard under other settings (in its own
+    # folder) holds the same structures, so the two shards together cover every input
+    res = shard(0, 300, tmp_path / "other")
+    assert res.exit_code == 0, res.output
+    first = set(_ledger_rows(mix / "campaign.shard-0-of-2.sqlite"))
+    assert set(_ledger_rows(tmp_path / "other" / "campaign.shard-0-of-2.sqlite")) == first
+    res = shard(1, 200, mix)
+    assert res.exit_code == 0, res.output
+    second = set(_ledger_rows(mix / "campaign.shard-1-of-2.sqlite"))
+    assert not first & second and first | second == {f"s{i}" for i in range(6)}
+
+    # a merged ledger is compared too (here the only ledger left in the folder)
+    res = runner.invoke(main, ["campaign", "merge", str(mix)])
+    assert res.exit_code == 0, res.output
+    for f in mix.glob("campaign.shard-*.sqlite"):
+        f.unlink()
+    res = shard(1, 300, mix)
+    assert res.exit_code == 1 and "campaign.sqlite holds" in res.output
+
+
+def test_adsorbml_campaign_passes_every_per_system_option(tmp_path):
+    slab = fcc100("Cu", size=(2, 2, 3), vacuum=7.0)
+    slab.info.pop("adsorbate_info", None)
+    slabs = tmp_path / "slabs"
+    slabs.mkdir()
+    write(slabs / "cu.vasp", slab, format="vasp")
+    out = tmp_path / "ads"
+    args = ["adsorbml", "--slab", str(slabs), "--adsorbate", "O", "--adsorbate", "CO"]
+    args += ["--model", "emt", "--dft", "emt", "--num-random", "0", "--top-k", "1"]
+    args += ["--fmax", "0.05", "--steps", "50", "--out", str(out), "--no-progress"]
+    args += ["--write-vasp", "--discard-migrated", "--dedup-tol", "0.3"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    with Ledger(out / "campaign.sqlite") as led:
+        config = led.settings["config"]
+    assert config["write_vasp"] is True and config["discard_migrated"] is True
+    assert config["dedup_position_tol"] == 0.3 and config["steps"] == 50
+    for system in ("cu__O", "cu__CO"):  # VASP inputs per system, as a single run writes them
+        assert list((out / system / "vasp").rglob("INCAR")), system
 
 
 def test_relax_campaign_with_the_device_engine(tmp_path):

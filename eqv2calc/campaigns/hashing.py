@@ -62,7 +62,10 @@ def item_key(input_hash: str, fingerprint: str) -> str:
 
 
 def shard_of(key: str, n_shards: int) -> int:
-    """The shard (0 .. n_shards-1) an item belongs to: its key modulo ``n_shards``."""
+    """The shard (0 .. n_shards-1) of a hex hash: its first 16 digits modulo ``n_shards``.
+
+    Campaigns pass the input hash (not the item key) so the split does not depend on the
+    settings."""
     if n_shards < 1:
         raise ValueError(f"number of shards must be at least 1, got {n_shards}")
     return int(key[:16], 16) % n_shards

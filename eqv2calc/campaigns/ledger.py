@@ -105,12 +105,18 @@ def ledger_name(shard: tuple[int, int] | None = None) -> str:
 
 @dataclass(frozen=True)
 class ItemSpec:
-    """A work item to record: its key, order, name, where it came from and its input."""
+    """A work item to record: its key, order, name, where it came from and its input.
+
+    ``shard_key`` is the hash of the input alone (no settings), which decides the item's
+    shard: shards of one input set split the same way whatever the settings. None: ``key``.
+    It is not stored in the ledger.
+    """
 
     key: str
     label: str
     source: str | None = None
     input: str | None = None  # e.g. the structure as extxyz text
+    shard_key: str | None = None
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,12 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
         ``ledgers`` (files read), ``kind``, ``settings``, ``counts`` per state,
         ``failures`` (label, source, error), ``throughput`` (items finished per second of
         driver wall time, mean seconds per item on a worker), ``workers`` seen, ``shards``
-        found and missing.
+        found and missing, ``same_settings`` and ``settings_groups`` (the ledger files per
+        distinct kind and settings fingerprint; more than one group is an inconsistent folder).
     """
     files = find_ledgers(paths)
     intervals: list[tuple[float, float]] = []
-    kinds, settings, fingerprints = set(), None, set()
+    kinds, settings, fingerprints = set(), None, {}
     shards: dict[int, set[int]] = {}
     items: dict[str, dict[str, Any]] = {}  # an item in several ledgers (merged) counts once
     runs: list[dict[str, Any]] = []
@@ -89,7 +91,7 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
         with Ledger(f) as led:
             kinds.add(led.kind)
             settings = settings or led.settings
-            fingerprints.add(led.fingerprint)
+            fingerprints.setdefault(f"{led.kind}:{led.fingerprint}", []).append(str(f))
             for row in led.rows():
                 old = items.get(row["key"])
                 if old is None or _RANK[row["state"]] > _RANK[old["state"]]:
@@ -128,6 +130,7 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
         "kind": "/".join(sorted(kinds)),
         "settings": settings,
         "same_settings": len(fingerprints) == 1,
+        "settings_groups": list(fingerprints.values()),
         "counts": counts,
         "total": sum(counts.values()),
         "failures": failures,
@@ -151,7 +154,8 @@ def format_status(status: dict[str, Any], max_failures: int = 20) -> str:
         f"ledger(s): " + ", ".join(f"{c[s]} {s}" for s in STATES),
     ]
     if not status["same_settings"]:
-        lines.append("warning: these ledgers hold campaigns with different settings")
+        groups = " | ".join(", ".join(g) for g in status["settings_groups"])
+        lines.append(f"error: these ledgers hold campaigns with different settings: {groups}")
     rate = f"{t['items_per_s']:.3g} items/s" if t["items_per_s"] else "- items/s"
     mean = f"{t['mean_item_wall_s']:.3g} s" if t["mean_item_wall_s"] is not None else "-"
     lines.append(
@@ -185,14 +189,49 @@ def merge_ledgers(sources: list[str | os.PathLike], dest: str | os.PathLike) -> 
         raise LedgerError("nothing to merge: no ledger besides the destination")
     with Ledger(files[0]) as first:
         kind, settings, fp = first.kind, first.settings, first.fingerprint
-    with Ledger(dest, kind, settings) as out:
+    for f in files[1:] + ([dest] if dest.is_file() else []):
+        with Ledger(f) as src:
+            if (src.kind, src.fingerprint) != (kind, fp):
+                raise LedgerError(
+                    f"{f} holds a campaign with other settings than {files[0]}; "
+                    "only shards of one campaign can be merged"
+                )
+    # Merge into a temporary copy, renamed over ``dest`` on success only: a failed merge
+    # leaves ``dest`` as it was (or absent), never half-written.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.merge-{os.getpid()}.tmp")
+    _remove_db(tmp)
+    try:
+        if dest.is_file():
+            copy = sqlite3.connect(str(tmp))
+            try:
+                with Ledger(dest) as old:
+                    old._db.backup(copy)
+            finally:
+                copy.close()
+        counts = _merge_into(tmp, files, kind, settings)
+        _remove_db(dest, keep_main=True)
+        os.replace(tmp, dest)
+    except BaseException:
+        _remove_db(tmp)
+        raise
+    return counts
+
+
+def _remove_db(path: Path, keep_main: bool = False) -> None:
+    """Delete an SQLite file with its ``-wal``/``-shm`` companions (the main file kept when
+    ``keep_main``: it is about to be replaced, and a stale WAL must not apply to the new one)."""
+    for p in ([] if keep_main else [path]) + [Path(f"{path}-wal"), Path(f"{path}-shm")]:
+        p.unlink(missing_ok=True)
+
+
+def _merge_into(
+    target: Path, files: list[Path], kind: str, settings: dict[str, Any]
+) -> dict[str, int]:
+    """Merge the ledgers ``files`` (already checked to share ``settings``) into ``target``."""
+    with Ledger(target, kind, settings) as out:
         for f in files:
             with Ledger(f) as src:
-                if src.fingerprint != fp:
-                    raise LedgerError(
-                        f"{f} holds a campaign with other settings than {files[0]}; "
-                        "only shards of one campaign can be merged"
-                    )
                 rows = src.rows()
                 runs = src.runs()
             have = {r["key"]: r["state"] for r in out.rows()}

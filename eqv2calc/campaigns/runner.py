@@ -12,6 +12,7 @@ settings on the same folder is refused
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,12 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from eqv2calc.campaigns.executors import LocalExecutor, RayExecutor, _Context
-from eqv2calc.campaigns.hashing import shard_of
-from eqv2calc.campaigns.ledger import ItemSpec, Ledger, ledger_name
+from eqv2calc.campaigns.hashing import canonical_json, settings_fingerprint, shard_of
+from eqv2calc.campaigns.ledger import (
+    LEDGER_NAME,
+    ItemSpec,
+    Ledger,
+    SettingsMismatchError,
+    _diff,
+    ledger_name,
+)
 from eqv2calc.campaigns.lock import CampaignLocked, LedgerLock
 from eqv2calc.campaigns.worker import Outcome
 
-__all__ = ["CampaignReport", "parse_shard", "run_campaign"]
+__all__ = ["CampaignReport", "check_folder_settings", "parse_shard", "run_campaign"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -38,6 +46,38 @@ def parse_shard(text: str) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {text}: need N >= 1 and 0 <= I < N (I is 0-based)")
     return i, n
+
+
+def check_folder_settings(out: Path, own: Path, kind: str, settings: dict[str, Any]) -> None:
+    """Refuse a campaign whose settings differ from any other ledger in ``out``.
+
+    Shard ledgers and a merged ``campaign.sqlite`` share a folder; a shard run with other
+    settings there would split the inputs into another campaign and lose items, so every
+    ledger of the folder (besides ``own``, which :class:`Ledger` checks itself) must hold
+    the same kind and settings fingerprint.
+
+    Raises:
+        SettingsMismatchError: Naming the other ledger file and what differs.
+    """
+    others = sorted(out.glob("campaign.shard-*-of-*.sqlite"))
+    if (out / LEDGER_NAME).is_file():
+        others.insert(0, out / LEDGER_NAME)
+    fp = settings_fingerprint(settings)
+    for f in others:
+        if f.resolve() == own.resolve():
+            continue
+        with Ledger(f) as led:
+            if led.kind == kind and led.fingerprint == fp:
+                continue
+            what = (
+                f"a {led.kind} campaign"
+                if led.kind != kind
+                else f"other settings ({_diff(led.settings, json.loads(canonical_json(settings)))})"
+            )
+        raise SettingsMismatchError(
+            f"{out}: {f.name} holds {what}; shards and merged ledgers in one folder must come "
+            "from the same command: rerun with its options, or use another output folder"
+        )
 
 
 @contextlib.contextmanager
@@ -124,7 +164,8 @@ def run_campaign(
         out_dir: Output folder; the ledger is ``campaign.sqlite`` there
             (``campaign.shard-I-of-N.sqlite`` with ``shard``).
         executor: :class:`LocalExecutor` or :class:`RayExecutor`.
-        shard: ``(I, N)``: run only the items whose key falls in shard I of N.
+        shard: ``(I, N)``: run only the items whose input hash (``ItemSpec.shard_key``, not
+            the settings) falls in shard I of N.
         lease_s: Lease length of claimed items, s (renewed while they run).
         retry_failed: Put failed items back to pending first.
         notes: Remarks to carry into the report.
@@ -136,7 +177,8 @@ def run_campaign(
 
     Raises:
         CampaignLocked: Another driver runs on this ledger.
-        SettingsMismatchError: The folder holds a campaign with other settings.
+        SettingsMismatchError: The folder holds a campaign (this ledger, another shard's or a
+            merged one) with other settings.
     """
     t0 = time.monotonic()
     out = Path(out_dir)
@@ -145,10 +187,11 @@ def run_campaign(
     report = CampaignReport(ledger_path=path, notes=list(notes))
     pairs = list(zip(specs, payloads))
     if shard is not None:
-        mine = [(s, p) for s, p in pairs if shard_of(s.key, shard[1]) == shard[0]]
+        mine = [(s, p) for s, p in pairs if shard_of(s.shard_key or s.key, shard[1]) == shard[0]]
         report.not_in_shard = len(pairs) - len(mine)
         pairs = mine
     with _driver_lock(out, path, task.kind, shard is not None):
+        check_folder_settings(out, path, task.kind, task.settings())
         ledger = Ledger(path, task.kind, task.settings())
         try:
             report.recovered = ledger.recover()

@@ -20,6 +20,7 @@ Units: energies eV, forces eV/Å, stress eV/Å³, lengths Å.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Callable, Sequence
@@ -63,7 +64,8 @@ def _entry_items(
     notes: list[str] = []
     seen: dict[str, str] = {}
     for e in entries:
-        key = item_key(structure_hash(e.atoms), fingerprint)
+        input_hash = structure_hash(e.atoms)
+        key = item_key(input_hash, fingerprint)
         source = str(e.source) + (f"@{e.index}" if e.index is not None else "")
         if key in seen:
             notes.append(f"{source} is the same structure as {seen[key]}; it is run once")
@@ -75,6 +77,7 @@ def _entry_items(
                 label=e.label,
                 source=source,
                 input=atoms_to_text(e.atoms) if keep_input else None,
+                shard_key=input_hash,
             )
         )
         payloads.append({"key": key, "label": e.label, "source": source, "atoms": e.atoms})
@@ -281,12 +284,19 @@ class AdsorbMLTask:
         for ads in adsorbates:
             ads_name = re.sub(r"[^A-Za-z0-9]+", "_", ads.name.replace("*", "")).strip("_")
             for system in systems:
-                key = item_key(
-                    f"{structure_hash(system.atoms)}+{ads.name}+{structure_hash(ads.atoms)}",
-                    fingerprint,
+                input_hash = (
+                    f"{structure_hash(system.atoms)}+{ads.name}+{structure_hash(ads.atoms)}"
                 )
+                key = item_key(input_hash, fingerprint)
                 label = f"{system.name}__{ads_name or 'ads'}"
-                specs.append(ItemSpec(key=key, label=label, source=f"{system.name} + {ads.name}"))
+                specs.append(
+                    ItemSpec(
+                        key=key,
+                        label=label,
+                        source=f"{system.name} + {ads.name}",
+                        shard_key=hashlib.sha256(input_hash.encode()).hexdigest(),
+                    )
+                )
                 payloads.append(
                     {
                         "key": key,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -133,8 +134,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
     try:
         return parse_shard(text)
     except ValueError as err:
-        fail(str(err))
-    return None
+        raise click.BadParameter(str(err), param_hint="--shard") from None
 
 
 def _spec(model: str | None, device: str, dtype: str) -> Any:
@@ -447,7 +447,6 @@ def adsorbml_campaign_command(kw: dict[str, Any], campaign: dict[str, Any]) -> i
         load_adsorbate_file,
     )
     from eqv2calc.adsorbml.energies import parse_gas_ref
-    from eqv2calc.adsorbml.pipeline import AdsorbMLConfig
     from eqv2calc.adsorbml.slabs import SlabInputError, read_slab, slabs_from_bulk
     from eqv2calc.io import StructureReadError
 
@@ -492,27 +491,11 @@ def adsorbml_campaign_command(kw: dict[str, Any], campaign: dict[str, Any]) -> i
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         fail(f"slab names must be unique (file names), got {sorted(names)}")
-    config = AdsorbMLConfig(
-        num_random=kw["num_random"],
-        seed=kw["seed"],
-        max_tilt=kw["max_tilt"],
-        min_distance_scale=kw["min_distance"],
-        site_separation=kw["site_separation"],
-        optimizer=kw["optimizer"],
-        fmax=kw["fmax"],
-        steps=kw["steps"],
-        max_atoms_per_batch=kw["max_atoms"],
-        relax_slab=not kw["no_slab_relax"],
-        dedup_position_tol=kw["dedup_tol"],
-        dedup_energy_tol=kw["dedup_energy_tol"],
-        gas_refs=kw["gas_refs"],
-        gas_ref_overrides=overrides,
-        top_k=kw["top_k"],
-        dft_mode=kw["dft_mode"],
-        dft_fmax=kw["dft_fmax"],
-        dft_steps=kw["dft_steps"],
-        progress=False,
-    )
+    # The single-system command's own option -> config mapping, so every per-system option
+    # (--write-vasp, --discard-migrated, ...) reaches each system; no progress bars.
+    from eqv2calc.cli.adsorbml import _config
+
+    config = _config(SimpleNamespace(**{**kw, "progress": False}), overrides)
     return adsorbml_campaign(
         systems,
         adsorbates,
@@ -550,6 +533,12 @@ def status_command(paths: tuple[str, ...], as_json: bool) -> None:
     except LedgerError as err:
         fail(str(err))
     click.echo(json.dumps(status, indent=2) if as_json else format_status(status))
+    if not status["same_settings"]:
+        fail(
+            "inconsistent campaign: ledgers with different settings ("
+            + " | ".join(", ".join(g) for g in status["settings_groups"])
+            + "); run each shard with the same options, or keep the campaigns in separate folders"
+        )
 
 
 @campaign_command.command("merge")
