@@ -282,3 +282,57 @@ def test_md_errors(runner, inputs):
         ["md", "water.xyz", "--model", "emt", "--ensemble", "npt", "--steps", "1", "--no-progress"],
     )
     assert npt.exit_code == 1 and "water.xyz" in npt.stderr and "periodic" in npt.stderr
+
+
+def _md_many_args(*extra):
+    return ["md", "a.extxyz", "b.extxyz", "--model", "emt", "--steps", "4", "--no-progress"] + [
+        *extra
+    ]
+
+
+@pytest.fixture
+def two_systems(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ase.io.write(tmp_path / "a.extxyz", bulk("Cu", "fcc", a=3.6, cubic=True))
+    ase.io.write(tmp_path / "b.extxyz", bulk("Au", "fcc", a=4.08, cubic=True))
+    return tmp_path
+
+
+def test_md_several_inputs_refuse_single_file_options(runner, two_systems):
+    for option in (["-o", "same.extxyz"], ["--traj", "same.traj"], ["--log", "same.log"]):
+        result = runner.invoke(main, _md_many_args(*option))
+        assert result.exit_code == 2, result.stderr
+        assert option[0] in result.stderr and "2 inputs" in result.stderr
+    assert sorted(p.name for p in two_systems.iterdir()) == ["a.extxyz", "b.extxyz"]
+
+
+def test_md_never_overwrites_an_earlier_run_silently(runner, two_systems):
+    first = runner.invoke(main, _md_many_args("--seed", "1"))
+    assert first.exit_code == 0, first.stderr
+    log_before = (two_systems / "a_md.log").read_text()
+    again = runner.invoke(main, _md_many_args("--seed", "2"))
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    assert (two_systems / "a_md.log").read_text() == log_before
+    single = runner.invoke(main, ["md", "a.extxyz", "--model", "emt", "--steps", "2"])
+    assert single.exit_code == 2 and "a_md" in single.stderr and "--overwrite" in single.stderr
+    assert (two_systems / "a_md.log").read_text() == log_before
+    forced = runner.invoke(main, _md_many_args("--seed", "2", "--overwrite"))
+    assert forced.exit_code == 0, forced.stderr
+    assert "# seed 2" in (two_systems / "a_md.log").read_text()
+
+
+def test_md_several_inputs_log_columns_drift_and_fresh_seed(runner, two_systems):
+    seeds = []
+    for _ in range(2):
+        result = runner.invoke(main, _md_many_args("--ensemble", "nvt", "--overwrite"))
+        assert result.exit_code == 0, result.stderr
+        lines = (two_systems / "a_md.log").read_text().splitlines()
+        seeds.append([x for x in lines if x.startswith("# seed ")][0])
+    assert seeds[0] != seeds[1]  # no --seed: fresh randomness, recorded in the log
+    nve = runner.invoke(main, _md_many_args("--ensemble", "nve", "--overwrite", "--seed", "5"))
+    assert nve.exit_code == 0, nve.stderr
+    for name in ("a_md.log", "b_md.log"):
+        lines = (two_systems / name).read_text().splitlines()
+        assert any(x.split()[:2] == ["#", "step"] for x in lines)
+        assert [x for x in lines if not x.startswith("#")][0].split()[0] == "0"
+        assert "drift" in [x for x in lines if x.startswith("# summary:")][0]

@@ -46,7 +46,8 @@ def test_nve_matches_ase_velocity_verlet(tmp_path):
     from ase.io import read
 
     assert len(read(tmp_path / "b.traj", ":")) == 4
-    assert len((tmp_path / "a.log").read_text().splitlines()) == 5
+    rows = [x for x in (tmp_path / "a.log").read_text().splitlines() if not x.startswith("#")]
+    assert [int(x.split()[0]) for x in rows] == [0, 5, 10, 15]
     fixed = res[1].atoms.constraints[0].get_indices()
     np.testing.assert_array_equal(res[1].atoms.positions[fixed], systems[1].positions[fixed])
 
@@ -121,3 +122,34 @@ def test_cli_md_several_inputs_run_together(tmp_path):
         assert (tmp_path / f"{name}_md_final.extxyz").is_file()
     bad = CliRunner().invoke(main, ["md", *files, "--model", "emt", "--ensemble", "npt"])
     assert bad.exit_code != 0 and "nve or nvt" in bad.output
+
+
+def test_log_has_single_input_columns_and_nve_drift_summary(tmp_path):
+    """The batched log carries the single-system log's columns (step first) and a
+    ``# summary`` line with the NVE drift fitted to its own Etot column."""
+    from eqv2calc.drivers.md import run_md
+
+    systems = _systems()
+    res = run_md_engine(
+        systems,
+        EMT(),
+        MDSettings(ensemble="nve", timestep_fs=2.0, steps=10, log_interval=2, seed=123),
+        logfiles=[tmp_path / "a.log", tmp_path / "b.log"],
+    )
+    single = systems[0].copy()
+    single.calc = EMT()
+    run_md(single, EMT(), ensemble="nve", steps=2, logfile=tmp_path / "one.log")
+    columns = [x for x in (tmp_path / "one.log").read_text().splitlines() if "Epot[eV]" in x]
+    for r, name in zip(res, ("a.log", "b.log")):
+        lines = (tmp_path / name).read_text().splitlines()
+        assert "# seed 123" in lines
+        assert columns[0] in lines
+        rows = np.array([[float(v) for v in x.split()] for x in lines if not x.startswith("#")])
+        np.testing.assert_array_equal(rows[:, 0], np.arange(0, 11, 2))
+        np.testing.assert_allclose(rows[:, 4], rows[:, 2] + rows[:, 3], atol=2e-6)
+        slope = np.polyfit(rows[:, 1], rows[:, 4], 1)[0]
+        summary = [x for x in lines if x.startswith("# summary:")]
+        assert len(summary) == 1 and "drift" in summary[0]
+        logged = float(summary[0].split("drift ")[1].split()[0])
+        assert abs(logged - slope) <= 1e-3 * abs(slope) + 1e-4
+        assert abs(r.drift_ev_per_ps - slope) <= 1e-3 * abs(slope) + 1e-4

@@ -24,7 +24,9 @@ _HELP = f"""Run molecular dynamics of the structure in FILE.
 
 With several FILEs the systems run together on the device (eqv2calc.engine: one model call
 per step for all of them; --ensemble nve or nvt with Langevin), each with its own trajectory,
-log and final structure.
+log and final structure named as below (--output, --traj and --log name one file, so they are
+refused with several FILEs). Existing outputs are never replaced silently: md refuses to start
+unless --overwrite (or --restart, which continues them).
 
 \b
 Ensembles (ASE integrators):
@@ -167,6 +169,12 @@ Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
     help="Continue from the last frame of the "
     "trajectory (positions, momenta, cell, step count) instead of starting over.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the outputs of an earlier run; without it (and without --restart) md "
+    "refuses to start when one of its output files exists.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option(
     "--progress/--no-progress",
@@ -196,6 +204,7 @@ def md_command(
     log_path: str | None,
     output: str | None,
     restart: bool,
+    overwrite: bool,
     as_json: bool,
     progress: bool,
 ) -> None:
@@ -205,6 +214,18 @@ def md_command(
     from eqv2calc.drivers.md import MDSettings
 
     if len(files) > 1:  # several systems: the batched device engine
+        given = [
+            name
+            for name, value in (("--output", output), ("--traj", traj_path), ("--log", log_path))
+            if value is not None
+        ]
+        if given:
+            fail(
+                f"{'/'.join(given)} names one file but {len(files)} inputs were given; with "
+                "several inputs each system writes <name>_md.traj, <name>_md.log and "
+                "<name>_md_final.extxyz next to its FILE",
+                code=2,
+            )
         _md_many(
             files,
             model=model,
@@ -219,6 +240,7 @@ def md_command(
             seed=seed,
             log_interval=log_interval,
             restart=restart,
+            overwrite=overwrite,
             progress=progress,
         )
         return
@@ -231,6 +253,8 @@ def md_command(
     entry = entries[0]
     paths = md_paths(entry, trajectory=traj_path, logfile=log_path, output=output)
     check_outputs(files=paths)
+    if not restart:
+        _refuse_existing(paths, overwrite)
     calc = make_calculator(model, device, dtype)
     try:
         result, (traj, log, final_path) = run_md_job(
@@ -279,6 +303,17 @@ def md_command(
         click.echo(f"log: {log}; trajectory: {traj}", err=True)
 
 
+def _refuse_existing(paths, overwrite: bool) -> None:
+    """Exit 2 naming the first existing output file unless ``overwrite``."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        fail(
+            f"{existing[0]} exists (an earlier run's output); pass --overwrite to replace "
+            "it, --restart to continue a single run, or move it away",
+            code=2,
+        )
+
+
 def _md_many(
     files,
     *,
@@ -294,16 +329,12 @@ def _md_many(
     seed,
     log_interval,
     restart,
+    overwrite,
     progress,
 ) -> None:
     """Several inputs: NVE / Langevin NVT of all systems together (eqv2calc.engine.md)."""
-    import numpy as np
-    from ase import units
-
-    from eqv2calc.drivers.jobs import md_paths
+    from eqv2calc.drivers.jobs import fresh_seed, md_paths, run_md_many_job
     from eqv2calc.engine.md import MDSettings as EngineMD
-    from eqv2calc.engine.md import run_md_engine
-    from eqv2calc.io import write_structure
 
     if ensemble.lower() == "npt" or (ensemble.lower() == "nvt" and thermostat != "langevin"):
         fail("several inputs run together with --ensemble nve or nvt --thermostat langevin")
@@ -314,40 +345,27 @@ def _md_many(
         raise SystemExit(1)
     paths = [md_paths(e) for e in entries]
     check_outputs(files=[p for trio in paths for p in trio])
-    calc = make_calculator(model, device, dtype)
-    rng = np.random.default_rng(seed)
-    systems = []
-    for e in entries:
-        a = e.atoms.copy()
-        m = a.get_masses()[:, None]  # Maxwell-Boltzmann momenta, centre of mass at rest
-        p = np.sqrt(m * temperature * units.kB) * rng.normal(size=(len(a), 3))
-        if len(a) > 1:
-            p -= m * p.sum(axis=0) / m.sum()
-        a.set_momenta(p)  # fixed atoms at rest (FixAtoms)
-        systems.append(a)
+    _refuse_existing([p for trio in paths for p in trio], overwrite)
     settings = EngineMD(
         ensemble=ensemble.lower(),
         timestep_fs=timestep,
         steps=steps,
         temperature_K=temperature,
         friction_per_fs=friction,
-        seed=int(seed or 0),
+        seed=fresh_seed() if seed is None else seed,
         log_interval=log_interval,
     )
+    calc = make_calculator(model, device, dtype)
     try:
-        results = run_md_engine(
-            systems,
-            calc,
-            settings,
-            labels=[e.label for e in entries],
-            trajectories=[p[0] for p in paths],
-            logfiles=[p[1] for p in paths],
-        )
+        results, paths = run_md_many_job(entries, calc, settings, temperature_K=temperature)
     except (ValueError, RuntimeError) as err:
         fail(str(err))
     for e, r, (traj, log, final) in zip(entries, results, paths):
-        write_structure(final, r.atoms)
+        drift = ""
+        if r.drift_ev_per_ps is not None:
+            drift = f", total energy drift {r.drift_ev_per_ps:+.4g} eV/ps"
         click.echo(
             f"{e.label}: {r.steps} steps, final T {r.temperatures[-1]:.1f} K, "
-            f"Epot {r.potential_energies[-1]:.6f} eV -> {final} (log {log}, trajectory {traj})"
+            f"Epot {r.potential_energies[-1]:.6f} eV{drift} -> {final} "
+            f"(log {log}, trajectory {traj}, seed {settings.seed})"
         )

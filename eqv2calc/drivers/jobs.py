@@ -674,3 +674,82 @@ def run_md_job(
         )
         write_structure(paths[2], result.atoms)
     return result, paths
+
+
+def fresh_seed() -> int:
+    """A random seed from the operating system's entropy (for runs given no ``--seed``)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence().entropy % (2**63))
+
+
+def run_md_many_job(
+    entries: Sequence[StructureEntry],
+    calculator: Calculator,
+    settings: Any,
+    *,
+    temperature_K: float,
+) -> tuple[list[Any], list[tuple[Path, Path, Path]]]:
+    """Molecular dynamics of several structures together with the batched device engine
+    (:func:`eqv2calc.engine.md.run_md_engine`), each with its own output files.
+
+    Maxwell-Boltzmann momenta at ``temperature_K`` (K) are drawn from ``settings.seed``
+    (centre-of-mass motion removed), the output locations (see :func:`md_paths`) are checked
+    and locked before the run, and every final structure is written at the end.
+
+    Args:
+        entries: The structures (from :func:`eqv2calc.io.load_structures`).
+        calculator: An eqv2calc calculator (or any ASE calculator, evaluated one by one).
+        settings: An :class:`eqv2calc.engine.md.MDSettings`; its ``seed`` also draws the
+            initial velocities.
+        temperature_K: Temperature of the initial velocities, K.
+
+    Returns:
+        ``(results, paths)``: one :class:`~eqv2calc.engine.md.BatchMDResult` and one
+        ``(trajectory, log, final structure)`` per structure, in input order.
+
+    Raises:
+        ValueError: two structures would share an output file; OutputNotWritableError,
+            OutputDirLocked: before the run; whatever ``run_md_engine`` raises.
+    """
+    import numpy as np
+    from ase import units
+
+    from eqv2calc.engine.md import run_md_engine
+    from eqv2calc.io import output_format
+
+    paths = [md_paths(e) for e in entries]
+    seen: dict[str, str] = {}
+    for e, trio in zip(entries, paths):
+        for path in trio:
+            key = os.path.realpath(path)
+            if key in seen:
+                raise ValueError(f"{e.source} and {seen[key]} would both write {path}")
+            seen[key] = str(e.source)
+        for path, what in zip(trio, ("trajectory", "log file", "output file")):
+            check_writable_file(path, what=what)
+        output_format(trio[2])
+    rng = np.random.default_rng(settings.seed)
+    systems = []
+    for e in entries:
+        atoms = e.atoms.copy()
+        m = atoms.get_masses()[:, None]  # Maxwell-Boltzmann momenta, centre of mass at rest
+        p = np.sqrt(m * temperature_K * units.kB) * rng.normal(size=(len(atoms), 3))
+        if len(atoms) > 1:
+            p -= m * p.sum(axis=0) / m.sum()
+        atoms.set_momenta(p)  # fixed atoms at rest (FixAtoms)
+        systems.append(atoms)
+    with contextlib.ExitStack() as locks:
+        for folder in sorted({os.path.realpath(p.parent) for trio in paths for p in trio}):
+            locks.enter_context(lock_directory(folder, "md"))
+        results = run_md_engine(
+            systems,
+            calculator,
+            settings,
+            labels=[e.label for e in entries],
+            trajectories=[p[0] for p in paths],
+            logfiles=[p[1] for p in paths],
+        )
+        for r, trio in zip(results, paths):
+            write_structure(trio[2], r.atoms)
+    return results, paths

@@ -73,6 +73,9 @@ class BatchMDResult:
         temperatures: K at every logged step.
         steps: steps done.
         trajectory: trajectory written, if any.
+        times_ps: time of every logged step, ps.
+        drift_ev_per_ps: NVE only: slope of a straight-line fit of the total energy against
+            time, eV/ps (None for NVT or with fewer than 2 logged steps).
     """
 
     label: str
@@ -82,6 +85,15 @@ class BatchMDResult:
     temperatures: list[float] = field(default_factory=list)
     steps: int = 0
     trajectory: Path | None = None
+    times_ps: list[float] = field(default_factory=list)
+    drift_ev_per_ps: float | None = None
+
+    @property
+    def drift_mev_per_atom_per_ps(self) -> float | None:
+        """The drift per atom, meV/atom/ps (None without a drift)."""
+        if self.drift_ev_per_ps is None:
+            return None
+        return 1000.0 * self.drift_ev_per_ps / len(self.atoms)
 
 
 def _per_system(value, nb: int, device, name: str) -> torch.Tensor:
@@ -171,7 +183,10 @@ def run_md_engine(
             r.kinetic_energies.append(ek)
             r.temperatures.append(tk)
             r.steps = step
+            r.times_ps.append(step * s.timestep_fs / 1000.0)
             if logs[i] is not None:
+                if step == 0:
+                    _log_header(logs[i], r.label, len(atoms_list[i]), s, i)
                 _append_log(logs[i], step, step * s.timestep_fs / 1000.0, ep, ek, tk)
         if any(t is not None for t in trajs):
             _write_frames(trajs, atoms_list, st, x, v, epot, f)
@@ -205,19 +220,68 @@ def run_md_engine(
             record(step, epot, x, v, f)
     del start
     final = _write_frames([None] * nb, atoms_list, st, x, v, epot, f)
-    for r, a in zip(results, final):
+    for r, a, log in zip(results, final, logs):
         r.atoms = a
+        if s.ensemble == "nve":
+            r.drift_ev_per_ps = _linear_drift(
+                r.times_ps, [ep + ek for ep, ek in zip(r.potential_energies, r.kinetic_energies)]
+            )
+        if log is not None:
+            _log_summary(log, r, s)
     return results
 
 
+#: Column header of the MD log, the same columns as ``eqv2calc.drivers.md``'s single-system log.
+_LOG_COLUMNS = (
+    f"#{'step':>8} {'time[ps]':>10} {'Epot[eV]':>15} {'Ekin[eV]':>12} {'Etot[eV]':>15} {'T[K]':>9}"
+)
+
+
+def _log_header(path: Path, label: str, n_atoms: int, s: MDSettings, index: int) -> None:
+    """The commented header of one system's MD log: settings (fs, K, 1/fs), seed, columns."""
+    what = "NVE, integrator velocity Verlet"
+    if s.ensemble == "nvt":
+        temp = float(np.broadcast_to(np.asarray(s.temperature_K, float), (index + 1,))[index])
+        fric = float(np.broadcast_to(np.asarray(s.friction_per_fs, float), (index + 1,))[index])
+        what = f"NVT, integrator Langevin, temperature {temp} K, friction {fric} 1/fs"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(
+            f"# eqv2calc md (batched engine): {label}, {n_atoms} atoms, ensemble {what}, "
+            f"time step {s.timestep_fs} fs, {s.steps} steps\n# seed {s.seed}\n{_LOG_COLUMNS}\n"
+        )
+
+
 def _append_log(path: Path, step: int, t_ps: float, epot: float, ekin: float, temp: float) -> None:
-    """One line of an MD log: time (ps), Etot, Epot, Ekin (eV), T (K); the header at step 0."""
-    with open(path, "a") as fh:
-        if step == 0:
-            fh.write(
-                f"{'Time[ps]':>10} {'Etot[eV]':>14} {'Epot[eV]':>14} {'Ekin[eV]':>12} {'T[K]':>9}\n"
-            )
-        fh.write(f"{t_ps:10.4f} {epot + ekin:14.6f} {epot:14.6f} {ekin:12.6f} {temp:9.2f}\n")
+    """One line of an MD log: step, time (ps), Epot, Ekin, Etot (eV), T (K)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(
+            f"{step:9d} {t_ps:10.4f} {epot:15.6f} {ekin:12.6f} {epot + ekin:15.6f} {temp:9.2f}\n"
+        )
+
+
+def _linear_drift(times_ps: list[float], energies: list[float]) -> float | None:
+    """Slope (eV/ps) of a least-squares straight line through energy against time."""
+    if len(times_ps) < 2 or np.ptp(times_ps) == 0 or not np.isfinite(energies).all():
+        return None
+    return float(np.polyfit(np.asarray(times_ps, float), np.asarray(energies, float), 1)[0])
+
+
+def _log_summary(path: Path, r: BatchMDResult, s: MDSettings) -> None:
+    """The ``# summary:`` line at the end of a log: steps, mean T (K), NVE energy drift."""
+    name = "NVE (velocity Verlet)" if s.ensemble == "nve" else "NVT (Langevin)"
+    line = (
+        f"# summary: {r.label}: {name} {r.steps} steps x {s.timestep_fs} fs, "
+        f"mean T {float(np.mean(r.temperatures)):.1f} K"
+    )
+    if r.drift_ev_per_ps is not None:
+        line += (
+            f", total energy drift {r.drift_ev_per_ps:+.4g} eV/ps "
+            f"({r.drift_mev_per_atom_per_ps:+.4g} meV/atom/ps)"
+        )
+    elif s.ensemble != "nve":
+        line += "; Langevin has no conserved energy, no drift reported"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
 
 
 def _langevin_coefficients(
