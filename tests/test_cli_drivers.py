@@ -336,3 +336,22 @@ def test_md_several_inputs_log_columns_drift_and_fresh_seed(runner, two_systems)
         assert any(x.split()[:2] == ["#", "step"] for x in lines)
         assert [x for x in lines if not x.startswith("#")][0].split()[0] == "0"
         assert "drift" in [x for x in lines if x.startswith("# summary:")][0]
+
+
+def test_relax_explicit_torch_engine_that_cannot_apply_exits_2(runner, inputs):
+    torch_emt = runner.invoke(
+        main, ["relax", "POSCAR", "--model", "emt", "--engine", "torch", "--no-progress"]
+    )
+    assert torch_emt.exit_code == 2 and "EMT" in torch_emt.stderr
+    assert "--engine ase" in torch_emt.stderr and not (inputs / "poscar_relaxed.extxyz").exists()
+    bfgs = runner.invoke(
+        main,
+        ["relax", "POSCAR", "--model", "emt", "--engine", "torch", "--optimizer", "bfgs"],
+    )
+    assert bfgs.exit_code == 2 and "BFGS" in bfgs.stderr
+    auto = runner.invoke(main, ["relax", "POSCAR", "--model", "emt", "--no-progress"])
+    assert auto.exit_code == 0, auto.stderr
+    notes = [x for x in auto.stderr.splitlines() if x.startswith("note:")]
+    assert len(notes) == 1 and "ASE optimizers" in notes[0]
+    assert json.loads((inputs / "relax_summary.json").read_text())["settings"]["engine"] == "ase"
+    assert (inputs / "poscar_relaxed.extxyz").exists()

@@ -210,7 +210,7 @@ def md_command(
 ) -> None:
     from ase import units
 
-    from eqv2calc.drivers.jobs import md_paths, run_md_job
+    from eqv2calc.drivers.jobs import fresh_seed, md_paths, run_md_job
     from eqv2calc.drivers.md import MDSettings
 
     if len(files) > 1:  # several systems: the batched device engine
@@ -274,7 +274,7 @@ def md_command(
                 pressure=pressure * units.GPa,
                 pdamp_fs=pdamp,
                 cell_dof=cell_dof,
-                seed=seed,
+                seed=fresh_seed() if seed is None else seed,
                 log_interval=log_interval,
             ),
             restart=restart,

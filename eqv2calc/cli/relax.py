@@ -199,7 +199,7 @@ def relax_command(
         return
     from pathlib import Path
 
-    from eqv2calc.drivers.jobs import run_relax_job
+    from eqv2calc.drivers.jobs import EngineNotApplicable, engine_fallback_note, run_relax_job
     from eqv2calc.drivers.relax import RelaxSettings
     from eqv2calc.drivers.validate import check_stress_support
 
@@ -218,6 +218,10 @@ def relax_command(
             check_stress_support(calc, "--relax-cell")
         except ValueError as err:
             fail(str(err))
+
+    note = engine_fallback_note(calc, optimizer, restart) if engine is None else None
+    if note:
+        click.echo(f"note: {note}", err=True)
 
     def report(entry, result, paths) -> None:
         if not result.ok:
@@ -254,7 +258,7 @@ def relax_command(
         )
         raise SystemExit(EXIT_INTERRUPTED) from None
     except ValueError as err:
-        fail(str(err))
+        fail(str(err), code=2 if isinstance(err, EngineNotApplicable) else 1)
     n_conv = job.n_ok - job.n_not_converged
     total = len(entries) + len(read_errors)
     click.echo(

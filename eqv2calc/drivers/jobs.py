@@ -294,11 +294,34 @@ def _choose_engine(engine, calculator, optimizer, batch, restart, entries) -> st
     if engine not in ("ase", "torch"):
         raise ValueError(f"engine must be 'torch' or 'ase', got {engine!r}")
     if engine == "torch" and not fits:
-        raise ValueError(
+        raise EngineNotApplicable(
             "the torch engine runs FIRE and LBFGS without --restart; "
             f"use --engine ase for {optimizer}" + (" with --restart" if restart else "")
         )
+    if engine == "torch" and not hasattr(calculator, "predict_state"):
+        raise EngineNotApplicable(
+            "the torch engine runs eqv2calc models on the device, not "
+            f"{calculator_label(calculator)}; use --engine ase (or leave --engine out)"
+        )
     return engine
+
+
+class EngineNotApplicable(ValueError):
+    """An explicitly chosen engine cannot run these relaxations (a usage error)."""
+
+
+def engine_fallback_note(calculator: Calculator, optimizer: str, restart: bool) -> str | None:
+    """Why the default engine choice falls back to the ASE optimizers, or None (one line)."""
+    if optimizer.upper() not in ("FIRE", "LBFGS"):
+        return None  # the ASE optimizers are the only ones for the others; nothing to note
+    if restart:
+        return "--restart continues ASE optimizer runs; the torch engine is not used"
+    if not hasattr(calculator, "predict_state"):
+        return (
+            f"{calculator_label(calculator)} is not an eqv2calc model; "
+            "the ASE optimizers are used instead of the torch engine"
+        )
+    return None
 
 
 def run_relax_job(
