@@ -13,6 +13,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from eqv2calc.adsorbml.anomalies import ALL_KINDS, ANOMALY_KINDS
 from eqv2calc.io import atomic_path, write_json_atomic, write_structure
+from eqv2calc.plotting import pyplot
 
 __all__ = [
     "format_table",
@@ -73,9 +74,8 @@ def write_top_k(outcome: Any, out_dir: Path) -> list[dict[str, str]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _system_dict(
-    o: Any, files: list[dict[str, str]] | None, scf_model: Any = None
-) -> dict[str, Any]:
+def _top_k_items(o: Any, files: list[dict[str, str]] | None) -> list[dict[str, Any]]:
+    """One entry per top-k configuration (energies in eV), with its files and reference result."""
     dft_by_pid = {d.pid: d for d in o.dft}
     top = []
     for rank, pid in enumerate(o.top_k, start=1):
@@ -105,39 +105,48 @@ def _system_dict(
                 "error": d.error,
             }
         top.append(item)
+    return top
+
+
+def _best(pid: int, tag: tuple[str, Any], energy: tuple[str, Any], e_ads: tuple[str, Any]) -> dict:
+    """The ``best`` entry of a section: pid, one tag (site type or rank) and two energies (eV)."""
+    return {"pid": pid, tag[0]: tag[1], energy[0]: _num(energy[1]), e_ads[0]: _num(e_ads[1])}
+
+
+def _ml_section(o: Any) -> dict[str, Any]:
+    """The ``ml`` section: slab energy (eV), relaxation counts, anomalies and the best result."""
     counts = o.anomaly_counts
     best_ml = o.record(o.ranked[0]) if o.ranked else None
-    out: dict[str, Any] = {
-        "system": o.name,
-        "slab_formula": o.slab.get_chemical_formula(),
-        "n_slab_atoms": o.n_slab,
-        "notes": o.notes,
-        "placements": {"total": len(o.ml), "heuristic": o.n_heuristic, "random": o.n_random},
-        "ml": {
-            "model": o.model_label,
-            "energy_kind": o.energy_kind,
-            "slab_energy_eV": _num(o.slab_energy_ml),
-            "slab_relax_steps": o.slab_steps_ml,
-            "relaxed": sum(1 for r in o.ml if r.status == "ok"),
-            "converged": sum(1 for r in o.ml if r.converged),
-            "failed": counts["failed"],
-            "anomalies": {k: counts[k] for k in ALL_KINDS},
-            "discarded_kinds": list(o.ml[0].discarded_kinds) if o.ml else list(ANOMALY_KINDS),
-            "anomalous": sum(1 for r in o.ml if set(r.anomalies) & set(ANOMALY_KINDS)),
-            "valid": sum(1 for r in o.ml if r.valid),
-            "unique_valid": len(o.ranked),
-            "new_relaxations_this_run": o.new_ml_relaxations,
-            "gas_references": o.gas_ml.to_dict() if o.gas_ml else None,
-            "best": None
-            if best_ml is None
-            else {
-                "pid": best_ml.pid,
-                "site_type": best_ml.site_type,
-                "e_ml_eV": _num(best_ml.e_ml),
-                "e_ads_ml_eV": _num(best_ml.e_ads),
-            },
-        },
-        "top_k": top,
+    return {
+        "model": o.model_label,
+        "energy_kind": o.energy_kind,
+        "slab_energy_eV": _num(o.slab_energy_ml),
+        "slab_relax_steps": o.slab_steps_ml,
+        "relaxed": sum(1 for r in o.ml if r.status == "ok"),
+        "converged": sum(1 for r in o.ml if r.converged),
+        "failed": counts["failed"],
+        "anomalies": {k: counts[k] for k in ALL_KINDS},
+        "discarded_kinds": list(o.ml[0].discarded_kinds) if o.ml else list(ANOMALY_KINDS),
+        "anomalous": sum(1 for r in o.ml if set(r.anomalies) & set(ANOMALY_KINDS)),
+        "valid": sum(1 for r in o.ml if r.valid),
+        "unique_valid": len(o.ranked),
+        "new_relaxations_this_run": o.new_ml_relaxations,
+        "gas_references": o.gas_ml.to_dict() if o.gas_ml else None,
+        "best": None
+        if best_ml is None
+        else _best(
+            best_ml.pid,
+            ("site_type", best_ml.site_type),
+            ("e_ml_eV", best_ml.e_ml),
+            ("e_ads_ml_eV", best_ml.e_ads),
+        ),
+    }
+
+
+def _configurations(o: Any) -> dict[str, Any]:
+    """The anomaly list, anomaly counts and every configuration of one system (eV)."""
+    counts = o.anomaly_counts
+    return {
         "anomalies": [
             {
                 "pid": r.pid,
@@ -165,35 +174,54 @@ def _system_dict(
             for r in sorted(o.ml, key=lambda r: r.pid)
         ],
     }
+
+
+def _reference_section(o: Any, scf_model: Any = None) -> dict[str, Any]:
+    """The ``reference`` section: reference-calculator calls, savings, cost and best result (eV)."""
+    exhaustive, basis = o.exhaustive_estimate()
+    used = o.dft_adslab_calls
+    best = o.best_dft()
+    return {
+        "calculator": o.dft_label,
+        "mode": o.dft_mode,
+        "energy_kind": o.dft_energy_kind,
+        "slab_energy_eV": _num(o.slab_energy_dft),
+        "gas_references": o.gas_dft.to_dict() if o.gas_dft else None,
+        "adslab_calls": used,
+        "overhead_calls": o.dft_overhead_calls,
+        "new_calls_this_run": o.new_dft_calls,
+        "exhaustive_calls_estimate": _num(exhaustive, 1),
+        "exhaustive_basis": basis,
+        "saving_fraction": _num(1.0 - used / exhaustive, 4)
+        if exhaustive and math.isfinite(exhaustive)
+        else None,
+        "cost": o.cost(scf_model),
+        "n_valid": sum(1 for d in o.dft if d.valid),
+        "best": None
+        if best is None
+        else _best(
+            best.pid, ("rank", best.rank), ("energy_eV", best.energy), ("e_ads_eV", best.e_ads)
+        ),
+    }
+
+
+def _system_dict(
+    o: Any, files: list[dict[str, str]] | None, scf_model: Any = None
+) -> dict[str, Any]:
+    """The JSON summary of one system (energies in eV)."""
+    top = _top_k_items(o, files)
+    out: dict[str, Any] = {
+        "system": o.name,
+        "slab_formula": o.slab.get_chemical_formula(),
+        "n_slab_atoms": o.n_slab,
+        "notes": o.notes,
+        "placements": {"total": len(o.ml), "heuristic": o.n_heuristic, "random": o.n_random},
+        "ml": _ml_section(o),
+        "top_k": top,
+        **_configurations(o),
+    }
     if o.dft_label is not None:
-        exhaustive, basis = o.exhaustive_estimate()
-        used = o.dft_adslab_calls
-        best = o.best_dft()
-        out["reference"] = {
-            "calculator": o.dft_label,
-            "mode": o.dft_mode,
-            "energy_kind": o.dft_energy_kind,
-            "slab_energy_eV": _num(o.slab_energy_dft),
-            "gas_references": o.gas_dft.to_dict() if o.gas_dft else None,
-            "adslab_calls": used,
-            "overhead_calls": o.dft_overhead_calls,
-            "new_calls_this_run": o.new_dft_calls,
-            "exhaustive_calls_estimate": _num(exhaustive, 1),
-            "exhaustive_basis": basis,
-            "saving_fraction": _num(1.0 - used / exhaustive, 4)
-            if exhaustive and math.isfinite(exhaustive)
-            else None,
-            "cost": o.cost(scf_model),
-            "n_valid": sum(1 for d in o.dft if d.valid),
-            "best": None
-            if best is None
-            else {
-                "pid": best.pid,
-                "rank": best.rank,
-                "energy_eV": _num(best.energy),
-                "e_ads_eV": _num(best.e_ads),
-            },
-        }
+        out["reference"] = _reference_section(o, scf_model)
     return out
 
 
@@ -362,10 +390,7 @@ _MARKERS = {
 def write_plot(outcomes: list[Any], path: Path) -> None:
     """PNG: relaxed energies sorted, anomalies marked by kind, top-k highlighted (and the
     reference energies of the top-k when there are any)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the AdsorbML energy plot")
 
     n = max(len(outcomes), 1)
     fig, axes = plt.subplots(n, 1, figsize=(8, 3.6 * n), squeeze=False)

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+_TRI = (True, False, "auto")  # the values of a true/false/auto switch
+
 
 @dataclass
 class DataConfig:
@@ -217,30 +219,21 @@ class TrainConfig:
             problems.append(f"run.batch_size must be >= 1, got {self.run.batch_size}")
         if self.run.freeze_backbone and not self.run.init:
             problems.append("run.freeze_backbone needs run.init (a checkpoint to fine-tune)")
-        if self.loss.energy_loss not in ("mae", "mse"):
-            problems.append(
-                f"loss.energy_loss must be 'mae' or 'mse', got {self.loss.energy_loss!r}"
-            )
-        if self.loss.forces_loss not in ("l2mae", "mse"):
-            problems.append(
-                f"loss.forces_loss must be 'l2mae' or 'mse', got {self.loss.forces_loss!r}"
-            )
-        if self.loss.stress_loss not in ("mae", "mse"):
-            problems.append(
-                f"loss.stress_loss must be 'mae' or 'mse', got {self.loss.stress_loss!r}"
-            )
-        if self.heads.stress not in (True, False, "auto"):
-            problems.append(
-                f"heads.stress must be true, false or 'auto', got {self.heads.stress!r}"
-            )
-        if self.heads.energy_reduce not in ("sum", "mean"):
-            problems.append(
-                f"heads.energy_reduce must be 'sum' or 'mean', got {self.heads.energy_reduce!r}"
-            )
-        if self.run.fit_element_references not in (True, False, "auto"):
-            problems.append(
-                f"run.fit_element_references must be true, false or 'auto', got {self.run.fit_element_references!r}"
-            )
+        for name, value, allowed, spelled in (
+            ("loss.energy_loss", self.loss.energy_loss, ("mae", "mse"), "'mae' or 'mse'"),
+            ("loss.forces_loss", self.loss.forces_loss, ("l2mae", "mse"), "'l2mae' or 'mse'"),
+            ("loss.stress_loss", self.loss.stress_loss, ("mae", "mse"), "'mae' or 'mse'"),
+            ("heads.stress", self.heads.stress, _TRI, "true, false or 'auto'"),
+            ("heads.energy_reduce", self.heads.energy_reduce, ("sum", "mean"), "'sum' or 'mean'"),
+            (
+                "run.fit_element_references",
+                self.run.fit_element_references,
+                _TRI,
+                "true, false or 'auto'",
+            ),
+        ):
+            if value not in allowed:
+                problems.append(f"{name} must be {spelled}, got {value!r}")
         if self.optim.ema_decay is not None and not 0.0 < self.optim.ema_decay < 1.0:
             problems.append(
                 f"optim.ema_decay must be in (0, 1) or null, got {self.optim.ema_decay}"
