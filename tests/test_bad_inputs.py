@@ -653,3 +653,18 @@ def test_cli_deterministic_flag_reaches_the_calculator(runner, tmp_path, monkeyp
     calls.clear()
     assert runner.invoke(main, ["eval", "cu.extxyz", "--no-progress"]).exit_code == 0
     assert calls == []
+
+
+def test_help_shows_no_unbounded_range_and_phonon_temperatures_have_units():
+    from click.testing import CliRunner
+
+    from eqv2calc.cli import main
+
+    runner = CliRunner()
+    for command in ("relax", "adsorbml", "md", "train", "phonons"):
+        text = runner.invoke(main, [command, "--help"], terminal_width=200).output
+        assert "None]" not in text and "x<=None" not in text, command
+    phonons = runner.invoke(main, ["phonons", "--help"], terminal_width=200).output
+    for option in ("--tmin", "--tmax", "--tstep"):
+        line = next(x for x in phonons.splitlines() if x.strip().startswith(option + " "))
+        assert ", K." in line and "temperature" in line.lower(), line

@@ -52,6 +52,12 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        """The range shown in ``--help``: nothing when unbounded (not ``x<=None``)."""
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
+
 
 def check_outputs(
     folders: Sequence[Any] = (), files: Sequence[Any] = (), *, what: str = "output"

@@ -65,9 +65,27 @@ Needs phonopy: pip install 'eqv2calc[phonons]'. Units: THz, K, kJ/mol, J/K/mol.
     show_default=True,
     help="q-point mesh for the DOS and thermal properties.",
 )
-@click.option("--tmin", type=FiniteFloat(min=0), default=0.0, show_default=True, help="K.")
-@click.option("--tmax", type=FiniteFloat(min=0), default=1000.0, show_default=True, help="K.")
-@click.option("--tstep", type=FiniteFloat(min=0, min_open=True), default=10.0, show_default=True)
+@click.option(
+    "--tmin",
+    type=FiniteFloat(min=0),
+    default=0.0,
+    show_default=True,
+    help="Lowest temperature of the thermal-properties table, K.",
+)
+@click.option(
+    "--tmax",
+    type=FiniteFloat(min=0),
+    default=1000.0,
+    show_default=True,
+    help="Highest temperature of the thermal-properties table, K.",
+)
+@click.option(
+    "--tstep",
+    type=FiniteFloat(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Temperature step of the thermal-properties table (--tmin to --tmax), K.",
+)
 @click.option(
     "--primitive/--no-primitive",
     default=True,
