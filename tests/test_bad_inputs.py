@@ -668,3 +668,19 @@ def test_help_shows_no_unbounded_range_and_phonon_temperatures_have_units():
     for option in ("--tmin", "--tmax", "--tstep"):
         line = next(x for x in phonons.splitlines() if x.strip().startswith(option + " "))
         assert ", K." in line and "temperature" in line.lower(), line
+
+
+def test_potcar_readme_states_the_kpoint_rule_the_code_uses(tmp_path):
+    from ase.build import fcc111
+
+    from eqv2calc.adsorbml.vasp_inputs import oc20_kpoints, write_vasp_inputs
+
+    slab = fcc111("Cu", (1, 3, 3), vacuum=6.0)  # b's length and largest component differ
+    folder = write_vasp_inputs(slab, tmp_path / "vasp")
+    note = " ".join((folder / "POTCAR.README").read_text().split())
+    assert "|a|" not in note and "largest absolute Cartesian components" in note
+    kpts = oc20_kpoints(slab)
+    assert f"KPOINTS: {kpts[0]} x {kpts[1]} x 1 Monkhorst-Pack" in note
+    largest = [max(1, round(40 / np.abs(v).max())) for v in slab.cell[:2]]
+    assert list(kpts[:2]) == largest
+    assert [max(1, round(40 / np.linalg.norm(v))) for v in slab.cell[:2]] != largest

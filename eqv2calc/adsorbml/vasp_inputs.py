@@ -64,7 +64,9 @@ OC20 used the PBE PAW set (potpaw_PBE) with ASE's "minimal" setups
   cat {example} > POTCAR
 or let ASE write it: set VASP_PP_PATH and call
   ase.calculators.vasp.Vasp(xc="rpbe", setups="minimal").write_input(ase.io.read("POSCAR"))
-INCAR: {mode_text}. KPOINTS: {kpts} Monkhorst-Pack (OC20: round(40 / |a|, 40 / |b|, 1)).
+INCAR: {mode_text}. KPOINTS: {kpts} Monkhorst-Pack
+(OC20's rule: round(40 / a_max), round(40 / b_max), 1, with a_max, b_max the largest
+absolute Cartesian components of cell vectors a and b, Å).
 ase-sort.dat maps POSCAR order to the order of the structure in summary.json / topk/.
 Energies and forces from this folder are RPBE total energies (eV), not adsorption energies.
 """
