@@ -25,6 +25,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from eqv2calc.checkpoint import LoadedModel, load_checkpoint
 from eqv2calc.checks import MIN_DISTANCE, as_atoms, check_finite_results, check_structure
+from eqv2calc.device import resolve_device
 from eqv2calc.graph import BatchedGraph, batch_graphs, graph_from_atoms
 from eqv2calc.model.backbone import GraphInput
 from eqv2calc.model.conservative import FORCES_KINDS, StructureInput, gradient_outputs
@@ -41,18 +42,6 @@ _STRESS_HINT = (
     "only checkpoints with a stress head predict stress: the OMat24, MPtrj and DeNS 'hydra' "
     "models (e.g. eqV2_31M_omat_mp_salex, eqV2_dens_31M_mp); OC20/OC22 models do not"
 )
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'"
-        )
-    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

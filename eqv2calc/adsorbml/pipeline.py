@@ -354,54 +354,80 @@ def _gas_from_row(row: Any) -> GasReferences:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_system(
-    system: SlabSystem,
-    adsorbate: Adsorbate,
-    calculator: Any,
+def _row_fields(row: Any, cfg: AdsorbMLConfig) -> dict[str, Any]:
+    """The fields an ML and a reference record share, read from a database row."""
+    return {
+        "anomalies": [] if row.anomaly in ("none", "failed") else str(row.anomaly).split(","),
+        "reasons": list(row.data.get("reasons", [])),
+        "error": row.get("error"),
+        "atoms": row.toatoms(),
+        "discarded_kinds": cfg.discarded_kinds,
+    }
+
+
+def _stored_gas_references(
     store: ResultStore,
-    config: AdsorbMLConfig,
+    name: str,
     *,
-    dft_calculator: Any | None = None,
-    dft_label: str | None = None,
-) -> SystemOutcome:
-    """Run (or resume) AdsorbML for one slab; see :func:`run_adsorbml`."""
-    from eqv2calc.drivers import relax_batch
+    level: str,
+    calc: Any,
+    label: str,
+    symbols: list[str],
+    cfg: AdsorbMLConfig,
+) -> tuple[GasReferences, bool]:
+    """Gas-phase references (eV) at ``level`` ("ml" or "dft:<label>") from the database,
+    computed with ``calc`` and stored when missing; the flag says whether they were computed."""
+    grow = store.get("gasref", name, level=level, refmode=_refmode(cfg))
+    if grow is not None:
+        return _gas_from_row(grow), False
+    gas = _gas_references(calc, cfg.gas_refs, sorted(set(symbols)), cfg.gas_ref_overrides, label)
+    store.put(Atoms(), "gasref", name, data=gas.to_dict(), level=level, refmode=_refmode(cfg))
+    return gas, True
 
-    cfg = config
-    name = system.name
-    slab = system.atoms
-    n_slab = len(slab)
-    kind = energy_kind(calculator)
-    model_label = calculator_label(calculator)
-    ads_symbols = adsorbate.symbols
 
+@dataclass
+class _SystemRun:
+    """What the steps of :func:`run_system` share: the system, its calculator and settings."""
+
+    system: SlabSystem
+    adsorbate: Adsorbate
+    calculator: Any
+    store: ResultStore
+    cfg: AdsorbMLConfig
+    kind: str  # the calculator's energy kind: "total" or "adsorption"
+    model_label: str
+
+    @property
+    def name(self) -> str:
+        return self.system.name
+
+    @property
+    def slab(self) -> Atoms:
+        return self.system.atoms
+
+
+def _prepare(run: _SystemRun) -> tuple[dict[int, Atoms], dict[int, str]]:
+    """Check the stored settings and write every placement before any relaxation; returns
+    the initial structures and site types by placement id."""
+    cfg, store, name = run.cfg, run.store, run.name
     store.check_settings(
         name,
         {
-            "slab": _structure_hash(slab),
-            "adsorbate": adsorbate.name,
-            "adsorbate_geometry": _structure_hash(adsorbate.atoms),
+            "slab": _structure_hash(run.slab),
+            "adsorbate": run.adsorbate.name,
+            "adsorbate_geometry": _structure_hash(run.adsorbate.atoms),
             **cfg.placement_settings(),
         },
         "placement",
     )
     store.check_settings(
-        name, {"model": model_label, "energy_kind": kind, **cfg.ml_settings()}, "ml"
+        name, {"model": run.model_label, "energy_kind": run.kind, **cfg.ml_settings()}, "ml"
     )
-
-    # 1. placements (all written before any relaxation)
     rows = store.all("placement", name)
     if not rows:
-        placements = generate_placements(
-            slab,
-            adsorbate,
-            num_random=cfg.num_random,
-            seed=cfg.seed,
-            max_tilt=cfg.max_tilt,
-            min_distance_scale=cfg.min_distance_scale,
-            site_separation=cfg.site_separation,
-            heuristic=cfg.heuristic_sites,
-        )
+        kw = cfg.placement_settings()
+        kw["heuristic"] = kw.pop("heuristic_sites")
+        placements = generate_placements(run.slab, run.adsorbate, **kw)
         store.put_many(
             [
                 (
@@ -423,14 +449,24 @@ def run_system(
         rows = store.all("placement", name)
     initial = {int(r.pid): r.toatoms() for r in rows}
     site_types = {int(r.pid): str(r.site_type) for r in rows}
-    n_heuristic = sum(1 for t in site_types.values() if t != "random")
+    return initial, site_types
 
-    # 2. clean slab
+
+def _clean_slab(run: _SystemRun) -> tuple[Atoms, float, int]:
+    """The ML-relaxed clean slab (or the slab as given, with ``relax_slab`` off), its energy
+    (eV) and the optimizer steps it took; computed once, then read from the database."""
+    from eqv2calc.drivers import relax_batch
+
+    cfg, store, name, slab = run.cfg, run.store, run.name, run.slab
     row = store.get("slab_ml", name)
     if row is None:
         if cfg.relax_slab:
             res = relax_batch(
-                [slab], calculator, progress=False, labels=[f"{name}_slab"], **_relax_kwargs(cfg)
+                [slab],
+                run.calculator,
+                progress=False,
+                labels=[f"{name}_slab"],
+                **_relax_kwargs(cfg),
             )[0]
             if res.error:
                 raise RuntimeError(f"ML relaxation of the clean slab {name} failed: {res.error}")
@@ -438,35 +474,21 @@ def run_system(
             converged = bool(res.converged)
         else:
             work = slab.copy()
-            work.calc = calculator
+            work.calc = run.calculator
             e_slab = float(work.get_potential_energy())
             slab_atoms, slab_steps, converged = _attach(slab, e_slab), 0, True
         store.put(slab_atoms, "slab_ml", name, e_ml=e_slab, steps=slab_steps, converged=converged)
         row = store.get("slab_ml", name)
-    slab_ml = row.toatoms()
-    e_slab_ml = float(row.e_ml)
-    slab_steps_ml = int(row.steps)
+    return row.toatoms(), float(row.e_ml), int(row.steps)
 
-    # 3. gas references for the ML energies
-    gas_ml: GasReferences | None = None
-    if kind == "total":
-        grow = store.get("gasref", name, level="ml", refmode=_refmode(cfg))
-        if grow is None:
-            gas_ml = _gas_references(
-                calculator,
-                cfg.gas_refs,
-                sorted(set(ads_symbols)),
-                cfg.gas_ref_overrides,
-                model_label,
-            )
-            store.put(
-                Atoms(), "gasref", name, data=gas_ml.to_dict(), level="ml", refmode=_refmode(cfg)
-            )
-        else:
-            gas_ml = _gas_from_row(grow)
 
-    # 4. ML relaxations, each written as soon as it finishes
-    binding = [n_slab + i for i in adsorbate.binding_indices]
+def _relax_placements(
+    run: _SystemRun, initial: dict[int, Atoms], site_types: dict[int, str], slab_ml: Atoms
+) -> int:
+    """ML-relax every placement not yet in the database, each written (with its anomaly
+    flags) as soon as it finishes; returns how many were relaxed now."""
+    cfg, store, name = run.cfg, run.store, run.name
+    binding = [len(run.slab) + i for i in run.adsorbate.binding_indices]
     done = {int(r.pid) for r in store.all("ml", name)}
     todo = [pid for pid in sorted(initial) if pid not in done]
 
@@ -517,26 +539,30 @@ def run_system(
 
         relax_auto(
             [initial[p] for p in todo],
-            calculator,
+            run.calculator,
             progress=cfg.progress,
             labels=[f"{name}_p{p}" for p in todo],
             on_result=write_ml,
             **_relax_kwargs(cfg),
         )
+    return len(todo)
 
-    # 5. collect, filter, deduplicate, rank
+
+def _ml_records(
+    run: _SystemRun, initial: dict[int, Atoms], e_slab_ml: float, gas_ml: GasReferences | None
+) -> list[MLRecord]:
+    """Every stored ML relaxation as a record, with its adsorption energy (eV)."""
     ml: list[MLRecord] = []
-    for r in store.all("ml", name):
+    for r in run.store.all("ml", run.name):
         pid = int(r.pid)
         e = float(r.get("e_ml", float("nan")))
         e_ads = None
         if r.status == "ok":
             e_ads = (
                 e
-                if kind == "adsorption"
-                else adsorption_energy(e, e_slab_ml, ads_symbols, gas_ml.refs)
+                if run.kind == "adsorption"
+                else adsorption_energy(e, e_slab_ml, run.adsorbate.symbols, gas_ml.refs)
             )
-        anomalies = [] if r.anomaly in ("none", "failed") else str(r.anomaly).split(",")
         ml.append(
             MLRecord(
                 pid=pid,
@@ -546,37 +572,87 @@ def run_system(
                 e_ads=e_ads,
                 steps=int(r.get("steps", 0)),
                 converged=bool(r.get("converged", False)),
-                anomalies=anomalies,
-                reasons=list(r.data.get("reasons", [])),
-                error=r.get("error"),
-                atoms=r.toatoms(),
                 initial=initial[pid],
                 final_site=r.get("final_site"),
-                discarded_kinds=cfg.discarded_kinds,
-                require_converged=cfg.discard_unconverged,
+                require_converged=run.cfg.discard_unconverged,
+                **_row_fields(r, run.cfg),
             )
         )
+    return ml
+
+
+def _rank(
+    ml: list[MLRecord], slab_ml: Atoms, cfg: AdsorbMLConfig
+) -> tuple[list[list[int]], list[int]]:
+    """Deduplicate the valid configurations: the groups of pids (lowest energy first) and the
+    pid of each group's best, best first."""
     valid = [m for m in ml if m.valid]
     groups_idx = deduplicate(
         [m.atoms for m in valid],
         [m.e_ml for m in valid],
-        n_slab,
+        len(slab_ml),
         slab_ml,
         position_tol=cfg.dedup_position_tol,
         energy_tol=cfg.dedup_energy_tol,
     )
     groups = [[valid[i].pid for i in g] for g in groups_idx]
-    ranked = [g[0] for g in groups]
-    top_k = ranked[: max(cfg.top_k, 0)]
+    return groups, [g[0] for g in groups]
 
-    outcome = SystemOutcome(
-        name=name,
+
+def run_system(
+    system: SlabSystem,
+    adsorbate: Adsorbate,
+    calculator: Any,
+    store: ResultStore,
+    config: AdsorbMLConfig,
+    *,
+    dft_calculator: Any | None = None,
+    dft_label: str | None = None,
+) -> SystemOutcome:
+    """Run (or resume) AdsorbML for one slab; see :func:`run_adsorbml`.
+
+    Steps: prepare (settings check, placements, clean slab, gas references), run (the ML
+    relaxations), observe (records, filter, deduplicate, rank), finish (reference
+    calculations of the top-k)."""
+    cfg = config
+    run = _SystemRun(
+        system=system,
         adsorbate=adsorbate,
-        slab=slab,
+        calculator=calculator,
+        store=store,
+        cfg=cfg,
+        kind=energy_kind(calculator),
+        model_label=calculator_label(calculator),
+    )
+    # prepare
+    initial, site_types = _prepare(run)
+    n_heuristic = sum(1 for t in site_types.values() if t != "random")
+    slab_ml, e_slab_ml, slab_steps_ml = _clean_slab(run)
+    gas_ml: GasReferences | None = None
+    if run.kind == "total":
+        gas_ml, _ = _stored_gas_references(
+            store,
+            run.name,
+            level="ml",
+            calc=calculator,
+            label=run.model_label,
+            symbols=adsorbate.symbols,
+            cfg=cfg,
+        )
+    # run
+    new_ml = _relax_placements(run, initial, site_types, slab_ml)
+    # observe
+    ml = _ml_records(run, initial, e_slab_ml, gas_ml)
+    groups, ranked = _rank(ml, slab_ml, cfg)
+    top_k = ranked[: max(cfg.top_k, 0)]
+    outcome = SystemOutcome(
+        name=run.name,
+        adsorbate=adsorbate,
+        slab=run.slab,
         notes=list(system.notes),
-        n_slab=n_slab,
-        energy_kind=kind,
-        model_label=model_label,
+        n_slab=len(run.slab),
+        energy_kind=run.kind,
+        model_label=run.model_label,
         n_heuristic=n_heuristic,
         n_random=len(initial) - n_heuristic,
         ml=ml,
@@ -587,83 +663,52 @@ def run_system(
         groups=groups,
         ranked=ranked,
         top_k=top_k,
-        new_ml_relaxations=len(todo),
+        new_ml_relaxations=new_ml,
     )
-
-    # 6. reference calculations
+    # finish
     if dft_calculator is not None and top_k:
         _run_dft(outcome, store, cfg, dft_calculator, dft_label or calculator_label(dft_calculator))
     return outcome
 
 
-def _run_dft(
-    outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, calc: Any, label: str
-) -> None:
-    if cfg.dft_mode not in DFT_MODES:
-        raise ValueError(f"unknown --dft-mode {cfg.dft_mode!r}; use sp or rx")
-    name = outcome.name
-    mode = cfg.dft_mode
-    kind = energy_kind(calc)
-    store.check_settings(
-        name,
-        {"fmax": cfg.dft_fmax, "steps": cfg.dft_steps, "optimizer": cfg.dft_optimizer}
-        if mode == "rx"
-        else {},
-        f"dft:{label}:{mode}",
-    )
-    outcome.dft_label, outcome.dft_mode, outcome.dft_energy_kind = label, mode, kind
-    ref_kw = {"fmax": cfg.dft_fmax, "steps": cfg.dft_steps, "optimizer": cfg.dft_optimizer}
-    overhead = 0
+def _reference_slab(
+    outcome: SystemOutcome, store: ResultStore, calc: Any, label: str, ref_kw: dict[str, Any]
+) -> tuple[Atoms, float, int, int]:
+    """The clean slab with the reference calculator: its structure, energy (eV), calls and
+    the calls made now (computed once, then read from the database)."""
+    name, mode = outcome.name, outcome.dft_mode
+    row = store.get("slab_dft", name, mode=mode, dft=label)
     new_calls = 0
-
-    # clean slab: its energy for E_ads (total-energy references) and, in rx mode, its relaxed
-    # geometry for the surface-change test
-    slab_ref: Atoms | None = None
-    e_slab: float | None = None
-    if kind == "total" or mode == "rx":
+    if row is None:
+        res = run_reference(outcome.slab_ml, calc, mode, label=f"{name}_slab", **ref_kw)
+        if res.error:
+            raise RuntimeError(
+                f"reference calculation of the clean slab {name} failed: {res.error}"
+            )
+        store.put(
+            res.atoms, "slab_dft", name, mode=mode, dft=label, e_dft=res.energy, calls=res.calls
+        )
+        new_calls = res.calls
         row = store.get("slab_dft", name, mode=mode, dft=label)
-        if row is None:
-            res = run_reference(outcome.slab_ml, calc, mode, label=f"{name}_slab", **ref_kw)
-            if res.error:
-                raise RuntimeError(
-                    f"reference calculation of the clean slab {name} failed: {res.error}"
-                )
-            store.put(
-                res.atoms, "slab_dft", name, mode=mode, dft=label, e_dft=res.energy, calls=res.calls
-            )
-            new_calls += res.calls
-            row = store.get("slab_dft", name, mode=mode, dft=label)
-        slab_ref = row.toatoms()
-        e_slab = float(row.e_dft)
-        overhead += int(row.calls)
-    outcome.slab_dft, outcome.slab_energy_dft = slab_ref, e_slab
+    return row.toatoms(), float(row.e_dft), int(row.calls), new_calls
 
-    gas: GasReferences | None = None
-    if kind == "total":
-        level = f"dft:{label}"
-        grow = store.get("gasref", name, level=level, refmode=_refmode(cfg))
-        if grow is None:
-            gas = _gas_references(
-                calc,
-                cfg.gas_refs,
-                sorted(set(outcome.adsorbate.symbols)),
-                cfg.gas_ref_overrides,
-                label,
-            )
-            store.put(
-                Atoms(), "gasref", name, data=gas.to_dict(), level=level, refmode=_refmode(cfg)
-            )
-            new_calls += gas.calls
-        else:
-            gas = _gas_from_row(grow)
-        overhead += gas.calls
-    outcome.gas_dft = gas
 
+def _reference_top_k(
+    outcome: SystemOutcome,
+    store: ResultStore,
+    cfg: AdsorbMLConfig,
+    calc: Any,
+    ref_kw: dict[str, Any],
+) -> int:
+    """Run the reference calculator on every top-k configuration not yet in the database,
+    each written as soon as it finishes; returns the calls made."""
+    name, mode, label = outcome.name, outcome.dft_mode, outcome.dft_label
     todo = [
         (rank, pid)
         for rank, pid in enumerate(outcome.top_k, start=1)
         if store.get("dft", name, pid=pid, mode=mode, dft=label) is None
     ]
+    new_calls = 0
     bar = None
     if todo and cfg.progress:
         from tqdm.auto import tqdm
@@ -681,7 +726,7 @@ def _run_dft(
                 rep = detect_anomalies(
                     rec.initial,
                     res.atoms,
-                    slab_ref,
+                    outcome.slab_dft,
                     desorption_multiplier=cfg.desorption_multiplier,
                     surface_change_multiplier=cfg.surface_change_multiplier,
                     binding=[outcome.n_slab + i for i in outcome.adsorbate.binding_indices],
@@ -708,10 +753,18 @@ def _run_dft(
     finally:
         if bar is not None:
             bar.close()
+    return new_calls
 
+
+def _dft_records(
+    outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, kind: str
+) -> list[DFTRecord]:
+    """The stored reference results of the top-k, with adsorption energies (eV)."""
+    name, mode = outcome.name, outcome.dft_mode
+    e_slab, gas = outcome.slab_energy_dft, outcome.gas_dft
     records: list[DFTRecord] = []
     for rank, pid in enumerate(outcome.top_k, start=1):
-        row = store.get("dft", name, pid=pid, mode=mode, dft=label)
+        row = store.get("dft", name, pid=pid, mode=mode, dft=outcome.dft_label)
         if row is None:
             continue
         energy = float(row.get("e_dft", float("nan")))
@@ -721,7 +774,6 @@ def _run_dft(
                 e_ads = energy
             elif e_slab is not None and gas is not None:
                 e_ads = adsorption_energy(energy, e_slab, outcome.adsorbate.symbols, gas.refs)
-        anomalies = [] if row.anomaly in ("none", "failed") else str(row.anomaly).split(",")
         records.append(
             DFTRecord(
                 pid=pid,
@@ -731,14 +783,61 @@ def _run_dft(
                 e_ads=e_ads,
                 calls=int(row.calls),
                 converged=bool(row.converged),
-                anomalies=anomalies,
-                reasons=list(row.data.get("reasons", [])),
-                error=row.get("error"),
-                atoms=row.toatoms(),
-                discarded_kinds=cfg.discarded_kinds,
+                **_row_fields(row, cfg),
             )
         )
-    outcome.dft = records
+    return records
+
+
+def _run_dft(
+    outcome: SystemOutcome, store: ResultStore, cfg: AdsorbMLConfig, calc: Any, label: str
+) -> None:
+    """Reference calculations of the top-k (and the clean slab and gas references they need)."""
+    if cfg.dft_mode not in DFT_MODES:
+        raise ValueError(f"unknown --dft-mode {cfg.dft_mode!r}; use sp or rx")
+    name = outcome.name
+    mode = cfg.dft_mode
+    kind = energy_kind(calc)
+    store.check_settings(
+        name,
+        {"fmax": cfg.dft_fmax, "steps": cfg.dft_steps, "optimizer": cfg.dft_optimizer}
+        if mode == "rx"
+        else {},
+        f"dft:{label}:{mode}",
+    )
+    outcome.dft_label, outcome.dft_mode, outcome.dft_energy_kind = label, mode, kind
+    ref_kw = {"fmax": cfg.dft_fmax, "steps": cfg.dft_steps, "optimizer": cfg.dft_optimizer}
+    overhead = 0
+    new_calls = 0
+
+    # clean slab: its energy for E_ads (total-energy references) and, in rx mode, its relaxed
+    # geometry for the surface-change test
+    slab_ref: Atoms | None = None
+    e_slab: float | None = None
+    if kind == "total" or mode == "rx":
+        slab_ref, e_slab, calls, new = _reference_slab(outcome, store, calc, label, ref_kw)
+        overhead += calls
+        new_calls += new
+    outcome.slab_dft, outcome.slab_energy_dft = slab_ref, e_slab
+
+    gas: GasReferences | None = None
+    if kind == "total":
+        gas, computed = _stored_gas_references(
+            store,
+            name,
+            level=f"dft:{label}",
+            calc=calc,
+            label=label,
+            symbols=outcome.adsorbate.symbols,
+            cfg=cfg,
+        )
+        if computed:
+            new_calls += gas.calls
+        overhead += gas.calls
+    outcome.gas_dft = gas
+
+    new_calls += _reference_top_k(outcome, store, cfg, calc, ref_kw)
+    outcome.dft = _dft_records(outcome, store, cfg, kind)
     outcome.dft_overhead_calls = overhead
     outcome.new_dft_calls = new_calls
 

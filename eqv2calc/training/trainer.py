@@ -34,6 +34,7 @@ import torch
 from eqv2calc.checkpoint import load_checkpoint, save_checkpoint
 from eqv2calc.checkpoint.names import model_config
 from eqv2calc.checkpoint.reader import read_file
+from eqv2calc.device import resolve_device
 from eqv2calc.io import write_json_atomic
 from eqv2calc.model.potential import EquiformerV2Potential, HeadSpec
 from eqv2calc.training.config import TrainConfig, save_config
@@ -74,17 +75,6 @@ class TrainResult:
     best_metrics: dict = field(default_factory=dict)
     test_metrics: dict | None = None
     statistics: DatasetStatistics | None = None
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"run.device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'"
-        )
-    return device
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -135,8 +125,20 @@ class Trainer:
                 setattr(c.data, key, str(Path(getattr(c.data, key)).resolve()))
         if c.run.num_threads:
             torch.set_num_threads(int(c.run.num_threads))
-        self.device = _resolve_device(c.run.device)
+        self.device = resolve_device(c.run.device, option="run.device", fix="'cpu' or 'auto'")
         torch.manual_seed(c.run.seed)
+        model, resume_state, graph = self._starting_model()
+        self._load_data(*graph)
+        self._prepare_model(model, resume_state)
+        self._setup_optimizer(resume_state)
+        self._setup_distillation()
+
+    def _starting_model(
+        self,
+    ) -> tuple[EquiformerV2Potential | None, dict | None, tuple[float, int, bool, int]]:
+        """The model to start from (``None``: build a new one), the resume state and the graph
+        settings (cutoff Å, max neighbours, strict cap, largest atomic number)."""
+        c = self.config
         resume_state = None
         if c.run.resume:
             if not self.last_path.is_file():
@@ -169,7 +171,11 @@ class Trainer:
         else:
             cutoff, max_neighbors, strict = settings
             max_z = int(c.model_options().get("max_num_elements", 90)) - 1
+        return model, resume_state, (cutoff, max_neighbors, strict, max_z)
 
+    def _load_data(self, cutoff: float, max_neighbors: int, strict: bool, max_z: int) -> None:
+        """Read the training, validation and test sets as graphs (cutoff in Å)."""
+        c = self.config
         data_kwargs = dict(
             cutoff=cutoff,
             max_neighbors=max_neighbors,
@@ -196,6 +202,11 @@ class Trainer:
             + f" structures; graphs (cutoff {cutoff} Å, max_neighbors {max_neighbors}) built in {time.time() - t0:.1f} s"
         )
 
+    def _prepare_model(
+        self, model: EquiformerV2Potential | None, resume_state: dict | None
+    ) -> None:
+        """Build or adapt the model, set its output kinds, freeze and move it to the device."""
+        c = self.config
         if model is None:
             model = self._new_model()
         elif resume_state is None:
@@ -224,6 +235,10 @@ class Trainer:
             f"({sum(p.numel() for p in trainable):,} trained), heads {sorted(self.model.heads)}, device {self.device}"
         )
 
+    def _setup_optimizer(self, resume_state: dict | None) -> None:
+        """AdamW, warm-up + cosine schedule and EMA; restore them when resuming, else write
+        ``config.yaml``."""
+        c = self.config
         self.steps_per_epoch = num_batches(len(self.train_items), c.run.batch_size)
         total = self.steps_per_epoch * c.run.epochs
         self.optimizer = torch.optim.AdamW(
@@ -244,6 +259,10 @@ class Trainer:
         else:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(c, self.out_dir / "config.yaml")
+
+    def _setup_distillation(self) -> None:
+        """The teacher's own predictions as labels for the first ``run.distill_epochs``."""
+        c = self.config
         self.distill_items: list[LabelledStructure] = []
         if c.run.distill_epochs and self.epoch < c.run.distill_epochs:
             teacher = load_checkpoint(c.run.init, device=self.device).model
