@@ -50,12 +50,16 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_NOT_CONVERGED",
     "EXIT_OK",
+    "EngineNotApplicable",
     "JobReport",
     "RelaxPaths",
+    "engine_fallback_note",
+    "fresh_seed",
     "md_paths",
     "relax_paths",
     "run_eval_job",
     "run_md_job",
+    "run_md_many_job",
     "run_relax_job",
 ]
 
