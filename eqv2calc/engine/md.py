@@ -16,7 +16,6 @@ temperature K, friction 1/fs, energies eV (ASE's internal time unit is used insi
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,9 +162,19 @@ def run_md_engine(
         return out["energy"], out["forces"] * free
 
     if s.ensemble == "nvt":
-        c1, c2, c3, c4, c5, com_factor = _langevin_coefficients(s, st, nb, dev, dt, m, counts)
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(s.seed))
+        lang = _Langevin(
+            coeffs=_langevin_coefficients(s, st, nb, dev, dt, m, counts),
+            gen=gen,
+            fix_com=bool(s.fix_com),
+            batch=st.batch,
+            nb=nb,
+            counts=counts,
+            m=m,
+            free=free,
+            dt=dt,
+        )
 
     results = [
         BatchMDResult(label=labels[i], atoms=atoms_list[i], trajectory=trajs[i]) for i in range(nb)
@@ -192,7 +201,6 @@ def run_md_engine(
             _write_frames(trajs, atoms_list, st, x, v, epot, f)
 
     record(0, epot, x, v, f)
-    start = time.perf_counter()
     for step in range(1, s.steps + 1):
         if s.ensemble == "nve":
             v = v + 0.5 * dt * f / m
@@ -200,25 +208,9 @@ def run_md_engine(
             epot, f = forces_at(x)
             v = (v + 0.5 * dt * f / m) * free
         else:
-            xi = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
-            eta = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
-            rnd_pos = c5 * eta
-            rnd_vel = c3 * xi - c4 * eta
-            if s.fix_com:
-                rnd_pos = rnd_pos - _mean_rows(rnd_pos, st.batch, nb, counts)
-                mom = _sum_rows(rnd_vel * m, st.batch, nb)
-                rnd_vel = rnd_vel - mom[st.batch] / (m * counts[st.batch].unsqueeze(-1))
-                rnd_pos = rnd_pos * com_factor
-                rnd_vel = rnd_vel * com_factor
-            v = v + c1 * f / m - c2 * v + rnd_vel
-            x_new = x + (dt * v + rnd_pos) * free
-            v = (x_new - x - rnd_pos) / dt
-            x = x_new
-            epot, f = forces_at(x)
-            v = (v + c1 * f / m - c2 * v + rnd_vel) * free
+            x, v, epot, f = _langevin_step(x, v, f, lang=lang, forces_at=forces_at)
         if step % s.log_interval == 0 or step == s.steps:
             record(step, epot, x, v, f)
-    del start
     final = _write_frames([None] * nb, atoms_list, st, x, v, epot, f)
     for r, a, log in zip(results, final, logs):
         r.atoms = a
@@ -282,6 +274,43 @@ def _log_summary(path: Path, r: BatchMDResult, s: MDSettings) -> None:
         line += "; Langevin has no conserved energy, no drift reported"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
+
+
+@dataclass
+class _Langevin:
+    """What one Langevin step needs besides positions, velocities and forces (ASE units)."""
+
+    coeffs: tuple[torch.Tensor, ...]  # c1..c5 and the centre-of-mass noise factor, each [N, 1]
+    gen: torch.Generator
+    fix_com: bool
+    batch: torch.Tensor  # [N]
+    nb: int
+    counts: torch.Tensor  # [B] atoms per system
+    m: torch.Tensor  # [N, 1] amu
+    free: torch.Tensor  # [N, 1] 1 for free atoms, 0 for fixed ones
+    dt: float  # ASE time units
+
+
+def _langevin_step(x, v, f, *, lang: _Langevin, forces_at):
+    """One step of ASE's Langevin integrator for every system; returns ``x, v, epot, f``."""
+    c1, c2, c3, c4, c5, com_factor = lang.coeffs
+    m, free, dt = lang.m, lang.free, lang.dt
+    xi = torch.randn(x.shape, generator=lang.gen, device=x.device, dtype=x.dtype)
+    eta = torch.randn(x.shape, generator=lang.gen, device=x.device, dtype=x.dtype)
+    rnd_pos = c5 * eta
+    rnd_vel = c3 * xi - c4 * eta
+    if lang.fix_com:
+        rnd_pos = rnd_pos - _mean_rows(rnd_pos, lang.batch, lang.nb, lang.counts)
+        mom = _sum_rows(rnd_vel * m, lang.batch, lang.nb)
+        rnd_vel = rnd_vel - mom[lang.batch] / (m * lang.counts[lang.batch].unsqueeze(-1))
+        rnd_pos = rnd_pos * com_factor
+        rnd_vel = rnd_vel * com_factor
+    v = v + c1 * f / m - c2 * v + rnd_vel
+    x_new = x + (dt * v + rnd_pos) * free
+    v = (x_new - x - rnd_pos) / dt
+    epot, f = forces_at(x_new)
+    v = (v + c1 * f / m - c2 * v + rnd_vel) * free
+    return x_new, v, epot, f
 
 
 def _langevin_coefficients(
