@@ -99,7 +99,9 @@ def test_shards_split_then_merge(tmp_path):
     assert "items/s" in res.output
     res = runner.invoke(main, ["campaign", "status", str(tmp_path / "in")])
     assert res.exit_code == 1 and "no campaign ledger" in res.output
-    res = runner.invoke(main, ["relax", str(inputs), *RELAX, "--shard", "2/2", "--output-dir", "x"])
+    res = runner.invoke(
+        main, ["relax", str(inputs), *RELAX, "--shard", "2/2", "--output-dir", str(tmp_path / "x")]
+    )
     assert res.exit_code == 2 and "0 <= I < N" in res.output
 
 
