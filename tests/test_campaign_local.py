@@ -103,6 +103,7 @@ def test_shards_split_then_merge(tmp_path):
         main, ["relax", str(inputs), *RELAX, "--shard", "2/2", "--output-dir", str(tmp_path / "x")]
     )
     assert res.exit_code == 2 and "0 <= I < N" in res.output
+    assert not (tmp_path / "x").exists()  # refused while parsing: no folder created
 
 
 def test_second_driver_is_refused(tmp_path):

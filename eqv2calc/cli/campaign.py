@@ -77,6 +77,7 @@ def campaign_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--shard",
             default=None,
             metavar="I/N",
+            callback=_check_shard,
             help="Run only shard I of N (0-based, items split by content hash), with its own "
             "ledger campaign.shard-I-of-N.sqlite; for SLURM arrays (--shard "
             "$SLURM_ARRAY_TASK_ID/N). Combine with `eqv2calc campaign merge`.",
@@ -90,6 +91,12 @@ def campaign_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _check_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a malformed ``--shard`` while parsing, before any folder is created."""
+    _shard(value)
+    return value
 
 
 def campaign_requested(
