@@ -35,6 +35,9 @@ class CalculatorSpec:
         factory: ``"module:function"`` returning a calculator (called with
             ``factory_kwargs``) instead of the above; for custom or test calculators.
         factory_kwargs: Keyword arguments of ``factory``.
+        precision: ``--precision`` mode (``eqv2calc.engine.precision``) or None.
+        force_precision: use ``precision`` even where its measured error is refused.
+        compile: compile the model with ``torch.compile`` (opt-in).
     """
 
     model: str | None = None
@@ -42,6 +45,9 @@ class CalculatorSpec:
     dtype: str = "float32"
     factory: str | None = None
     factory_kwargs: tuple[tuple[str, Any], ...] = ()
+    precision: str | None = None
+    force_precision: bool = False
+    compile: bool = False
 
     def build(self) -> Any:
         """The ASE calculator (raises ValueError with a one-line message if it cannot)."""
@@ -53,16 +59,35 @@ class CalculatorSpec:
                 raise ValueError(f"calculator factory {self.factory}: {err}") from err
             return func(**dict(self.factory_kwargs))
         if self.model is not None and self.model.strip().lower() == "emt":
+            if self.precision not in (None, "float32", "float64") or self.compile:
+                raise ValueError("--precision tf32/bf16 and --compile need an EquiformerV2 model")
             from ase.calculators.emt import EMT
 
             return EMT()
         from eqv2calc.calculator import EquiformerV2Calculator
 
         try:
-            return EquiformerV2Calculator(model=self.model, device=self.device, dtype=self.dtype)
+            calc = EquiformerV2Calculator(model=self.model, device=self.device, dtype=self.dtype)
         except Exception as err:  # any load failure is one line naming the model
             what = self.model if self.model is not None else "the bundled default model"
             raise ValueError(f"cannot load model {what}: {' '.join(str(err).split())}") from err
+        return self._apply_precision(calc)
+
+    def _apply_precision(self, calc: Any) -> Any:
+        """Set the precision mode and compilation of this spec on ``calc`` (ValueError if refused)."""
+        if self.precision is not None:
+            from eqv2calc.engine.precision import resolve_precision
+
+            mode = resolve_precision(self.precision, force=self.force_precision)
+            if mode.dtype != self.dtype:
+                raise ValueError(f"--precision {mode.name} conflicts with --dtype {self.dtype}")
+            calc.precision = mode
+        if self.compile:
+            try:
+                calc.compile_model()
+            except (RuntimeError, ImportError) as err:
+                raise ValueError(f"--compile: {' '.join(str(err).split())}") from err
+        return calc
 
     @property
     def label(self) -> str:
