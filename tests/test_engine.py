@@ -135,7 +135,6 @@ def test_optimizer_options_are_checked():
         make_optimizer("BFGS")
 
 
-@pytest.mark.skipif(not DEMO.is_file(), reason="bundled demo model missing")
 @pytest.mark.parametrize("name", ["FIRE", "LBFGS"])
 def test_demo_model_float64_matches_ase(name):
     """The bundled model in float64 through predict_state (device graph) and through ASE."""
@@ -151,7 +150,6 @@ def test_demo_model_float64_matches_ase(name):
         assert abs(r.steps - n) <= 3
 
 
-@pytest.mark.skipif(not DEMO.is_file(), reason="bundled demo model missing")
 def test_predict_state_equals_predict_batch():
     from eqv2calc import EquiformerV2Calculator
 
