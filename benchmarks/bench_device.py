@@ -46,7 +46,7 @@ DEMO = REPO / "eqv2calc" / "registry" / "models" / "eqv2calc-demo-emt.pt"
 from bench_model import FULL_CONFIG, build_structure  # noqa: E402
 
 #: the released 153M OC20 model (eq2_153M_ec4_allmd): 20 layers, lmax 6 / mmax 3
-CONFIG_153M = dict(FULL_CONFIG, num_layers=20, lmax_list=[6], mmax_list=[3])
+CONFIG_153M = dict(FULL_CONFIG, num_layers=20, lmax=6, mmax=3)
 CONFIGS = {"31M": FULL_CONFIG, "153M": CONFIG_153M}
 
 
@@ -85,9 +85,9 @@ def _forward(model, cfg, positions, cells, numbers, batch, pbc, nb):
         pbc,
         batch,
         nb,
-        cutoff=cfg.max_radius,
+        cutoff=cfg.cutoff,
         max_neighbors=cfg.max_neighbors,
-        strict=cfg.enforce_max_neighbors_strictly,
+        strict=cfg.strict_neighbor_cap,
     )
     vec = dg.edge_vectors(positions.double(), cells.double()).to(next(model.parameters()).dtype)
     graph = GraphInput(numbers, dg.edge_index, vec, batch, nb)

@@ -42,8 +42,8 @@ SLAB_FIXTURE = REPO / "tests" / "data" / "eqv2" / "structures" / "slab_cu111_co.
 #: the released 31M OC20 model (eq2_31M_ec4_allmd) hyper-parameters
 FULL_CONFIG = dict(
     num_layers=8,
-    lmax_list=[4],
-    mmax_list=[2],
+    lmax=4,
+    mmax=2,
     sphere_channels=128,
     attn_hidden_channels=64,
     num_heads=8,
@@ -53,12 +53,12 @@ FULL_CONFIG = dict(
     edge_channels=128,
     grid_resolution=18,
     max_neighbors=20,
-    max_radius=12.0,
-    enforce_max_neighbors_strictly=True,
+    cutoff=12.0,
+    strict_neighbor_cap=True,
     norm_type="layer_norm_sh",
     use_grid_mlp=True,
     use_sep_s2_act=True,
-    max_num_elements=90,
+    num_elements=90,
 )
 #: a small model for --quick
 QUICK_CONFIG = dict(
@@ -133,9 +133,9 @@ def run_case(case: dict) -> dict:
             [
                 graph_from_atoms(
                     atoms,
-                    cutoff=config.max_radius,
+                    cutoff=config.cutoff,
                     max_neighbors=config.max_neighbors,
-                    strict=config.enforce_max_neighbors_strictly,
+                    strict=config.strict_neighbor_cap,
                 )
             ]
         )

@@ -154,7 +154,7 @@ class EquiformerV2Calculator(Calculator):
 
     @property
     def max_atomic_number(self) -> int:
-        return int(self.model.config.max_num_elements) - 1
+        return int(self.model.config.num_elements) - 1
 
     # --- prediction ------------------------------------------------------------------------
     def _check(self, atoms: Atoms, label: str) -> None:

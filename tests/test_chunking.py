@@ -20,8 +20,8 @@ from eqv2calc.model.potential import EquiformerV2Potential, HeadSpec
 
 SMALL = dict(
     num_layers=2,
-    lmax_list=[4],
-    mmax_list=[2],
+    lmax=4,
+    mmax=2,
     sphere_channels=16,
     attn_hidden_channels=16,
     num_heads=2,
@@ -31,7 +31,7 @@ SMALL = dict(
     edge_channels=16,
     grid_resolution=18,
     max_neighbors=12,
-    max_radius=5.0,
+    cutoff=5.0,
     norm_type="layer_norm_sh",
     use_grid_mlp=True,
     use_sep_s2_act=True,

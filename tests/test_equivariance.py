@@ -150,7 +150,7 @@ def test_s2_activations_are_equivariant_on_a_fine_grid(dtype):
     ids=["gate", "grid_mlp_sep", "grid_mlp", "sep_s2", "s2"],
 )
 def test_feed_forward_networks_are_equivariant(options, dtype):
-    model = tiny_model(tiny_config(lmax_list=[3], mmax_list=[2], grid_resolution=FINE, **options))
+    model = tiny_model(tiny_config(lmax=3, mmax=2, grid_resolution=FINE, **options))
     ffn = model.backbone.blocks[0].ffn.to(dtype)
     assert_equivariant(ffn, _features(3, 8, dtype), 3)
 
@@ -175,7 +175,7 @@ def _edges(dtype):
 )
 def test_attention_is_equivariant(options, dtype):
     """Rotating node features by D(R) and edge vectors by R rotates the output by D(R)."""
-    config = tiny_config(lmax_list=[3], mmax_list=[2], grid_resolution=FINE, **options)
+    config = tiny_config(lmax=3, mmax=2, grid_resolution=FINE, **options)
     backbone = tiny_model(config, dtype=dtype).backbone
     attention = backbone.blocks[0].attention
     edge_index, vec = _edges(dtype)

@@ -34,7 +34,7 @@ SEEDS = range(16)
 
 def _graph(config, dtype):
     return tiny_graph(
-        3, cutoff=config.max_radius, max_neighbors=config.max_neighbors, seed=1, dtype=dtype
+        3, cutoff=config.cutoff, max_neighbors=config.max_neighbors, seed=1, dtype=dtype
     )
 
 

@@ -20,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from eqv2calc import registry
+from eqv2calc.checkpoint import names
 from eqv2calc.cli import main as cli_main
 from eqv2calc.cli.models import models_command
 from eqv2calc.registry.download import DownloadError, download_file, sha256_of
@@ -210,7 +211,7 @@ def test_repository_cards_parse_and_are_complete(monkeypatch):
         assert card.url.startswith("https://") and card.url.endswith(card.file_name)
         assert card.layout in registry.LAYOUTS
         assert card.cutoff is not None and card.max_neighbors is not None
-        assert card.strict_max_neighbors is not None
+        assert card.strict_neighbor_cap is not None
         # the hydra heads carry stress, the classic OC20/OC22/ODAC models do not
         assert card.has_stress == card.layout.startswith("hydra")
         # the families whose energy users confuse
@@ -253,15 +254,15 @@ def test_cards_match_released_training_configs(monkeypatch):
         card = next(c for c in registry.list_cards() if c.file_name == file_name)
         if "finetune_config" in model:  # the backbone comes from the starting checkpoint
             model = by_file[model["finetune_config"]["starting_checkpoint"]]
-        backbone = model.get("backbone", model)
-        assert card.cutoff == backbone["max_radius"], card.name
+        backbone = names.our_option_names(model.get("backbone", model))  # fairchem's names
+        assert card.cutoff == backbone["cutoff"], card.name
         assert card.max_neighbors == backbone["max_neighbors"], card.name
-        # fairchem's default for enforce_max_neighbors_strictly is True
-        assert card.strict_max_neighbors == backbone.get("enforce_max_neighbors_strictly", True)
-        assert card.max_num_elements == backbone["max_num_elements"], card.name
+        # fairchem's default for the strict cap is True
+        assert card.strict_neighbor_cap == backbone.get("strict_neighbor_cap", True), card.name
+        assert card.num_elements == backbone["num_elements"], card.name
         assert card.architecture["num_layers"] == backbone["num_layers"], card.name
-        assert card.architecture["lmax"] == backbone["lmax_list"][0], card.name
-        assert card.architecture["mmax"] == backbone["mmax_list"][0], card.name
+        assert card.architecture["lmax"] == backbone["lmax"], card.name
+        assert card.architecture["mmax"] == backbone["mmax"], card.name
         assert card.architecture["sphere_channels"] == backbone["sphere_channels"], card.name
         expected_layout = "classic"
         if model["name"] == "hydra":

@@ -30,7 +30,7 @@ from eqv2calc.training.statistics import dataset_statistics, fit_element_referen
 CHECKPOINTS = Path(__file__).parent / "data" / "eqv2" / "checkpoints"
 
 TINY_MODEL = {
-    "max_radius": 4.5,
+    "cutoff": 4.5,
     "max_neighbors": 12,
     "num_layers": 1,
     "sphere_channels": 8,
@@ -40,8 +40,8 @@ TINY_MODEL = {
     "attn_value_channels": 4,
     "ffn_hidden_channels": 16,
     "edge_channels": 8,
-    "lmax_list": [2],
-    "mmax_list": [1],
+    "lmax": 2,
+    "mmax": 1,
 }
 
 

@@ -188,9 +188,7 @@ def load_checkpoint(
     model.forces_kind = parsed.forces_kind
     model.eval().to(device=device, dtype=dtype)
     c = parsed.config
-    settings = GraphSettings(
-        float(c.max_radius), int(c.max_neighbors), bool(c.enforce_max_neighbors_strictly)
-    )
+    settings = GraphSettings(float(c.cutoff), int(c.max_neighbors), bool(c.strict_neighbor_cap))
     return LoadedModel(
         model, settings, path, parsed.layout, parsed.energy_kind, use_ema, accounting
     )

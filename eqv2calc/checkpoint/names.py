@@ -215,9 +215,6 @@ class ModuleClass:
 #: same name and meaning in EquiformerV2Config
 _SAME = {
     "max_neighbors",
-    "max_radius",
-    "enforce_max_neighbors_strictly",
-    "max_num_elements",
     "num_layers",
     "sphere_channels",
     "attn_hidden_channels",
@@ -226,8 +223,6 @@ _SAME = {
     "attn_value_channels",
     "ffn_hidden_channels",
     "norm_type",
-    "lmax_list",
-    "mmax_list",
     "grid_resolution",
     "edge_channels",
     "use_atom_edge_embedding",
@@ -242,8 +237,71 @@ _SAME = {
     "use_energy_lin_ref",
     "load_energy_lin_ref",
 }
-#: reference name -> our name
-_RENAMED = {"use_noise_schedule_sigma_encoding": "sigma_encoding"}
+#: THE option-name table: reference (fairchem) backbone argument -> our EquiformerV2Config
+#: field, for every option whose name differs. Checkpoints on disk keep the reference's names;
+#: this table is used when reading them (:func:`backbone_config`), when writing them
+#: (:func:`reference_backbone`) and for the training YAML (:func:`our_option_names`).
+OPTION_NAMES = {
+    "max_radius": "cutoff",
+    "enforce_max_neighbors_strictly": "strict_neighbor_cap",
+    "max_num_elements": "num_elements",
+    "lmax_list": "lmax",
+    "mmax_list": "mmax",
+    "use_noise_schedule_sigma_encoding": "sigma_encoding",
+}
+#: reference arguments that hold our value as a one-element list (one resolution per model)
+_LISTED = {"lmax_list", "mmax_list"}
+
+
+def _our_value(reference_name: str, value: object) -> object:
+    if reference_name not in _LISTED:
+        return value
+    if not isinstance(value, (list, tuple)) or len(value) != 1:
+        raise ValueError(
+            f"option {reference_name}={value!r} is refused: a list of length 1 expected (one"
+            " resolution; the reference's norms, grids and heads are built for a single lmax)"
+        )
+    return value[0]
+
+
+def our_option_names(options: dict) -> dict:
+    """``options`` with the reference's names of :data:`OPTION_NAMES` replaced by ours.
+
+    Values are converted (``lmax_list: [4]`` becomes ``lmax: 4``); other keys pass unchanged.
+    Raises ValueError when one option is given under both names, or a list is not of length 1.
+    """
+    for reference_name, ours in OPTION_NAMES.items():
+        if reference_name in options and ours in options:
+            raise ValueError(
+                f"option {ours!r} is given twice, also under fairchem's name {reference_name!r};"
+                " keep one"
+            )
+    return {
+        OPTION_NAMES.get(key, key): _our_value(key, value) if key in OPTION_NAMES else value
+        for key, value in options.items()
+    }
+
+
+def reference_option_names(options: dict) -> dict:
+    """Inverse of :func:`our_option_names`: our names of :data:`OPTION_NAMES` → the reference's."""
+    reference = {ours: name for name, ours in OPTION_NAMES.items()}
+    renamed = {}
+    for key, value in options.items():
+        name = reference.get(key, key)
+        renamed[name] = [value] if name in _LISTED else value
+    return renamed
+
+
+def reference_spelling(message: str) -> str:
+    """``message`` (naming our options) with the reference's names of those it mentions."""
+    named = [
+        f"{ours} = {name}"
+        for name, ours in OPTION_NAMES.items()
+        if re.search(rf"\b{ours}\b", message)
+    ]
+    return f"{message} (fairchem names: {', '.join(named)})" if named else message
+
+
 #: accepted and without effect on inference, with the reason
 _NO_EFFECT = {
     "use_pbc": "graph construction (eqv2calc builds its own graph from the structure's pbc)",
@@ -270,7 +328,9 @@ _CHECKED = {
     "weight_init": (("normal", "uniform"), "the reference asserts weight_init in normal/uniform"),
 }
 _BACKBONE_ARGS = frozenset(
-    _SAME | set(_NO_EFFECT) - {"activation_checkpoint", "use_force_encoding"}
+    _SAME
+    | set(OPTION_NAMES) - {"use_noise_schedule_sigma_encoding"}
+    | set(_NO_EFFECT) - {"activation_checkpoint", "use_force_encoding"}
 )
 _LEGACY_CLASSIC = {
     "num_atoms": "argument of pre-fairchem OCP trainers",
@@ -438,8 +498,7 @@ def backbone_config(options: dict, entry: ModuleClass) -> dict:
             "option use_energy_lin_ref=True is refused without load_energy_lin_ref=True:"
             " the reference asserts it (the model would have no reference parameters)"
         )
-    ours = {k: v for k, v in options.items() if k in _SAME}
-    ours.update({_RENAMED[k]: v for k, v in options.items() if k in _RENAMED})
+    ours = our_option_names({k: v for k, v in options.items() if k in _SAME or k in OPTION_NAMES})
     if entry.kind == "dens":
         ours["dens_inputs"] = True
     return ours
@@ -447,12 +506,10 @@ def backbone_config(options: dict, entry: ModuleClass) -> dict:
 
 def reference_backbone(config: dict) -> tuple[str, dict]:
     """Registry name and reference arguments for an EquiformerV2Config (as a dict)."""
-    options = dict(config)
-    dens = bool(options.pop("dens_inputs", False))
-    sigma = bool(options.pop("sigma_encoding", False))
-    if dens:
-        options["use_noise_schedule_sigma_encoding"] = sigma
+    options = reference_option_names(config)
+    if options.pop("dens_inputs", False):
         return "equiformer_v2_dens_backbone", options
+    options.pop("use_noise_schedule_sigma_encoding", None)
     return "equiformer_v2_backbone", options
 
 
@@ -507,12 +564,13 @@ def model_config(options: dict, *, where: str = "model options") -> EquiformerV2
     """An EquiformerV2Config from our option names, fairchem's backbone arguments, or a mix.
 
     Reference arguments go through the same table as checkpoint configs (translated, dropped
-    when without effect, refused with the reference's reason). Raises ValueError naming
-    ``where`` and the option.
+    when without effect, refused with the reference's reason); one option given under both
+    names is refused. Raises ValueError naming ``where`` and the option.
     """
     ours = {f.name for f in dataclasses.fields(EquiformerV2Config)}
-    reference = {k: v for k, v in options.items() if k not in ours}
     try:
+        options = our_option_names(options)
+        reference = {k: v for k, v in options.items() if k not in ours}
         translated = backbone_config(reference, BACKBONES[1]) if reference else {}
         return EquiformerV2Config(**translated, **{k: v for k, v in options.items() if k in ours})
     except (TypeError, ValueError) as exc:

@@ -267,7 +267,7 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
             options["dens_inputs"] = True
         cfg = EquiformerV2Config.from_dict(options, where="model config")
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+        raise CheckpointError(f"{path}: {names.reference_spelling(str(exc))}") from None
 
     refs = None
     elementrefs = data.get("elementrefs") or {}

@@ -92,10 +92,10 @@ def _describe(card: ModelCard) -> str:
     lines.append(_wrap("training data", card.training_data))
     lines.append(_wrap("energy", card.energy_meaning))
     lines.append(_wrap("properties", ", ".join(card.properties)))
-    strict = {True: "strict", False: "non-strict", None: "unknown"}[card.strict_max_neighbors]
+    strict = {True: "strict", False: "non-strict", None: "unknown"}[card.strict_neighbor_cap]
     graph = (
         f"cutoff {value(card.cutoff)} Å, at most {value(card.max_neighbors)} neighbours "
-        f"({strict}), {value(card.max_num_elements)} element types"
+        f"({strict}), {value(card.num_elements)} element types"
     )
     lines.append(_wrap("graph", graph))
     if card.architecture:

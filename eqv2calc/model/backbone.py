@@ -58,15 +58,15 @@ class EquiformerV2Backbone(nn.Module):
         self.grid_reduced = SphereGrid(lmax, mmax, c.grid_resolution, edge_frame=True)
         self.grid_full = SphereGrid(lmax, lmax, c.grid_resolution, edge_frame=False)
 
-        self.sphere_embedding = nn.Embedding(c.max_num_elements, c.sphere_channels)
-        self.distance_basis = GaussianDistanceBasis(0.0, c.max_radius, 600, 2.0)
+        self.sphere_embedding = nn.Embedding(c.num_elements, c.sphere_channels)
+        self.distance_basis = GaussianDistanceBasis(0.0, c.cutoff, 600, 2.0)
         edge_in = self.distance_basis.num_output
         # one pair of element embeddings shared by every module, or one pair per module
         self.shared_elements = c.use_atom_edge_embedding and c.share_atom_edge_embedding
         self.module_elements = c.use_atom_edge_embedding and not c.share_atom_edge_embedding
         if self.shared_elements:
             self.shared_edge_invariants = EdgeInvariants(
-                c.max_num_elements, c.edge_channels, use_elements=True
+                c.num_elements, c.edge_channels, use_elements=True
             )
             edge_in += 2 * c.edge_channels
         self.edge_channels = [edge_in, c.edge_channels, c.edge_channels]
@@ -82,7 +82,7 @@ class EquiformerV2Backbone(nn.Module):
             self.layout,
             channels=c.sphere_channels,
             edge_channels=self.edge_channels,
-            num_elements=c.max_num_elements,
+            num_elements=c.num_elements,
             use_element_embedding=self.module_elements,
             avg_degree=c.avg_degree,
         )
@@ -111,7 +111,7 @@ class EquiformerV2Backbone(nn.Module):
             value_channels=c.attn_value_channels,
             out_channels=out_channels,
             edge_channels=self.edge_channels,
-            num_elements=c.max_num_elements,
+            num_elements=c.num_elements,
             use_element_embedding=self.module_elements,
             use_m_share_rad=c.use_m_share_rad,
             use_gate_act=c.use_gate_act,

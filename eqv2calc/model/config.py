@@ -10,7 +10,7 @@ in one table, and translates back when writing.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # The reference's fall-backs when a config omits avg_num_nodes / avg_degree (IS2RE-100k stats).
 DEFAULT_AVG_NUM_NODES = 77.81317
@@ -23,10 +23,15 @@ NORM_TYPES = ("layer_norm", "layer_norm_sh", "rms_norm_sh")
 class EquiformerV2Config:
     """Backbone hyper-parameters. Lengths in Å.
 
-    Attributes (beyond the sizes, named as in the paper's code):
-        max_radius: cutoff radius (Å); the Gaussian distance basis spans ``[0, max_radius]``.
-        max_neighbors, enforce_max_neighbors_strictly: the neighbour cap the model was trained
-            with (graph construction, see :mod:`eqv2calc.graph`).
+    Attributes (beyond the sizes; fairchem's names for some differ, see
+    :data:`eqv2calc.checkpoint.names.OPTION_NAMES`):
+        cutoff: cutoff radius (Å); the Gaussian distance basis spans ``[0, cutoff]``.
+        max_neighbors, strict_neighbor_cap: the neighbour cap the model was trained with (graph
+            construction, see :mod:`eqv2calc.graph`).
+        num_elements: size of the element embedding tables (atomic numbers ``0 .. num_elements
+            - 1``).
+        lmax, mmax: the highest degree and order of the spherical-harmonic features (one
+            resolution).
         grid_resolution: S² grid size (``res × res``); ``None`` sizes each grid from its degrees
             as the reference does (see :func:`eqv2calc.model.s2_grid.grid_shape`).
         use_atom_edge_embedding: element embeddings of both edge ends join the edge invariants;
@@ -42,9 +47,9 @@ class EquiformerV2Config:
     """
 
     max_neighbors: int = 500
-    max_radius: float = 5.0
-    enforce_max_neighbors_strictly: bool = True
-    max_num_elements: int = 90
+    cutoff: float = 5.0
+    strict_neighbor_cap: bool = True
+    num_elements: int = 90
     num_layers: int = 12
     sphere_channels: int = 128
     attn_hidden_channels: int = 128
@@ -53,8 +58,8 @@ class EquiformerV2Config:
     attn_value_channels: int = 16
     ffn_hidden_channels: int = 512
     norm_type: str = "rms_norm_sh"
-    lmax_list: list[int] = field(default_factory=lambda: [6])
-    mmax_list: list[int] = field(default_factory=lambda: [2])
+    lmax: int = 6
+    mmax: int = 2
     grid_resolution: int | None = None
     edge_channels: int = 128
     use_atom_edge_embedding: bool = True
@@ -80,15 +85,10 @@ class EquiformerV2Config:
         problems = self._type_problems()
         if problems:
             raise ValueError("invalid EquiformerV2 configuration: " + "; ".join(problems))
-        if len(self.lmax_list) != 1 or len(self.mmax_list) != 1:
-            problems.append(
-                f"lmax_list/mmax_list {self.lmax_list}/{self.mmax_list}: one resolution expected"
-                " (the reference's norms, grids and heads are built for a single lmax)"
-            )
-        elif not 0 <= self.mmax_list[0] <= self.lmax_list[0]:
-            problems.append(f"need 0 <= mmax <= lmax, got {self.lmax_list}/{self.mmax_list}")
-        if self.grid_resolution is not None and len(self.lmax_list) == 1:
-            res, lmax = self.grid_resolution, self.lmax_list[0]
+        if not 0 <= self.mmax <= self.lmax:
+            problems.append(f"need 0 <= mmax <= lmax, got {self.lmax}/{self.mmax}")
+        if self.grid_resolution is not None:
+            res, lmax = self.grid_resolution, self.lmax
             if isinstance(res, bool) or not isinstance(res, int) or res % 2 or res < 2 * (lmax + 1):
                 problems.append(
                     f"grid_resolution {res!r} for lmax {lmax}: expected an even number >="
@@ -105,8 +105,8 @@ class EquiformerV2Config:
         for name in ("num_layers", "sphere_channels", "num_heads", "edge_channels"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not float(self.max_radius) > 0:
-            problems.append(f"max_radius must be > 0 Å, got {self.max_radius}")
+        if not float(self.cutoff) > 0:
+            problems.append(f"cutoff must be > 0 Å, got {self.cutoff}")
         if int(self.max_neighbors) < 1:
             problems.append(f"max_neighbors must be >= 1, got {self.max_neighbors}")
         if problems:
@@ -130,27 +130,11 @@ class EquiformerV2Config:
                 )
             elif kind == "int | None":
                 ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
-            elif kind == "list[int]":
-                ok = isinstance(value, (list, tuple)) and all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in value
-                )
             else:
                 ok = isinstance(value, str)
             if not ok:
                 problems.append(f"{f.name}={value!r} (expected {kind})")
         return problems
-
-    @property
-    def lmax(self) -> int:
-        return self.lmax_list[0]
-
-    @property
-    def mmax(self) -> int:
-        return self.mmax_list[0]
-
-    @property
-    def cutoff(self) -> float:
-        return self.max_radius
 
     @classmethod
     def from_dict(cls, options: dict, *, where: str = "model config") -> EquiformerV2Config:

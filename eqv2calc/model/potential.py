@@ -80,7 +80,7 @@ class EquiformerV2Potential(ExactConstants):
                 raise ValueError(f"unknown head kind {spec.kind!r} for output {name!r}")
         self.heads = nn.ModuleDict(modules)
         if config.load_energy_lin_ref:
-            self.register_buffer("energy_lin_ref", torch.zeros(config.max_num_elements))
+            self.register_buffer("energy_lin_ref", torch.zeros(config.num_elements))
         self.normalizers = dict(normalizers or {})
         self.register_buffer(
             "element_references",
@@ -102,7 +102,7 @@ class EquiformerV2Potential(ExactConstants):
 
     @property
     def cutoff(self) -> float:
-        return float(self.config.max_radius)
+        return float(self.config.cutoff)
 
     def _norm(self, key: str) -> Normalizer:
         return self.normalizers.get(key, Normalizer())

@@ -76,9 +76,9 @@ class ModelCard:
         properties: predicted properties, a subset of energy, forces, stress.
         cutoff: neighbour search radius in Å.
         max_neighbors: neighbour cap per atom.
-        strict_max_neighbors: True if the cap cuts exactly at ``max_neighbors`` (ties broken
+        strict_neighbor_cap: True if the cap cuts exactly at ``max_neighbors`` (ties broken
             arbitrarily), False if atoms tied with the last kept neighbour are kept too.
-        max_num_elements: size of the element embedding table.
+        num_elements: size of the element embedding table.
         architecture: backbone sizes (``num_layers``, ``lmax``, ``mmax``, ``sphere_channels``...).
         parameters: nominal parameter count as published, e.g. ``"31M"``.
         parameters_exact: exact parameter count, when a source gives it.
@@ -112,8 +112,8 @@ class ModelCard:
     license: str
     cutoff: float | None = None
     max_neighbors: int | None = None
-    strict_max_neighbors: bool | None = None
-    max_num_elements: int | None = None
+    strict_neighbor_cap: bool | None = None
+    num_elements: int | None = None
     architecture: Mapping[str, Any] = field(default_factory=dict)
     parameters: str | None = None
     parameters_exact: int | None = None
@@ -322,11 +322,9 @@ def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
         data.get("max_neighbors"), int, "max_neighbors", source, allow_none=True
     )
     strict = _expect(
-        data.get("strict_max_neighbors"), bool, "strict_max_neighbors", source, allow_none=True
+        data.get("strict_neighbor_cap"), bool, "strict_neighbor_cap", source, allow_none=True
     )
-    max_elements = _expect(
-        data.get("max_num_elements"), int, "max_num_elements", source, allow_none=True
-    )
+    max_elements = _expect(data.get("num_elements"), int, "num_elements", source, allow_none=True)
     size = _expect(data.get("size_bytes"), int, "size_bytes", source, allow_none=True)
     exact = _expect(data.get("parameters_exact"), int, "parameters_exact", source, allow_none=True)
     gated = _expect(data.get("gated", False), bool, "gated", source, allow_none=False)
@@ -347,8 +345,8 @@ def _parse_card(data: Mapping[str, Any], source: str) -> ModelCard:
         license=text["license"],
         cutoff=float(cutoff) if cutoff is not None else None,
         max_neighbors=max_neighbors,
-        strict_max_neighbors=strict,
-        max_num_elements=max_elements,
+        strict_neighbor_cap=strict,
+        num_elements=max_elements,
         architecture=dict(architecture or {}),
         parameters=optional_text["parameters"],
         parameters_exact=exact,

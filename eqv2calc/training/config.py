@@ -4,13 +4,17 @@ A config file has up to six sections; every key is optional and unknown keys are
 
     data:   {train: train.extxyz, val: null, val_fraction: 0.1, test: null,
              energy_key: energy, forces_key: forces, stress_key: stress}
-    model:  {max_radius: 6.0, max_neighbors: 20, num_layers: 2, ...}   # EquiformerV2Config options
+    model:  {cutoff: 6.0, max_neighbors: 20, num_layers: 2, ...}   # EquiformerV2Config options
     heads:  {stress: auto, energy_reduce: sum}
     loss:   {energy_weight: 1.0, forces_weight: 10.0, stress_weight: 1.0, ...}
     optim:  {lr: 5.0e-4, weight_decay: 1.0e-3, warmup_fraction: 0.05, ...}
     run:    {epochs: 20, batch_size: 8, out_dir: runs/eqv2, layout: hydra, ...}
 
-``model`` is ignored when fine-tuning (``run.init``): the checkpoint fixes the architecture.
+``model`` takes eqv2calc's option names (:class:`~eqv2calc.model.config.EquiformerV2Config`) or
+fairchem's backbone arguments (``max_radius``, ``lmax_list: [4]``, ...), translated through
+:data:`eqv2calc.checkpoint.names.OPTION_NAMES`, so a fairchem config can be pasted; one option
+under both names is refused. ``model`` is ignored when fine-tuning (``run.init``): the
+checkpoint fixes the architecture.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from eqv2calc.checkpoint.names import our_option_names
 
 _TRI = (True, False, "auto")  # the values of a true/false/auto switch
 
@@ -162,9 +168,9 @@ class RunConfig:
 
 #: small, fast defaults for a model trained from scratch (override in the ``model`` section)
 DEFAULT_MODEL: dict[str, Any] = {
-    "max_radius": 6.0,
+    "cutoff": 6.0,
     "max_neighbors": 20,
-    "enforce_max_neighbors_strictly": True,
+    "strict_neighbor_cap": True,
     "num_layers": 2,
     "sphere_channels": 32,
     "attn_hidden_channels": 32,
@@ -174,9 +180,9 @@ DEFAULT_MODEL: dict[str, Any] = {
     "ffn_hidden_channels": 64,
     "edge_channels": 32,
     "norm_type": "layer_norm_sh",
-    "lmax_list": [2],
-    "mmax_list": [2],
-    "max_num_elements": 90,
+    "lmax": 2,
+    "mmax": 2,
+    "num_elements": 90,
     "use_grid_mlp": True,
     "use_sep_s2_act": True,
     "attn_activation": "silu",
@@ -198,8 +204,11 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def model_options(self) -> dict[str, Any]:
-        """Backbone options for a model trained from scratch: defaults updated by ``model``."""
-        return {**DEFAULT_MODEL, **self.model}
+        """Backbone options for a model trained from scratch: defaults updated by ``model``.
+
+        Our option names throughout (fairchem's names in ``model`` are translated).
+        """
+        return {**DEFAULT_MODEL, **our_option_names(self.model)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -296,6 +305,10 @@ def config_from_dict(options: dict[str, Any], *, where: str = "training config")
     model = options.get("model") or {}
     if not isinstance(model, dict):
         raise ValueError(f"{where}: section 'model' must be a mapping of EquiformerV2 options")
+    try:
+        our_option_names(model)
+    except ValueError as exc:
+        raise ValueError(f"{where}: section 'model': {exc}") from None
     return TrainConfig(model=dict(model), **kwargs)
 
 

@@ -161,16 +161,16 @@ class Trainer:
             model = None
             opts = c.model_options()
             settings = (
-                float(opts["max_radius"]),
+                float(opts["cutoff"]),
                 opts["max_neighbors"],
-                bool(opts.get("enforce_max_neighbors_strictly", True)),
+                bool(opts.get("strict_neighbor_cap", True)),
             )
         if model is not None:
             cutoff, max_neighbors, strict = settings.cutoff, settings.max_neighbors, settings.strict
-            max_z = int(model.config.max_num_elements) - 1
+            max_z = int(model.config.num_elements) - 1
         else:
             cutoff, max_neighbors, strict = settings
-            max_z = int(c.model_options().get("max_num_elements", 90)) - 1
+            max_z = int(c.model_options().get("num_elements", 90)) - 1
         return model, resume_state, (cutoff, max_neighbors, strict, max_z)
 
     def _load_data(self, cutoff: float, max_neighbors: int, strict: bool, max_z: int) -> None:
