@@ -11,6 +11,10 @@ rejects is rejected through the API too, with the same one-line message.
   periodic cell, atomic numbers the model does not cover, and two atoms (periodic images
   included, so also an atom and its own image in a tiny cell) closer than ``min_distance``.
 * :func:`check_finite_results` rejects NaN/inf energies, forces and stresses.
+* :func:`validate_structure` is what a driver (or the batched engine) checks first, so that a
+  bad structure is reported by name and the others in the same run still go ahead: the checks
+  above, plus what a cell relaxation (or NPT) needs; :func:`check_stress_support` refuses a
+  calculator without stress for those.
 
 Lengths in Å, energies in eV, forces in eV/Å, stress in eV/Å³.
 """
@@ -21,6 +25,10 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+from eqv2calc.batching import supports_stress
+from eqv2calc.io import calculator_label
 
 __all__ = [
     "MIN_DISTANCE",
@@ -28,9 +36,11 @@ __all__ = [
     "StructureError",
     "as_atoms",
     "check_finite_results",
+    "check_stress_support",
     "check_structure",
     "closest_pair",
     "shortest_lattice_vector",
+    "validate_structure",
 ]
 
 #: Two atoms (or an atom and a periodic image) closer than this (Å) are reported as overlapping.
@@ -210,3 +220,49 @@ def check_finite_results(
         )
     if stress is not None and not np.isfinite(np.asarray(stress)).all():
         raise NonFiniteResultError(f"{prefix}the calculator returned a non-finite stress")
+
+
+def validate_structure(
+    atoms: Atoms,
+    *,
+    min_distance: float = MIN_DISTANCE,
+    relax_cell: bool = False,
+    label: str | None = None,
+    cell_what: str = "cell relaxation",
+) -> None:
+    """Raise :class:`StructureError` if ``atoms`` cannot be relaxed/evaluated as given.
+
+    The checks of :func:`eqv2calc.checks.check_structure` (the same the calculator applies:
+    at least one atom; finite positions and cell; a periodic direction has a non-zero cell
+    vector; no atom closer than ``min_distance`` Å to another atom or to its own periodic
+    image, the closest pair named), and for ``relax_cell`` a structure periodic in all three
+    directions with a non-singular cell.
+
+    Args:
+        atoms: The structure.
+        min_distance: Overlap threshold in Å.
+        relax_cell: Whether the cell will be relaxed (or varied, as in NPT).
+        label: Name used at the start of the message (e.g. the file); none when None.
+        cell_what: What varies the cell, for the message (``"NPT molecular dynamics"``).
+    """
+    prefix = f"{label}: " if label else ""
+    if relax_cell and len(atoms) and not np.all(atoms.pbc):
+        raise StructureError(
+            f"{prefix}{cell_what} needs a structure periodic in all three directions "
+            f"(pbc={atoms.pbc.tolist()})"
+        )
+    check_structure(atoms, min_distance=min_distance, label=label)
+    if relax_cell and abs(np.linalg.det(np.asarray(atoms.cell))) < 1e-8:
+        raise StructureError(f"{prefix}cell has zero volume; {cell_what} is not possible")
+
+
+def check_stress_support(calc: Calculator, what: str = "cell relaxation") -> None:
+    """Raise ``ValueError`` unless ``calc`` can give a stress (needed for ``what``)."""
+    if not supports_stress(calc):
+        name = calculator_label(calc)
+        props = ", ".join(getattr(calc, "implemented_properties", ())) or "none"
+        raise ValueError(
+            f"{what} needs the stress, but {name} has no stress head "
+            f"(implemented properties: {props}); use a model with stress, e.g. an OMat/MP "
+            "hydra checkpoint"
+        )

@@ -1,4 +1,4 @@
-"""Tests for eqv2calc.drivers.batching: predict_many, predict_isolating, chunk_by_atoms."""
+"""Tests for eqv2calc.batching: predict_many, predict_isolating, chunk_by_atoms."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
-from eqv2calc.drivers.batching import chunk_by_atoms, predict_isolating, predict_many
+from eqv2calc.batching import chunk_by_atoms, predict_isolating, predict_many
 from eqv2calc.drivers.testing import CountingBatchCalculator
 
 

@@ -1,4 +1,4 @@
-"""Tests for eqv2calc.drivers.validate: specific errors for unusable structures."""
+"""Tests for eqv2calc.checks: specific errors for unusable structures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ase.build import bulk, molecule
 from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 
-from eqv2calc.drivers.validate import StructureError, check_stress_support, validate_structure
+from eqv2calc.checks import StructureError, check_stress_support, validate_structure
 
 
 class _NoStress(Calculator):

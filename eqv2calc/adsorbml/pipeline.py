@@ -535,7 +535,7 @@ def _relax_placements(
         )
 
     if todo:
-        from eqv2calc.engine import relax_auto  # torch engine for eqv2calc models, else ASE
+        from eqv2calc.drivers.batch_relax import relax_auto  # torch engine, else ASE
 
         relax_auto(
             [initial[p] for p in todo],

@@ -314,7 +314,7 @@ class AdsorbMLTask:
 
         from eqv2calc.adsorbml.pipeline import run_adsorbml
         from eqv2calc.adsorbml.report import summary_dict
-        from eqv2calc.drivers.batching import error_text
+        from eqv2calc.batching import error_text
 
         cfg = dataclasses.replace(self.config, progress=False)
         for p in payloads:

@@ -213,7 +213,7 @@ def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def max_atoms_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--max-atoms`` (memory budget of one batched model call)."""
-    from eqv2calc.drivers.batching import DEFAULT_MAX_ATOMS_PER_BATCH
+    from eqv2calc.batching import DEFAULT_MAX_ATOMS_PER_BATCH
 
     return click.option(
         "--max-atoms",

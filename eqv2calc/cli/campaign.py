@@ -268,7 +268,7 @@ def relax_campaign(
 
         calc = make_calculator(model, device, dtype)
         if relax_cell:
-            from eqv2calc.drivers.validate import check_stress_support
+            from eqv2calc.checks import check_stress_support
 
             try:
                 check_stress_support(calc, "--relax-cell")

@@ -199,9 +199,9 @@ def relax_command(
         return
     from pathlib import Path
 
+    from eqv2calc.checks import check_stress_support
     from eqv2calc.drivers.jobs import EngineNotApplicable, engine_fallback_note, run_relax_job
     from eqv2calc.drivers.relax import RelaxSettings
-    from eqv2calc.drivers.validate import check_stress_support
 
     entries, read_errors = read_inputs(files)
     if output is not None and len(entries) > 1:

@@ -10,13 +10,13 @@ eV/Å³, fs, K.
 
 from __future__ import annotations
 
+from eqv2calc.batching import chunk_by_atoms, predict_many
+from eqv2calc.checks import StructureError, validate_structure
 from eqv2calc.drivers.batch_relax import relax_batch
-from eqv2calc.drivers.batching import chunk_by_atoms, predict_many
 from eqv2calc.drivers.evaluate import EvalResult, evaluate
 from eqv2calc.drivers.jobs import JobReport, run_eval_job, run_relax_job
 from eqv2calc.drivers.md import MDResult, MDSettings, run_md
 from eqv2calc.drivers.relax import RelaxResult, RelaxSettings, fix_below, relax
-from eqv2calc.drivers.validate import StructureError, validate_structure
 
 __all__ = [
     "EvalResult",

@@ -4,7 +4,7 @@ Every structure keeps its own, real ASE optimizer (``FIRE``, ``BFGS`` or ``LBFGS
 ``ase.optimize``), so step sizes, histories and convergence are exactly ASE's. What changes is
 where the energies and forces come from: each structure's ``Atoms`` carries a small
 :class:`_ServedCalculator` that hands out results computed beforehand by one
-:func:`~eqv2calc.drivers.batching.predict_many` call for all structures in the batch. One
+:func:`~eqv2calc.batching.predict_many` call for all structures in the batch. One
 iteration of :func:`relax_batch` is
 
 1. ``opt.step()`` for every active structure (each reads its served forces and moves),
@@ -33,12 +33,13 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from eqv2calc.drivers.batching import (
+from eqv2calc.batching import (
     DEFAULT_MAX_ATOMS_PER_BATCH,
     error_text,
     predict_isolating,
     predict_many,
 )
+from eqv2calc.checks import check_stress_support, validate_structure
 from eqv2calc.drivers.relax import (
     RelaxResult,
     RelaxSettings,
@@ -50,9 +51,8 @@ from eqv2calc.drivers.relax import (
     relax_settings,
     restart_state,
 )
-from eqv2calc.drivers.validate import check_stress_support, validate_structure
 
-__all__ = ["relax_batch"]
+__all__ = ["relax_auto", "relax_batch"]
 
 
 class _ServedCalculator(Calculator):
@@ -195,7 +195,7 @@ def relax_batch(
 
     Returns:
         One :class:`~eqv2calc.drivers.relax.RelaxResult` per input, in input order. Bad
-        structures (see :func:`~eqv2calc.drivers.validate.validate_structure`) and model
+        structures (see :func:`~eqv2calc.checks.validate_structure`) and model
         failures give results with ``error`` set instead of raising.
 
     Raises:
@@ -404,4 +404,60 @@ def _result(run: _Run, s: RelaxSettings, converged: bool) -> RelaxResult:
         trajectory=run.trajectory,
         restarted_from=run.done_before,
         wall_time=time.perf_counter() - run.started,
+    )
+
+
+def relax_auto(
+    atoms_list: Sequence[Atoms],
+    calculator,
+    *,
+    optimizer: str = "FIRE",
+    fmax: float = 0.05,
+    steps: int = 500,
+    relax_cell: bool = False,
+    max_atoms_per_batch: int | None = None,
+    labels: Sequence[str] | None = None,
+    on_result: Callable[[int, Any], None] | None = None,
+    progress: bool = False,
+    **ase_kwargs,
+):
+    """The batched torch engine (:func:`eqv2calc.engine.relax_engine`) where it applies, else
+    :func:`relax_batch`.
+
+    Torch when the calculator has ``predict_state`` (an eqv2calc model), the optimizer is FIRE
+    or LBFGS, there are no other keyword arguments (trajectories, restart, ...) and every
+    constraint is ``FixAtoms``; the arguments mean what they mean for ``relax_batch``.
+    """
+    from ase.constraints import FixAtoms
+
+    atoms_list = list(atoms_list)
+    only_fix = all(isinstance(c, FixAtoms) for a in atoms_list for c in a.constraints)
+    use_torch = (
+        hasattr(calculator, "predict_state")
+        and optimizer.upper() in ("FIRE", "LBFGS")
+        and only_fix
+        and not ase_kwargs
+    )
+    budget = {} if max_atoms_per_batch is None else {"max_atoms_per_batch": max_atoms_per_batch}
+    if not use_torch:
+        return relax_batch(
+            atoms_list,
+            calculator,
+            optimizer=optimizer,
+            fmax=fmax,
+            steps=steps,
+            relax_cell=relax_cell,
+            labels=labels,
+            on_result=on_result,
+            progress=progress,
+            **budget,
+            **ase_kwargs,
+        )
+    from eqv2calc.engine import EngineSettings, relax_engine
+
+    settings = EngineSettings(
+        optimizer=optimizer, fmax=fmax, steps=steps, relax_cell=relax_cell, **budget
+    )
+    return relax_engine(
+        atoms_list, calculator, settings, labels=labels, on_result=on_result, progress=progress
     )

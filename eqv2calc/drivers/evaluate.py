@@ -1,7 +1,7 @@
 """Single-point energies, forces and stress for many structures, batched by atom count.
 
 Structures are validated, split into chunks of at most ``max_atoms_per_batch`` atoms and
-each chunk goes through one :func:`~eqv2calc.drivers.batching.predict_many` call. A chunk
+each chunk goes through one :func:`~eqv2calc.batching.predict_many` call. A chunk
 that makes the calculator fail is retried structure by structure, so one bad structure
 (unknown element, ...) is reported and the others still get results.
 
@@ -19,14 +19,14 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from eqv2calc.drivers.batching import (
+from eqv2calc.batching import (
     DEFAULT_MAX_ATOMS_PER_BATCH,
     chunk_by_atoms,
     error_text,
     predict_isolating,
 )
+from eqv2calc.checks import validate_structure
 from eqv2calc.drivers.relax import final_copy, max_free_force
-from eqv2calc.drivers.validate import validate_structure
 
 __all__ = ["EvalResult", "evaluate"]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
+from eqv2calc.batching import DEFAULT_MAX_ATOMS_PER_BATCH
 from eqv2calc.drivers.batch_relax import relax_batch
-from eqv2calc.drivers.batching import DEFAULT_MAX_ATOMS_PER_BATCH
 from eqv2calc.drivers.evaluate import EvalResult, evaluate
 from eqv2calc.drivers.md import MDResult, run_md
 from eqv2calc.drivers.relax import (

@@ -31,8 +31,8 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 
+from eqv2calc.checks import StructureError, check_stress_support, validate_structure
 from eqv2calc.drivers.relax import read_restart
-from eqv2calc.drivers.validate import StructureError, check_stress_support, validate_structure
 from eqv2calc.io import calculator_label
 
 __all__ = [
@@ -606,7 +606,7 @@ def run_md(
 
     Raises:
         ValueError: Bad options, a calculator without stress for NPT, or a bad structure
-            (:class:`~eqv2calc.drivers.validate.StructureError`).
+            (:class:`~eqv2calc.checks.StructureError`).
         RuntimeError: The energy became non-finite during the run.
     """
     unknown = sorted(set(options) - {f.name for f in fields(MDSettings)})

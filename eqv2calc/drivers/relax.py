@@ -13,12 +13,11 @@ Units: energies in eV, forces and ``fmax`` in eV/Å, stress in eV/Å³, heights 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
-from eqv2calc.drivers.validate import check_stress_support, validate_structure
+from eqv2calc.checks import check_stress_support, validate_structure
+from eqv2calc.results import RelaxResult, max_free_force
 
 __all__ = [
     "OPTIMIZERS",
@@ -113,97 +113,6 @@ def relax_settings(settings: RelaxSettings | None = None, **options: Any) -> Rel
     return replace(settings or RelaxSettings(), **options)
 
 
-@dataclass
-class RelaxResult:
-    """Outcome of relaxing one structure.
-
-    Attributes:
-        label: Name of the structure.
-        atoms: Relaxed copy (constraints kept) with the final energy (eV), forces (eV/Å) and,
-            if computed, stress (eV/Å³) attached as a ``SinglePointCalculator``. For a failed
-            structure: a copy of the input, without results.
-        initial_energy: Energy of the starting structure, eV (NaN if it failed).
-        final_energy: Energy of the final structure, eV (NaN if it failed).
-        max_force: Largest force norm on a free atom at the end, eV/Å (NaN if it failed).
-        steps: Optimizer steps taken (including those before a restart).
-        converged: Whether the convergence criterion was met.
-        energies: Energy after every step (index 0: start), eV.
-        optimizer: Optimizer name.
-        fmax: Convergence threshold used, eV/Å.
-        relax_cell: Whether the cell was relaxed.
-        max_stress: Largest absolute stress component at the end (eV/Å³), when relaxing
-            the cell.
-        trajectory: Trajectory file written, if any.
-        error: One-line reason when the structure could not be relaxed; None otherwise.
-        restarted_from: Number of steps read back from an earlier trajectory (0: fresh start).
-        wall_time: Seconds spent on this structure (wall clock; for batched runs, from its
-            first to its last evaluation).
-    """
-
-    label: str
-    atoms: Atoms
-    initial_energy: float = math.nan
-    final_energy: float = math.nan
-    max_force: float = math.nan
-    steps: int = 0
-    converged: bool = False
-    energies: list[float] = field(default_factory=list)
-    optimizer: str = "FIRE"
-    fmax: float = 0.05
-    relax_cell: bool = False
-    max_stress: float | None = None
-    trajectory: Path | None = None
-    error: str | None = None
-    restarted_from: int = 0
-    wall_time: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when the relaxation ran (converged or not) without an error."""
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (no arrays except the per-step energies)."""
-        return {
-            "label": self.label,
-            "status": "error"
-            if self.error
-            else ("converged" if self.converged else "not_converged"),
-            "converged": self.converged,
-            "error": self.error,
-            "n_atoms": len(self.atoms) if self.atoms is not None else None,
-            "formula": self.atoms.get_chemical_formula() if self.atoms is not None else None,
-            "initial_energy_eV": _finite_or_none(self.initial_energy),
-            "final_energy_eV": _finite_or_none(self.final_energy),
-            "max_force_eV_per_A": _finite_or_none(self.max_force),
-            "max_stress_eV_per_A3": self.max_stress,
-            "steps": self.steps,
-            "optimizer": self.optimizer,
-            "fmax_eV_per_A": self.fmax,
-            "relax_cell": self.relax_cell,
-            "restarted_from_step": self.restarted_from,
-            "trajectory": str(self.trajectory) if self.trajectory else None,
-            "wall_time_s": round(self.wall_time, 3),
-            "energies_eV": [float(e) for e in self.energies],
-        }
-
-    def summary_line(self) -> str:
-        """One human-readable line: status, steps, energies, final max force."""
-        if self.error:
-            return f"{self.label}: FAILED: {self.error}"
-        status = "converged" if self.converged else "NOT CONVERGED"
-        return (
-            f"{self.label}: {status} after {self.steps} {self.optimizer} steps, "
-            f"E {self.initial_energy:.6f} -> {self.final_energy:.6f} eV "
-            f"(dE {self.final_energy - self.initial_energy:+.6f} eV), "
-            f"max force {self.max_force:.4f} eV/Å (fmax {self.fmax})"
-        )
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
 def fix_below(atoms: Atoms, z: float) -> list[int]:
     """Fix (``FixAtoms``) every atom whose z coordinate is below ``z`` Å, in place.
 
@@ -225,12 +134,6 @@ def fix_below(atoms: Atoms, z: float) -> list[int]:
     if indices:
         atoms.set_constraint([FixAtoms(indices=indices), *others])
     return new
-
-
-def max_free_force(atoms: Atoms) -> float:
-    """Largest force norm (eV/Å) after constraints are applied, i.e. over free atoms."""
-    forces = atoms.get_forces()  # constraints applied: fixed atoms read zero
-    return float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0
 
 
 def final_copy(atoms: Atoms, results: dict[str, Any]) -> Atoms:
@@ -326,7 +229,7 @@ def frame_energies(frames: list[Atoms]) -> list[float]:
 
 def apply_restart_frame(work: Atoms, frame: Atoms) -> None:
     """Move ``work`` to the geometry (positions and cell) of a trajectory frame."""
-    from eqv2calc.drivers.validate import StructureError
+    from eqv2calc.checks import StructureError
 
     if len(frame) != len(work) or not np.array_equal(frame.numbers, work.numbers):
         raise StructureError(
@@ -405,7 +308,7 @@ def relax(
 
     Returns:
         The :class:`RelaxResult`. Bad input raises
-        :class:`~eqv2calc.drivers.validate.StructureError`; calculator errors propagate.
+        :class:`~eqv2calc.checks.StructureError`; calculator errors propagate.
     """
     s = relax_settings(settings, **options)
     label = label or atoms.get_chemical_formula()

@@ -44,7 +44,7 @@ class CountingBatchCalculator(Calculator):
         self.single_calls = 0
 
     def _one(self, atoms: Atoms) -> dict[str, Any]:
-        from eqv2calc.drivers.batching import predict_many
+        from eqv2calc.batching import predict_many
 
         # Plain per-structure ASE evaluation (stress only for 3D-periodic structures).
         return predict_many(self.inner, [atoms])[0]

@@ -15,6 +15,6 @@ tensors: an eqv2calc model or any ASE calculator), :mod:`.optimizers` (FIRE, LBF
 
 from __future__ import annotations
 
-from eqv2calc.engine.relax import EngineSettings, relax_auto, relax_engine
+from eqv2calc.engine.relax import EngineSettings, relax_engine
 
-__all__ = ["EngineSettings", "relax_auto", "relax_engine"]
+__all__ = ["EngineSettings", "relax_engine"]

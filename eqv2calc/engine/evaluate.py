@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from eqv2calc.batching import predict_many
+
 __all__ = ["AseEvaluator", "ModelEvaluator", "make_evaluator"]
 
 
@@ -84,8 +86,6 @@ class AseEvaluator:
         self.templates_getter = templates_getter
 
     def __call__(self, positions, cells, numbers, batch, pbc, num_graphs, stress=False):
-        from eqv2calc.drivers.batching import predict_many
-
         pos = positions.detach().double().cpu().numpy()
         cel = cells.detach().double().cpu().numpy()
         z = numbers.cpu().numpy()

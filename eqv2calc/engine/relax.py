@@ -29,13 +29,16 @@ import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from eqv2calc.batching import error_text
+from eqv2calc.checks import validate_structure
 from eqv2calc.engine.cellfilter import FrechetRows
 from eqv2calc.engine.evaluate import make_evaluator
 from eqv2calc.engine.files import default_labels, output_paths, start_fresh
 from eqv2calc.engine.optimizers import make_optimizer, segment_max_norm
 from eqv2calc.engine.state import fixed_mask
+from eqv2calc.results import RelaxResult, max_free_force
 
-__all__ = ["EngineSettings", "relax_auto", "relax_engine"]
+__all__ = ["EngineSettings", "relax_engine"]
 
 DEFAULT_MAX_ATOMS = 4096
 
@@ -215,10 +218,8 @@ def relax_engine(
         progress: show a tqdm bar over structures.
 
     Returns:
-        One :class:`~eqv2calc.drivers.relax.RelaxResult` per input, in input order.
+        One :class:`~eqv2calc.results.RelaxResult` per input, in input order.
     """
-    from eqv2calc.drivers.relax import RelaxResult
-
     settings = settings or EngineSettings()
     atoms_list = list(atoms_list)
     n = len(atoms_list)
@@ -277,8 +278,6 @@ def relax_engine(
                 try:
                     _check_admissible(atoms, labels[i], settings.relax_cell, zmax)
                 except Exception as err:
-                    from eqv2calc.drivers.batching import error_text
-
                     fail(i, error_text(err))
                     continue
                 start_fresh([trajs[i], logs[i]])
@@ -321,8 +320,6 @@ def _check_settings(settings: EngineSettings, ev) -> None:
 def _check_admissible(atoms: Atoms, label: str, relax_cell: bool, zmax: int | None) -> None:
     """Raise (with the label) if ``atoms`` cannot enter the batch: invalid structure,
     constraints other than ``FixAtoms``, or an element outside the model's Z = 1..zmax."""
-    from eqv2calc.drivers.validate import validate_structure
-
     validate_structure(atoms, relax_cell=relax_cell, label=label)
     fixed_mask(atoms)
     if zmax is not None:
@@ -357,8 +354,6 @@ def _evaluate(active: _Batch, ev, relax_cell: bool):
 
 
 def _iterate(active: _Batch, ev, settings: EngineSettings, opt_name: str, finish, fail) -> None:
-    from eqv2calc.drivers.batching import error_text
-
     nb = len(active.items)
     try:
         positions, cells, out, row_f = _evaluate(active, ev, settings.relax_cell)
@@ -470,8 +465,6 @@ def _append_frame(it, active, k, positions, cells, out, relax_cell) -> None:
 
 
 def _result(it, active, k, positions, cells, out, *, settings, opt_name, converged):
-    from eqv2calc.drivers.relax import RelaxResult, max_free_force
-
     final, res = _atoms_at(it, active, k, positions, cells, out, settings.relax_cell)
     stress = res.get("stress")
     return RelaxResult(
@@ -489,59 +482,4 @@ def _result(it, active, k, positions, cells, out, *, settings, opt_name, converg
         max_stress=float(np.abs(stress).max()) if stress is not None else None,
         trajectory=it.traj,
         wall_time=time.perf_counter() - it.started,
-    )
-
-
-def relax_auto(
-    atoms_list: Sequence[Atoms],
-    calculator,
-    *,
-    optimizer: str = "FIRE",
-    fmax: float = 0.05,
-    steps: int = 500,
-    relax_cell: bool = False,
-    max_atoms_per_batch: int | None = None,
-    labels: Sequence[str] | None = None,
-    on_result: Callable[[int, Any], None] | None = None,
-    progress: bool = False,
-    **ase_kwargs,
-):
-    """The torch engine where it applies, else :func:`eqv2calc.drivers.relax_batch`.
-
-    Torch when the calculator has ``predict_state`` (an eqv2calc model), the optimizer is FIRE
-    or LBFGS, there are no other keyword arguments (trajectories, restart, ...) and every
-    constraint is ``FixAtoms``; the arguments mean what they mean for ``relax_batch``.
-    """
-    from ase.constraints import FixAtoms
-
-    atoms_list = list(atoms_list)
-    only_fix = all(isinstance(c, FixAtoms) for a in atoms_list for c in a.constraints)
-    use_torch = (
-        hasattr(calculator, "predict_state")
-        and optimizer.upper() in ("FIRE", "LBFGS")
-        and only_fix
-        and not ase_kwargs
-    )
-    budget = {} if max_atoms_per_batch is None else {"max_atoms_per_batch": max_atoms_per_batch}
-    if not use_torch:
-        from eqv2calc.drivers import relax_batch
-
-        return relax_batch(
-            atoms_list,
-            calculator,
-            optimizer=optimizer,
-            fmax=fmax,
-            steps=steps,
-            relax_cell=relax_cell,
-            labels=labels,
-            on_result=on_result,
-            progress=progress,
-            **budget,
-            **ase_kwargs,
-        )
-    settings = EngineSettings(
-        optimizer=optimizer, fmax=fmax, steps=steps, relax_cell=relax_cell, **budget
-    )
-    return relax_engine(
-        atoms_list, calculator, settings, labels=labels, on_result=on_result, progress=progress
     )
