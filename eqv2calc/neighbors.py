@@ -493,18 +493,20 @@ def _rank_tied(idx, ci, nj, off, vec, d2, *, k, d_k1, over):
 
 def _filter_and_cap(
     positions64: torch.Tensor,
-    cells_p: torch.Tensor,
+    cells64: torch.Tensor,
+    pbc: torch.Tensor,
     batch: torch.Tensor,
     num_graphs: int,
-    ci: torch.Tensor,
-    nj: torch.Tensor,
-    off: torch.Tensor,
+    candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     *,
     cutoff: float,
     max_neighbors: int | None,
     strict: bool,
-    sort: bool,
 ) -> DeviceGraph:
+    """The graph from candidate pairs ``(centre, neighbour, offset)``: distances from the
+    current positions (Å), the cutoff, the cap, and the edge order of ``build_graph``."""
+    ci, nj, off = candidates
+    cells_p = _periodic_cells(cells64, pbc)
     b_e = batch[ci]
     vec = (
         positions64[nj]
@@ -517,10 +519,9 @@ def _filter_and_cap(
     if max_neighbors is not None and ci.numel():
         keep = _cap_keep(ci, nj, off, vec, d2, positions64.shape[0], max_neighbors, strict)
         ci, nj, off, b_e = ci[keep], nj[keep], off[keep], b_e[keep]
-    if sort:
-        n_all = positions64.shape[0]
-        order = _stable_lexsort([ci * n_all + nj, *_packed(off, 11)])
-        ci, nj, off, b_e = ci[order], nj[order], off[order], b_e[order]
+    n_all = positions64.shape[0]
+    order = _stable_lexsort([ci * n_all + nj, *_packed(off, 11)])
+    ci, nj, off, b_e = ci[order], nj[order], off[order], b_e[order]
     return DeviceGraph(
         edge_index=torch.stack([nj, ci]),
         cell_offsets=off,
@@ -566,22 +567,11 @@ def neighbor_graph(
     if not bool(torch.isfinite(pos64).all()):
         idx = int(torch.nonzero(~torch.isfinite(pos64).all(-1))[0, 0])
         raise ValueError(f"atom {idx} has a non-finite position (NaN or inf)")
-    ci, nj, off = candidate_pairs(
+    candidates = candidate_pairs(
         pos64, cells64, pbc, batch, num_graphs, cutoff + _SEARCH_PAD_A, method
     )
-    return _filter_and_cap(
-        pos64,
-        _periodic_cells(cells64, pbc),
-        batch,
-        num_graphs,
-        ci,
-        nj,
-        off,
-        cutoff=cutoff,
-        max_neighbors=max_neighbors,
-        strict=strict,
-        sort=True,
-    )
+    limits = {"cutoff": cutoff, "max_neighbors": max_neighbors, "strict": strict}
+    return _filter_and_cap(pos64, cells64, pbc, batch, num_graphs, candidates, **limits)
 
 
 def _as_float64(
@@ -685,17 +675,5 @@ class NeighborCache:
             self._ref = (pos64.clone(), cells64.clone(), pbc.clone(), batch.clone())
             self.builds += 1
         self.calls += 1
-        ci, nj, off = self._cand
-        return _filter_and_cap(
-            pos64,
-            _periodic_cells(cells64, pbc),
-            batch,
-            num_graphs,
-            ci,
-            nj,
-            off,
-            cutoff=self.cutoff,
-            max_neighbors=self.max_neighbors,
-            strict=self.strict,
-            sort=True,
-        )
+        limits = {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "strict": self.strict}
+        return _filter_and_cap(pos64, cells64, pbc, batch, num_graphs, self._cand, **limits)

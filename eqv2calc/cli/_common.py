@@ -8,12 +8,16 @@
 * :func:`echo_error` prints a one-line error; :func:`fail` prints it and stops the command.
 * :class:`FiniteFloat` is the type of every float option: NaN and infinity are refused.
 * :func:`check_outputs` checks output folders/files before any work starts.
+* :func:`result_reporter`, :func:`exit_on_interrupt` and :func:`require_stress`: what the
+  per-structure commands (``eval``, ``relax``, and their campaigns) do alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -27,12 +31,15 @@ __all__ = [
     "MODEL_HELP",
     "echo_error",
     "echo_line",
+    "exit_on_interrupt",
     "fail",
     "make_calculator",
     "max_atoms_option",
     "model_options",
     "progress_option",
     "read_inputs",
+    "require_stress",
+    "result_reporter",
     "where",
 ]
 
@@ -332,3 +339,46 @@ def where(entry: Any) -> str:
     if entry.index is not None:
         text += f" (frame {entry.index})"
     return text
+
+
+def result_reporter(
+    as_json: bool, progress: bool, describe: Callable[..., str] | None = None
+) -> Callable[..., None]:
+    """The ``on_result(entry, result, *extra)`` of a job run from the command line.
+
+    A failure is printed on stderr, named by its input; then, with ``as_json``, the result's
+    JSON record (with its source), else for a success ``describe(result, *extra)`` (default:
+    the result's summary line).
+    """
+
+    def report(entry: Any, result: Any, *extra: Any) -> None:
+        if not result.ok:
+            echo_error(f"{where(entry)}: {result.error}")
+        if as_json:
+            echo_line(json.dumps({"source": str(entry.source), **result.to_dict()}), progress)
+        elif result.ok:
+            line = describe(result, *extra) if describe else result.summary_line()
+            echo_line(line, progress)
+
+    return report
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(message: str) -> Iterator[None]:
+    """On Ctrl-C inside the block: print ``message`` as one error line and exit with
+    :data:`EXIT_INTERRUPTED`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        echo_error(message)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def require_stress(calc: Any, what: str) -> None:
+    """Stop the command unless ``calc`` gives a stress (needed for ``what``)."""
+    from eqv2calc.checks import check_stress_support
+
+    try:
+        check_stress_support(calc, what)
+    except ValueError as err:
+        fail(str(err))

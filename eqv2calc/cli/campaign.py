@@ -15,7 +15,15 @@ from typing import Any
 
 import click
 
-from eqv2calc.cli._common import FiniteFloat, echo_error, echo_line, fail, read_inputs
+from eqv2calc.cli._common import (
+    FiniteFloat,
+    echo_error,
+    echo_line,
+    exit_on_interrupt,
+    fail,
+    read_inputs,
+    require_stress,
+)
 
 __all__ = [
     "CAMPAIGN_KEYS",
@@ -168,14 +176,72 @@ def _run(task: Any, specs: list, payloads: list, out: Path, exe: Any, **kw: Any)
     from eqv2calc.campaigns.executors import WorkerStartError
 
     try:
-        return run_campaign(task, specs, payloads, out, exe, **kw)
+        with exit_on_interrupt(
+            "interrupted; every finished item is in the ledger, rerun the same command to continue"
+        ):
+            return run_campaign(task, specs, payloads, out, exe, **kw)
     except (CampaignLocked, LedgerError, WorkerStartError) as err:
         fail(str(err))
-    except KeyboardInterrupt:
-        echo_error(
-            "interrupted; every finished item is in the ledger, rerun the same command to continue"
-        )
-        raise SystemExit(130) from None
+
+
+def _structure_items(files: Sequence[str], task: Any, what: str) -> tuple[list, list, list]:
+    """Read ``files`` (stop when nothing could be read) into ``task``'s campaign items:
+    ``(specs, payloads, read_errors)``, with a note line for each input the task merged."""
+    from eqv2calc.campaigns.hashing import settings_fingerprint
+
+    entries, read_errors = read_inputs(files)
+    if not entries:
+        fail(f"no structures to {what}")
+    specs, payloads, notes = task.items(entries, settings_fingerprint(task.settings()))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    return specs, payloads, read_errors
+
+
+def _structure_executor(
+    spec: Any,
+    executor: str | None,
+    ray_address: str | None,
+    workers: int | None,
+    gpus_per_worker: float,
+    *,
+    stress_for: str | None = None,
+) -> Any:
+    """The executor of a relax/eval campaign; a local one gets this process's calculator
+    (checked for a stress when ``stress_for`` names what needs it)."""
+    calc = None
+    if (executor or "local") == "local" and not (ray_address or workers):
+        from eqv2calc.cli._common import make_calculator
+
+        calc = make_calculator(spec.model, spec.device, spec.dtype)
+        if stress_for:
+            require_stress(calc, stress_for)
+    return _executor(spec, executor, ray_address, workers, gpus_per_worker, calc)
+
+
+def _shower(as_json: bool, line: Callable[[dict, dict], str | None]) -> Callable[..., None]:
+    """``on_outcome`` of a relax/eval campaign: a failure on stderr; then the JSON record,
+    or ``line(payload, record)`` for a success (nothing when it returns None)."""
+
+    def show(payload: dict, outcome: Any, record: dict) -> None:
+        if not outcome.ok:
+            echo_error(f"{payload['source']}: {outcome.error}")
+        if as_json:
+            rec = {k: v for k, v in record.items() if k != "forces_eV_per_A"}
+            echo_line(json.dumps({"source": payload["source"], **rec}))
+        elif outcome.ok and (text := line(payload, record)) is not None:
+            echo_line(text)
+
+    return show
+
+
+def _ledger_rows(rep: Any, specs: list) -> list[dict]:
+    """This run's items (``specs``) as rows of the campaign ledger."""
+    from eqv2calc.campaigns import Ledger
+
+    mine = {s.key for s in specs}
+    with Ledger(rep.ledger_path) as led:
+        return [r for r in led.rows() if r["key"] in mine]
 
 
 def _report_line(rep: Any, what: str) -> str:
@@ -234,17 +300,13 @@ def relax_campaign(
     The ASE optimizers are the default here (``engine`` None or "ase"): their relaxations
     continue from the trajectory after a kill. ``engine="torch"`` uses the batched device
     engine; it cannot restart, so an item interrupted mid-relaxation starts again."""
-    from eqv2calc.campaigns import Ledger, RelaxTask
-    from eqv2calc.campaigns.hashing import settings_fingerprint
+    from eqv2calc.campaigns import RelaxTask
 
     out = _prepare_out(output_dir, "relax")
     shard_t = _shard(shard)
     engine = engine or "ase"
     if engine == "torch" and optimizer.upper() not in ("FIRE", "LBFGS"):
         fail(f"the torch engine runs FIRE and LBFGS; use --engine ase for {optimizer}")
-    entries, read_errors = read_inputs(files)
-    if not entries:
-        fail("no structures to relax")
     spec = _spec(model, device, dtype)
     task = RelaxTask(
         out_dir=str(out.resolve()),
@@ -259,41 +321,28 @@ def relax_campaign(
         max_atoms_per_batch=max_atoms,
         engine=engine,
     )
-    specs, payloads, notes = task.items(entries, settings_fingerprint(task.settings()))
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
-    calc = None
-    if (executor or "local") == "local" and not (ray_address or workers):
-        from eqv2calc.cli._common import make_calculator
+    specs, payloads, read_errors = _structure_items(files, task, "relax")
+    exe = _structure_executor(
+        spec,
+        executor,
+        ray_address,
+        workers,
+        gpus_per_worker,
+        stress_for="--relax-cell" if relax_cell else None,
+    )
 
-        calc = make_calculator(model, device, dtype)
-        if relax_cell:
-            from eqv2calc.checks import check_stress_support
+    def line(payload: dict, record: dict) -> str:
+        status = "converged" if record.get("converged") else "NOT CONVERGED"
+        return (
+            f"{payload['label']}: {status} in {record.get('steps')} steps, "
+            f"E = {record.get('final_energy_eV')} eV -> {record.get('output')}"
+        )
 
-            try:
-                check_stress_support(calc, "--relax-cell")
-            except ValueError as err:
-                fail(str(err))
-    exe = _executor(spec, executor, ray_address, workers, gpus_per_worker, calc)
-
-    def show(payload: dict, outcome: Any, record: dict) -> None:
-        if not outcome.ok:
-            echo_error(f"{payload['source']}: {outcome.error}")
-        if as_json:
-            echo_line(json.dumps({"source": payload["source"], **record}))
-        elif outcome.ok:
-            status = "converged" if record.get("converged") else "NOT CONVERGED"
-            echo_line(
-                f"{payload['label']}: {status} in {record.get('steps')} steps, "
-                f"E = {record.get('final_energy_eV')} eV -> {record.get('output')}"
-            )
-
+    show = _shower(as_json, line)
     rep = _run(
         task, specs, payloads, out, exe, shard=shard_t, retry_failed=retry_failed, on_outcome=show
     )
-    mine = {s.key for s in specs}
-    with Ledger(rep.ledger_path) as led:
-        rows = [r for r in led.rows() if r["key"] in mine]
+    rows = _ledger_rows(rep, specs)
     summary = {
         "command": "relax",
         "ledger": str(rep.ledger_path),
@@ -345,33 +394,15 @@ def eval_campaign(
 ) -> None:
     """``eqv2calc eval`` as a campaign: results in the ledger, exported to extxyz."""
     from eqv2calc.campaigns import EvalTask, Ledger
-    from eqv2calc.campaigns.hashing import settings_fingerprint
     from eqv2calc.campaigns.report import export_eval
 
     out = _prepare_out(output_dir or str(Path(output).parent), "eval")
     shard_t = _shard(shard)
-    entries, read_errors = read_inputs(files)
-    if not entries:
-        fail("no structures to evaluate")
     spec = _spec(model, device, dtype)
     task = EvalTask(model=spec.label, dtype=dtype, max_atoms_per_batch=max_atoms)
-    specs, payloads, notes = task.items(entries, settings_fingerprint(task.settings()))
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
-    calc = None
-    if (executor or "local") == "local" and not (ray_address or workers):
-        from eqv2calc.cli._common import make_calculator
-
-        calc = make_calculator(model, device, dtype)
-    exe = _executor(spec, executor, ray_address, workers, gpus_per_worker, calc)
-
-    def show(payload: dict, outcome: Any, record: dict) -> None:
-        if not outcome.ok:
-            echo_error(f"{payload['source']}: {outcome.error}")
-        if as_json:
-            rec = {k: v for k, v in record.items() if k != "forces_eV_per_A"}
-            echo_line(json.dumps({"source": payload["source"], **rec}))
-
+    specs, payloads, read_errors = _structure_items(files, task, "evaluate")
+    exe = _structure_executor(spec, executor, ray_address, workers, gpus_per_worker)
+    show = _shower(as_json, lambda payload, record: None)
     rep = _run(
         task, specs, payloads, out, exe, shard=shard_t, retry_failed=retry_failed, on_outcome=show
     )
@@ -382,8 +413,7 @@ def eval_campaign(
         target = target.with_name(f"{target.stem}.shard-{shard_t[0]}-of-{shard_t[1]}.extxyz")
     with Ledger(rep.ledger_path) as led:
         n = export_eval(led, target)
-        mine = {s.key for s in specs}
-        rows = [r for r in led.rows() if r["key"] in mine]
+    rows = _ledger_rows(rep, specs)
     click.echo(_report_line(rep, "eval campaign") + f"; {n} structures in {target}", err=True)
     if read_errors or any(r["state"] != "done" for r in rows):
         raise SystemExit(1)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from eqv2calc.cli._common import (
-    EXIT_INTERRUPTED,
     check_outputs,
-    echo_error,
-    echo_line,
+    exit_on_interrupt,
     fail,
     make_calculator,
     max_atoms_option,
@@ -18,7 +14,7 @@ from eqv2calc.cli._common import (
     precision_options,
     progress_option,
     read_inputs,
-    where,
+    result_reporter,
 )
 from eqv2calc.cli.campaign import campaign_options, campaign_requested
 
@@ -122,16 +118,10 @@ def eval_command(
         summary_path = str(Path(output).parent / "eval_summary.json")
     check_outputs(files=[output, summary_path])
     calc = make_calculator(model, device, dtype)
-
-    def report(entry, result) -> None:
-        if not result.ok:
-            echo_error(f"{where(entry)}: {result.error}")
-        if as_json:
-            echo_line(json.dumps({"source": str(entry.source), **result.to_dict()}), progress)
-        elif result.ok:
-            echo_line(result.summary_line(), progress)
-
-    try:
+    with exit_on_interrupt(
+        f"interrupted; {output} holds the structures evaluated so far and {summary_path} "
+        "marks the run as interrupted"
+    ):
         job = run_eval_job(
             entries,
             calc,
@@ -140,14 +130,8 @@ def eval_command(
             summary_path=summary_path,
             max_atoms_per_batch=max_atoms,
             progress=progress,
-            on_result=report,
+            on_result=result_reporter(as_json, progress),
         )
-    except KeyboardInterrupt:
-        echo_error(
-            f"interrupted; {output} holds the structures evaluated so far and {summary_path} "
-            "marks the run as interrupted"
-        )
-        raise SystemExit(EXIT_INTERRUPTED) from None
     written = f"results: {output}" if job.n_ok else "no results file written"
     click.echo(
         f"{job.n_ok}/{len(entries) + len(read_errors)} evaluated, {job.n_failed} failed; "

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from eqv2calc.cli._common import (
-    EXIT_INTERRUPTED,
     FiniteFloat,
     check_outputs,
-    echo_error,
-    echo_line,
+    exit_on_interrupt,
     fail,
     make_calculator,
     max_atoms_option,
@@ -19,7 +15,8 @@ from eqv2calc.cli._common import (
     precision_options,
     progress_option,
     read_inputs,
-    where,
+    require_stress,
+    result_reporter,
 )
 from eqv2calc.cli.campaign import campaign_options, campaign_requested
 
@@ -199,7 +196,6 @@ def relax_command(
         return
     from pathlib import Path
 
-    from eqv2calc.checks import check_stress_support
     from eqv2calc.drivers.jobs import EngineNotApplicable, engine_fallback_note, run_relax_job
     from eqv2calc.drivers.relax import RelaxSettings
 
@@ -214,49 +210,40 @@ def relax_command(
     check_outputs(folders=folders if output is None else [], files=[output, summary_path])
     calc = make_calculator(model, device, dtype)
     if relax_cell:
-        try:
-            check_stress_support(calc, "--relax-cell")
-        except ValueError as err:
-            fail(str(err))
+        require_stress(calc, "--relax-cell")
 
     note = engine_fallback_note(calc, optimizer, restart) if engine is None else None
     if note:
         click.echo(f"note: {note}", err=True)
 
-    def report(entry, result, paths) -> None:
-        if not result.ok:
-            echo_error(f"{where(entry)}: {result.error}")
-        if as_json:
-            echo_line(json.dumps({"source": str(entry.source), **result.to_dict()}), progress)
-        elif result.ok:
-            echo_line(f"{result.summary_line()} -> {paths.relaxed}", progress)
+    def describe(result, paths) -> str:
+        return f"{result.summary_line()} -> {paths.relaxed}"
 
+    interrupted = (
+        f"interrupted; finished structures are written and {summary_path} marks the run "
+        "as interrupted; continue with --restart"
+    )
     try:
-        job = run_relax_job(
-            entries,
-            calc,
-            settings=RelaxSettings(
-                optimizer=optimizer, fmax=fmax, steps=steps, relax_cell=relax_cell
-            ),
-            read_errors=read_errors,
-            fix_below_z=fix_below,
-            output=output,
-            output_dir=output_dir,
-            fmt=fmt,
-            summary_path=summary_path,
-            restart=restart,
-            batch=batch,
-            max_atoms_per_batch=max_atoms,
-            progress=progress,
-            on_result=report,
-            engine=engine,
-        )
-    except KeyboardInterrupt:
-        echo_error(
-            f"interrupted; finished structures are written and {summary_path} marks the run "
-            "as interrupted; continue with --restart"
-        )
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        with exit_on_interrupt(interrupted):
+            job = run_relax_job(
+                entries,
+                calc,
+                settings=RelaxSettings(
+                    optimizer=optimizer, fmax=fmax, steps=steps, relax_cell=relax_cell
+                ),
+                read_errors=read_errors,
+                fix_below_z=fix_below,
+                output=output,
+                output_dir=output_dir,
+                fmt=fmt,
+                summary_path=summary_path,
+                restart=restart,
+                batch=batch,
+                max_atoms_per_batch=max_atoms,
+                progress=progress,
+                on_result=result_reporter(as_json, progress, describe),
+                engine=engine,
+            )
     except ValueError as err:
         fail(str(err), code=2 if isinstance(err, EngineNotApplicable) else 1)
     n_conv = job.n_ok - job.n_not_converged
