@@ -10,7 +10,9 @@ A config file has up to six sections; every key is optional and unknown keys are
     optim:  {lr: 5.0e-4, weight_decay: 1.0e-3, warmup_fraction: 0.05, ...}
     run:    {epochs: 20, batch_size: 8, out_dir: runs/eqv2, layout: hydra, ...}
 
-``model`` is ignored when fine-tuning (``run.init``): the checkpoint fixes the architecture.
+When fine-tuning (``run.init``) the checkpoint fixes the architecture: of ``model`` only the
+options in :data:`FINE_TUNE_OPTIONS` apply (they add no parameters: the smooth cutoff and the
+neighbour cap); the others are logged as ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import Any
 import yaml
 
 _TRI = (True, False, "auto")  # the values of a true/false/auto switch
+
+#: model options a fine-tune may change: graph and cutoff smoothness, no parameters
+FINE_TUNE_OPTIONS = ("envelope", "max_neighbors", "enforce_max_neighbors_strictly")
 
 
 @dataclass
