@@ -210,6 +210,7 @@ def random_config(seed: int) -> tuple[EquiformerV2Config, dict[str, HeadSpec]]:
         cutoff=rng.choice([3.0, 4.0, 5.5]),
         dens_inputs=dens,
         sigma_encoding=dens and rng.random() < 0.5,
+        envelope=rng.choice(["none", "polynomial"]),
     )
     heads = {
         "energy": HeadSpec("energy", {"reduce": rng.choice(["sum", "mean"])}),

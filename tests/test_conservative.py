@@ -237,3 +237,41 @@ def test_conservative_fine_tune_from_the_command_line(tmp_path):
     atoms.calc = calc
     numerical = calculate_numerical_forces(atoms, eps=1e-6, iatoms=[1])
     np.testing.assert_allclose(atoms.get_forces()[[1]], numerical, rtol=0, atol=FORCE_TOL)
+
+
+def test_fine_tune_with_envelope_lifts_the_cap_and_distils_on_the_teachers_graphs(tmp_path):
+    """--envelope/--max-neighbors with --init: recorded in the checkpoint; the distillation
+    labels are the initial model's predictions on the graphs it was made for (cap 18), not on
+    the fine-tune's wider graphs."""
+    from ase.io import write
+
+    from eqv2calc.registry import resolve_model
+    from eqv2calc.training import TrainConfig
+    from eqv2calc.training.trainer import Trainer
+
+    frames = _emt_frames()
+    write(tmp_path / "data.extxyz", frames)
+    cfg = TrainConfig()
+    cfg.data.train, cfg.data.val_fraction = str(tmp_path / "data.extxyz"), 0.0
+    cfg.model = {"envelope": "polynomial", "max_neighbors": 80, "num_layers": 5}
+    cfg.heads.forces = "gradient"
+    cfg.run.init, cfg.run.distill_epochs, cfg.run.epochs = str(resolve_model(None)), 1, 1
+    cfg.run.out_dir, cfg.run.progress, cfg.run.num_threads = str(tmp_path / "run"), False, 1
+    lines: list[str] = []
+    trainer = Trainer(cfg, log=lines.append)
+    assert any("model.num_layers ignored" in line for line in lines)
+    assert any("model.envelope: 'none' -> 'polynomial'" in line for line in lines)
+    assert trainer.model.config.envelope == "polynomial"
+    assert trainer.data_kwargs["max_neighbors"] == 80
+    # the training graphs are wider than the teacher's (cap 18 binds in these bulk cells)
+    assert max(item.edge_index.shape[1] / item.num_atoms for item in trainer.train_items) > 18
+    teacher = EquiformerV2Calculator(None, device="cpu", dtype="float32")
+    direct = {f"data.extxyz:{i}": r for i, r in enumerate(teacher.predict_batch(frames))}
+    for item in trainer.distill_items:
+        res = direct[item.label]
+        assert abs(item.energy - res["energy"]) < 1e-4
+        np.testing.assert_allclose(item.forces.numpy(), res["forces"], rtol=0, atol=1e-5)
+    trainer.fit()
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]
+    assert saved["eqv2calc"]["envelope"] == "polynomial"
+    assert saved["model"]["backbone"]["max_neighbors"] == 80

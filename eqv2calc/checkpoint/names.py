@@ -504,9 +504,17 @@ def backbone_config(options: dict, entry: ModuleClass) -> dict:
     return ours
 
 
+#: EquiformerV2Config options the reference does not have (see model.envelope)
+OURS_ONLY = ("envelope",)
+
+
 def reference_backbone(config: dict) -> tuple[str, dict]:
-    """Registry name and reference arguments for an EquiformerV2Config (as a dict)."""
-    options = reference_option_names(config)
+    """Registry name and reference arguments for an EquiformerV2Config (as a dict).
+
+    eqv2calc's own options (:data:`OURS_ONLY`) are not reference arguments: they are left out
+    here, and the checkpoint writer keeps them under ``config["eqv2calc"]``.
+    """
+    options = reference_option_names({k: v for k, v in config.items() if k not in OURS_ONLY})
     if options.pop("dens_inputs", False):
         return "equiformer_v2_dens_backbone", options
     options.pop("use_noise_schedule_sigma_encoding", None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from eqv2calc.checkpoint import names
-from eqv2calc.model.config import EquiformerV2Config
+from eqv2calc.model.config import ENVELOPES, EquiformerV2Config
 from eqv2calc.model.potential import HeadSpec, Normalizer
 
 
@@ -284,6 +284,12 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
         energy_kind = "total"
     if written_by_us in ("adsorption", "total"):
         energy_kind = written_by_us
+    envelope = (config.get("eqv2calc") or {}).get("envelope", "none")
+    if envelope not in ENVELOPES:
+        raise CheckpointError(
+            f"{path}: config eqv2calc.envelope is {envelope!r}; expected one of {list(ENVELOPES)}"
+        )
+    cfg.envelope = envelope
     forces_kind = (config.get("eqv2calc") or {}).get("forces", "direct")
     if forces_kind not in ("direct", "gradient"):
         raise CheckpointError(

@@ -36,7 +36,9 @@ def save_checkpoint(
     classic = layout == "classic"
     if layout not in ("classic", "hydra"):
         raise ValueError(f"layout must be 'classic' or 'hydra', got {layout!r}")
-    backbone_name, cfg = names.reference_backbone(dataclasses.asdict(model.config))
+    ours = dataclasses.asdict(model.config)
+    envelope = ours.pop("envelope")  # eqv2calc's own option: kept under config["eqv2calc"]
+    backbone_name, cfg = names.reference_backbone(ours)
     ref_heads = {
         name: names.reference_head(spec.kind, spec.options)
         for name, spec in model.head_specs.items()
@@ -103,6 +105,7 @@ def save_checkpoint(
     config["eqv2calc"] = {
         "energy_kind": model.energy_kind,
         "forces": getattr(model, "forces_kind", "direct"),  # "gradient": −∂E/∂x, (1/V)·∂E/∂ε
+        "envelope": envelope,  # "polynomial": smooth cutoff (model.envelope); fairchem ignores it
     }
 
     payload = {"state_dict": state, "config": config, "normalizers": normalizers}

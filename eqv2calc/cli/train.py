@@ -14,8 +14,8 @@ _HELP = """Train or fine-tune an EquiformerV2 model on energies and forces (stre
   eqv2calc train config.yaml                      train from scratch as the config says
   eqv2calc train --train data.extxyz --out run1   defaults: small model, 20 epochs
   eqv2calc train config.yaml --init eqV2_31M_omat_mp_salex.pt --freeze-backbone
-  eqv2calc train --train data.extxyz --init demo --forces gradient --distill-epochs 1
-                                                  conservative fine-tune (gradient forces)
+  eqv2calc train --train data.extxyz --init demo --forces gradient --distill-epochs 1 \
+      --envelope polynomial --max-neighbors 100   conservative fine-tune (gradient forces)
   eqv2calc train --resume --out run1              continue an interrupted run
 
 Data: extxyz (or any ASE-readable file) or an ASE database (.db) whose structures carry
@@ -31,7 +31,9 @@ metrics.jsonl. Checkpoints use fairchem's hydra layout (or --layout classic).
 through the same backbone (slower to train: the force loss needs second derivatives). The
 checkpoint records it, and eqv2calc computes gradients whenever it loads the file.
 --distill-epochs N first trains N epochs on the initial model's own predictions (its
-direct-head forces), then on the labels.
+direct-head forces), then on the labels. A gradient model conserves energy only if its energy is
+continuous: --envelope polynomial fades every edge out smoothly at the cutoff, and a
+--max-neighbors above any atom's neighbour count keeps the cap from swapping neighbours.
 """
 
 
@@ -80,6 +82,18 @@ direct-head forces), then on the labels.
     "default: as the --init checkpoint (heads.forces).",
 )
 @click.option(
+    "--envelope",
+    type=click.Choice(["none", "polynomial"]),
+    help="Smooth cutoff (model.envelope): 'polynomial' makes the energy continuous as atoms cross"
+    " the cutoff, as gradient-force models need; allowed with --init (adds no parameters).",
+)
+@click.option(
+    "--max-neighbors",
+    type=click.IntRange(min=1),
+    help="Neighbour cap (model.max_neighbors); with --envelope polynomial choose it above any"
+    " atom's neighbour count within the cutoff, or the energy jumps when the cap swaps one.",
+)
+@click.option(
     "--distill-epochs",
     type=click.IntRange(min=0),
     help="With --init and --forces gradient: first epochs trained on the initial model's own "
@@ -111,6 +125,8 @@ def train_command(
     init,
     freeze_backbone,
     forces,
+    envelope,
+    max_neighbors,
     distill_epochs,
     resume,
     layout,
@@ -148,6 +164,9 @@ def train_command(
         for (section, key), value in overrides.items():
             if value is not None:
                 setattr(getattr(cfg, section), key, value)
+        for key, value in (("envelope", envelope), ("max_neighbors", max_neighbors)):
+            if value is not None:
+                cfg.model[key] = value
         if init is not None:
             cfg.run.init = _resolve_init(init)
         cfg.run.resume = bool(resume)

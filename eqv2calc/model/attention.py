@@ -23,6 +23,7 @@ from eqv2calc.model.activation import (
     SmoothLeakyReLU,
 )
 from eqv2calc.model.chunking import edge_chunks
+from eqv2calc.model.envelope import log_weight
 from eqv2calc.model.radial import EdgeInvariants, RadialMLP
 from eqv2calc.model.s2_grid import SphereGrid
 from eqv2calc.model.scatter import segment_softmax
@@ -136,11 +137,14 @@ class EquivariantGraphAttention(nn.Module):
         distance_basis: torch.Tensor,
         edge_index: torch.Tensor,
         rotation: EdgeRotation,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x`` ``[N, K, C]`` → ``[N, K, out_channels]`` (sum of attended messages per node).
 
         ``distance_basis`` ``[E, D]`` holds the edge invariants the backbone computed (distance
         basis, followed by the shared element embeddings when the backbone shares them).
+        ``edge_weight`` ``[E]``: smooth-cutoff weights ``u`` (see :mod:`eqv2calc.model.envelope`):
+        ``α_ij ∝ u_ij exp(a_ij)`` and the attended value is scaled by ``u_ij`` once more.
 
         Edges are processed a chunk at a time (see :mod:`eqv2calc.model.chunking`): only the
         logits ``[E, heads]`` and the values ``[E, R, heads * value]`` are kept for all edges.
@@ -159,7 +163,11 @@ class EquivariantGraphAttention(nn.Module):
                 edge_index[:, start:stop],
                 rotation.narrow(start, stop),
             )
+        if edge_weight is not None:
+            logits = logits + log_weight(edge_weight).unsqueeze(1).to(logits.dtype)
         alpha = segment_softmax(logits, dst, num_nodes)  # [E, heads]
+        if edge_weight is not None:
+            alpha = alpha * edge_weight.unsqueeze(1).to(alpha.dtype)
 
         summed = x.new_zeros(num_nodes, self.layout.num_full, values.shape[2])
         for start, stop in edge_chunks(num_edges, x.device):

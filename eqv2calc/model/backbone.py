@@ -11,6 +11,7 @@ from eqv2calc.model.attention import EquivariantGraphAttention
 from eqv2calc.model.block import TransformerBlock
 from eqv2calc.model.config import EquiformerV2Config
 from eqv2calc.model.edge_degree import EdgeDegreeEmbedding
+from eqv2calc.model.envelope import polynomial_envelope
 from eqv2calc.model.ffn import FeedForward
 from eqv2calc.model.layer_norm import make_norm
 from eqv2calc.model.radial import EdgeInvariants, GaussianDistanceBasis
@@ -44,6 +45,7 @@ class BackboneOutput:
     distance_basis: torch.Tensor  # [E, D] edge invariants: distance basis (+ shared elements)
     rotation: EdgeRotation
     graph: GraphInput
+    edge_weight: torch.Tensor | None = None  # [E] smooth-cutoff weights (envelope), or None
 
 
 class EquiformerV2Backbone(nn.Module):
@@ -139,6 +141,9 @@ class EquiformerV2Backbone(nn.Module):
         rotation = EdgeRotation(graph.edge_vec, self.layout)
         distance = graph.edge_vec.norm(dim=1)
         basis = self.distance_basis(distance)
+        weight = None
+        if c.envelope == "polynomial":
+            weight = polynomial_envelope(distance, c.cutoff)  # [E]
         if self.shared_elements:
             basis = self.shared_edge_invariants(basis, z, graph.edge_index)
 
@@ -154,8 +159,8 @@ class EquiformerV2Backbone(nn.Module):
             x[:, 0] = x[:, 0] + self.force_embedding.bias
             if c.sigma_encoding:
                 x[:, 0] = x[:, 0] + self.sigma_embedding.bias
-        x = x + self.edge_degree(z, basis, graph.edge_index, rotation, num_nodes)
+        x = x + self.edge_degree(z, basis, graph.edge_index, rotation, num_nodes, weight)
         for block in self.blocks:
-            x = block(x, z, basis, graph.edge_index, rotation)
+            x = block(x, z, basis, graph.edge_index, rotation, weight)
         x = self.norm(x)
-        return BackboneOutput(x, basis, rotation, graph)
+        return BackboneOutput(x, basis, rotation, graph, weight)

@@ -40,6 +40,9 @@ class TransformerBlock(nn.Module):
         distance_basis: torch.Tensor,
         edge_index: torch.Tensor,
         rotation: EdgeRotation,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attention(self.norm_1(x), atomic_numbers, distance_basis, edge_index, rotation)
+        x = x + self.attention(
+            self.norm_1(x), atomic_numbers, distance_basis, edge_index, rotation, edge_weight
+        )
         return x + self.ffn(self.norm_2(x))

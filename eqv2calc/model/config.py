@@ -17,6 +17,7 @@ DEFAULT_AVG_NUM_NODES = 77.81317
 DEFAULT_AVG_DEGREE = 23.395238876342773
 
 NORM_TYPES = ("layer_norm", "layer_norm_sh", "rms_norm_sh")
+ENVELOPES = ("none", "polynomial")
 
 
 @dataclass
@@ -44,6 +45,12 @@ class EquiformerV2Config:
             model (``load``: the parameter exists; ``use``: it is added to the energy).
         dens_inputs: the DeNS backbone's force-encoding layer exists (its bias is added to the
             l = 0 features); ``sigma_encoding``: so does its noise-level encoding.
+        envelope: ``"none"`` (the reference architecture) or ``"polynomial"`` (eqv2calc's own
+            option, see :mod:`eqv2calc.model.envelope`): every edge's contribution fades
+            smoothly to zero at the cutoff, so the energy is continuous (and twice
+            differentiable) as atoms cross it. Needed for conservative (gradient-force) models;
+            only continuous if the neighbour cap never binds (``max_neighbors`` above any
+            atom's neighbour count inside the cutoff).
     """
 
     max_neighbors: int = 500
@@ -75,6 +82,7 @@ class EquiformerV2Config:
     load_energy_lin_ref: bool = False
     dens_inputs: bool = False
     sigma_encoding: bool = False
+    envelope: str = "none"
 
     def __post_init__(self) -> None:
         # the reference replaces a missing (or zero) value by its default: `avg or default`
@@ -96,6 +104,8 @@ class EquiformerV2Config:
                 )
         if self.norm_type not in NORM_TYPES:
             problems.append(f"norm_type {self.norm_type!r}: expected one of {list(NORM_TYPES)}")
+        if self.envelope not in ENVELOPES:
+            problems.append(f"envelope {self.envelope!r}: expected one of {list(ENVELOPES)}")
         if self.share_atom_edge_embedding and not self.use_atom_edge_embedding:
             problems.append("share_atom_edge_embedding needs use_atom_edge_embedding")
         if self.use_energy_lin_ref and not self.load_energy_lin_ref:

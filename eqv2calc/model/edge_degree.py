@@ -46,13 +46,18 @@ class EdgeDegreeEmbedding(nn.Module):
         edge_index: torch.Tensor,
         rotation: EdgeRotation,
         num_nodes: int,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Sum over incoming edges ``[N, K, C]``; ``edge_weight`` ``[E]`` (smooth cutoff, see
+        :mod:`eqv2calc.model.envelope`) scales each edge's term when given."""
         out = distance_basis.new_zeros(num_nodes, self.layout.num_full, self.channels)
         for start, stop in edge_chunks(edge_index.shape[1], distance_basis.device):
             part = edge_index[:, start:stop]
             edge_inv = self.edge_invariants(distance_basis[start:stop], atomic_numbers, part)
             # edge frame: only the m = 0 coefficients are non-zero, one per degree [n, lmax+1, C]
             m0 = self.radial(edge_inv).view(-1, self.num_m0, self.channels)
+            if edge_weight is not None:
+                m0 = m0 * edge_weight[start:stop].view(-1, 1, 1).to(m0.dtype)
             # under bf16 autocast the rotated terms come back in bfloat16: accumulate them in
             # the output's dtype (a no-op in float32/float64)
             rotated = rotation.narrow(start, stop).rotate_back_zonal(m0)  # [n, K, C]

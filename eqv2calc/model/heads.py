@@ -55,7 +55,12 @@ class ForceHead(nn.Module):
     def forward(self, emb: BackboneOutput) -> torch.Tensor:
         g = emb.graph
         out = self.attention(
-            emb.node_features, g.atomic_numbers, emb.distance_basis, g.edge_index, emb.rotation
+            emb.node_features,
+            g.atomic_numbers,
+            emb.distance_basis,
+            g.edge_index,
+            emb.rotation,
+            emb.edge_weight,
         )
         return out[:, 1:4, 0]
 

@@ -13,8 +13,9 @@ A config file has up to six sections; every key is optional and unknown keys are
 ``model`` takes eqv2calc's option names (:class:`~eqv2calc.model.config.EquiformerV2Config`) or
 fairchem's backbone arguments (``max_radius``, ``lmax_list: [4]``, ...), translated through
 :data:`eqv2calc.checkpoint.names.OPTION_NAMES`, so a fairchem config can be pasted; one option
-under both names is refused. ``model`` is ignored when fine-tuning (``run.init``): the
-checkpoint fixes the architecture.
+under both names is refused. When fine-tuning (``run.init``) the checkpoint fixes the
+architecture: of ``model`` only the options in :data:`FINE_TUNE_OPTIONS` apply (they add no
+parameters: the smooth cutoff and the neighbour cap); the others are logged as ignored.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import yaml
 from eqv2calc.checkpoint.names import our_option_names
 
 _TRI = (True, False, "auto")  # the values of a true/false/auto switch
+
+#: model options a fine-tune may change: graph and cutoff smoothness, no parameters
+FINE_TUNE_OPTIONS = ("envelope", "max_neighbors", "strict_neighbor_cap")
 
 
 @dataclass

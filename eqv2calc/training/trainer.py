@@ -19,6 +19,7 @@ The model implements no dropout / drop-path: trainings run without them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,12 +33,13 @@ import numpy as np
 import torch
 
 from eqv2calc.checkpoint import load_checkpoint, save_checkpoint
-from eqv2calc.checkpoint.names import model_config
+from eqv2calc.checkpoint.load import GraphSettings
+from eqv2calc.checkpoint.names import model_config, our_option_names
 from eqv2calc.checkpoint.reader import read_file
 from eqv2calc.device import resolve_device
 from eqv2calc.io import write_json_atomic
 from eqv2calc.model.potential import EquiformerV2Potential, HeadSpec
-from eqv2calc.training.config import TrainConfig, save_config
+from eqv2calc.training.config import FINE_TUNE_OPTIONS, TrainConfig, save_config
 from eqv2calc.training.data import (
     LabelledStructure,
     iterate_batches,
@@ -157,6 +159,7 @@ class Trainer:
             self.log(
                 f"fine-tuning {c.run.init} ({loaded.layout} layout, {sum(p.numel() for p in model.parameters()):,} parameters)"
             )
+            settings = self._fine_tune_graph(model, settings)
         else:
             model = None
             opts = c.model_options()
@@ -173,6 +176,30 @@ class Trainer:
             max_z = int(c.model_options().get("num_elements", 90)) - 1
         return model, resume_state, (cutoff, max_neighbors, strict, max_z)
 
+    def _fine_tune_graph(self, model, settings: GraphSettings) -> GraphSettings:
+        """Apply the ``model`` options a fine-tune may change (they add no parameters: the
+        envelope and the neighbour cap); log the others as ignored (the checkpoint fixes the
+        architecture). Warn when gradient forces are trained without a smooth graph."""
+        c = self.config
+        for key, value in our_option_names(c.model).items():
+            if key not in FINE_TUNE_OPTIONS:
+                self.log(f"model.{key} ignored: the --init checkpoint fixes the architecture")
+            elif getattr(model.config, key) != value:
+                self.log(f"model.{key}: {getattr(model.config, key)!r} -> {value!r}")
+                setattr(model.config, key, value)
+        model.config.__post_init__()  # validates the changed options
+        if c.heads.forces == "gradient" and model.config.envelope == "none":
+            self.log(
+                "warning: gradient forces without a smooth cutoff: the energy jumps when atoms"
+                " cross the cutoff or the neighbour cap swaps a neighbour (NVE MD drifts); use"
+                " --envelope polynomial and a --max-neighbors above any atom's neighbour count"
+            )
+        return GraphSettings(
+            settings.cutoff,
+            model.config.max_neighbors,
+            model.config.strict_neighbor_cap,
+        )
+
     def _load_data(self, cutoff: float, max_neighbors: int, strict: bool, max_z: int) -> None:
         """Read the training, validation and test sets as graphs (cutoff in Å)."""
         c = self.config
@@ -187,6 +214,7 @@ class Trainer:
             force_weights_key=c.data.force_weights_key,
             fixed_atom_force_weight=c.loss.fixed_atom_force_weight,
         )
+        self.data_kwargs = data_kwargs
         t0 = time.time()
         items = load_dataset(c.data.train, **data_kwargs)
         if c.data.val:
@@ -265,15 +293,38 @@ class Trainer:
         c = self.config
         self.distill_items: list[LabelledStructure] = []
         if c.run.distill_epochs and self.epoch < c.run.distill_epochs:
-            teacher = load_checkpoint(c.run.init, device=self.device).model
-            self.distill_items = distillation_items(
-                teacher, self.train_items, c.run.batch_size, self.device
-            )
-            del teacher
+            loaded = load_checkpoint(c.run.init, device=self.device)
+            teacher_items = self._teacher_items(loaded.graph_settings)
+            labels = distillation_items(loaded.model, teacher_items, c.run.batch_size, self.device)
+            # the teacher's predictions on its own graphs, as labels of the training graphs
+            self.distill_items = [
+                dataclasses.replace(item, energy=t.energy, forces=t.forces, stress=t.stress)
+                for item, t in zip(self.train_items, labels, strict=True)
+            ]
+            del loaded
             self.log(
                 f"distillation: epochs 1-{c.run.distill_epochs} train on {c.run.init}'s own "
                 "predictions (energy, direct-head forces and stress), then on the labels"
             )
+
+    def _teacher_items(self, settings: GraphSettings) -> list[LabelledStructure]:
+        """The training structures with the graphs the distillation teacher was made for
+        (a fine-tune that lifts the neighbour cap trains on other graphs than it saw)."""
+        ours = self.data_kwargs
+        if (settings.cutoff, settings.max_neighbors, settings.strict) == (
+            ours["cutoff"],
+            ours["max_neighbors"],
+            ours["strict"],
+        ):
+            return self.train_items
+        kwargs = dict(
+            ours,
+            cutoff=settings.cutoff,
+            max_neighbors=settings.max_neighbors,
+            strict=settings.strict,
+        )
+        by_label = {item.label: item for item in load_dataset(self.config.data.train, **kwargs)}
+        return [by_label[item.label] for item in self.train_items]
 
     def _new_model(self) -> EquiformerV2Potential:
         c = self.config
