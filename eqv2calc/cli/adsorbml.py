@@ -19,7 +19,7 @@ from eqv2calc.cli._common import (
     model_options,
     progress_option,
 )
-from eqv2calc.cli.campaign import CAMPAIGN_KEYS, campaign_options, campaign_requested
+from eqv2calc.cli.campaign import CampaignOptions, campaign_options
 from eqv2calc.io import clean_label, lock_directory
 
 _HELP = """Find the lowest-energy configuration of an adsorbate on a surface (AdsorbML).
@@ -296,14 +296,13 @@ def _list_adsorbates() -> None:
 )
 @progress_option
 @campaign_options
-def adsorbml_command(**kw: object) -> None:
-    campaign = {k: kw.pop(k) for k in CAMPAIGN_KEYS}
+def adsorbml_command(*, campaign: CampaignOptions, **kw: object) -> None:
     slabs, adsorbates = kw["slab_file"], kw["adsorbate"]
     if (
         len(slabs) > 1
         or len(adsorbates) > 1
         or any(Path(s).is_dir() for s in slabs)
-        or campaign_requested(**campaign)
+        or campaign.requested
     ):
         from eqv2calc.cli.campaign import adsorbml_campaign_command
 

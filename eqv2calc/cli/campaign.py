@@ -2,16 +2,19 @@
 
 ``--executor local|ray``, ``--ray-address``, ``--workers``, ``--gpus-per-worker`` and
 ``--shard I/N`` turn a command into a campaign recorded in a ledger in its output folder
-(:mod:`eqv2calc.campaigns`); ``eqv2calc campaign status`` and ``merge`` read ledgers back.
+(:mod:`eqv2calc.campaigns`); the command function receives them as one
+:class:`CampaignOptions`. ``eqv2calc campaign status`` and ``merge`` read ledgers back.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,19 +28,72 @@ from eqv2calc.cli._common import (
     require_stress,
 )
 
+if TYPE_CHECKING:
+    from eqv2calc.drivers.relax import RelaxSettings
+
 __all__ = [
     "CAMPAIGN_KEYS",
+    "CampaignOptions",
     "adsorbml_campaign",
     "adsorbml_campaign_command",
     "campaign_command",
     "campaign_options",
-    "campaign_requested",
     "eval_campaign",
     "relax_campaign",
 ]
 
-#: Keyword names of the options :func:`campaign_options` adds.
-CAMPAIGN_KEYS = ("executor", "ray_address", "workers", "gpus_per_worker", "shard", "retry_failed")
+
+@dataclass(frozen=True)
+class CampaignOptions:
+    """The campaign options of a command, as given on the command line (:func:`campaign_options`).
+
+    Attributes:
+        executor: ``--executor``: ``"local"`` (this process, batched), ``"ray"`` (Ray
+            workers) or None (not given: ``ray`` when ``ray_address`` or ``workers`` is
+            given, else ``local``).
+        ray_address: ``--ray-address``: ``auto`` or ``HOST:PORT`` of a running Ray cluster;
+            None starts a local Ray instance (with the ray executor).
+        workers: ``--workers``: number of Ray workers (each loads the model once); None:
+            one per CPU of the Ray cluster, or per GPU share with ``gpus_per_worker``.
+        gpus_per_worker: ``--gpus-per-worker``: GPUs each Ray worker reserves, a count that
+            may be a fraction (0.5: two workers share a GPU); 0 reserves none.
+        shard: ``--shard``: ``"I/N"``, run only shard I of N (0-based), already checked
+            while parsing; None runs every item.
+        retry_failed: ``--retry-failed``: run items that failed in an earlier run again.
+    """
+
+    executor: str | None = None
+    ray_address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
+    shard: str | None = None
+    retry_failed: bool = False
+
+    @classmethod
+    def pop_from(cls, params: dict[str, Any]) -> CampaignOptions:
+        """The options taken out of a click command's ``params`` (removed from it)."""
+        return cls(**{key: params.pop(key) for key in CAMPAIGN_KEYS})
+
+    @property
+    def requested(self) -> bool:
+        """True when any campaign option was given (the command runs as a campaign)."""
+        given = (self.executor, self.shard, self.ray_address, self.workers)
+        return any(v is not None for v in given)
+
+    @property
+    def in_process(self) -> bool:
+        """True when the items run in this process (the local executor)."""
+        return (self.executor or "local") == "local" and not (self.ray_address or self.workers)
+
+    @property
+    def shard_range(self) -> tuple[int, int] | None:
+        """``(I, N)`` of ``--shard I/N``, or None without it."""
+        return _shard(self.shard)
+
+
+#: Keyword names of the options :func:`campaign_options` adds (the fields of
+#: :class:`CampaignOptions`).
+CAMPAIGN_KEYS = tuple(f.name for f in fields(CampaignOptions))
 
 _OPTIONS_HELP = """
 \b
@@ -49,7 +105,13 @@ continues where it stopped; another command with other settings on that folder i
 
 def campaign_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--executor``, ``--ray-address``, ``--workers``, ``--gpus-per-worker``,
-    ``--shard`` and ``--retry-failed``."""
+    ``--shard`` and ``--retry-failed``; the command function receives them as one keyword
+    argument, ``campaign`` (a :class:`CampaignOptions`)."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **params: Any) -> Any:
+        return func(*args, campaign=CampaignOptions.pop_from(params), **params)
+
     options = [
         click.option(
             "--executor",
@@ -97,8 +159,8 @@ def campaign_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
     ]
     for option in reversed(options):
-        func = option(func)
-    return func
+        command = option(command)
+    return command
 
 
 def _check_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -107,38 +169,24 @@ def _check_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
-def campaign_requested(
-    executor: str | None,
-    shard: str | None,
-    ray_address: str | None,
-    workers: int | None,
-    **_: Any,
-) -> bool:
-    """True when any campaign option was given."""
-    return any(v is not None for v in (executor, shard, ray_address, workers))
-
-
-def _executor(
-    spec: Any,
-    executor: str | None,
-    ray_address: str | None,
-    workers: int | None,
-    gpus_per_worker: float,
-    calculator: Any = None,
-) -> Any:
+def _executor(spec: Any, campaign: CampaignOptions, calculator: Any = None) -> Any:
+    """The local or Ray executor ``campaign`` asks for (one-line errors for what cannot be)."""
     from eqv2calc.campaigns import LocalExecutor, RayExecutor
     from eqv2calc.campaigns.executors import RayNotInstalled, import_ray
 
-    kind = executor or ("ray" if (ray_address or workers) else "local")
+    c = campaign
+    kind = c.executor or ("ray" if (c.ray_address or c.workers) else "local")
     if kind == "local":
-        if ray_address or (workers or 1) > 1 or gpus_per_worker:
+        if c.ray_address or (c.workers or 1) > 1 or c.gpus_per_worker:
             fail("--ray-address, --workers > 1 and --gpus-per-worker need --executor ray")
         return LocalExecutor(spec, calculator=calculator)
     try:
         import_ray()
     except RayNotInstalled as err:
         fail(str(err))
-    return RayExecutor(spec, workers=workers, address=ray_address, gpus_per_worker=gpus_per_worker)
+    return RayExecutor(
+        spec, workers=c.workers, address=c.ray_address, gpus_per_worker=c.gpus_per_worker
+    )
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
@@ -170,8 +218,17 @@ def _spec(model: str | None, device: str, dtype: str) -> Any:
     )
 
 
-def _run(task: Any, specs: list, payloads: list, out: Path, exe: Any, **kw: Any) -> Any:
-    """run_campaign with the expected failures turned into one-line errors."""
+def _run(
+    task: Any,
+    specs: list,
+    payloads: list,
+    out: Path,
+    exe: Any,
+    campaign: CampaignOptions,
+    on_outcome: Callable[..., None],
+) -> Any:
+    """run_campaign (``campaign``'s shard, retrying failed items if it says so) with the
+    expected failures turned into one-line errors."""
     from eqv2calc.campaigns import CampaignLocked, LedgerError, run_campaign
     from eqv2calc.campaigns.executors import WorkerStartError
 
@@ -179,7 +236,16 @@ def _run(task: Any, specs: list, payloads: list, out: Path, exe: Any, **kw: Any)
         with exit_on_interrupt(
             "interrupted; every finished item is in the ledger, rerun the same command to continue"
         ):
-            return run_campaign(task, specs, payloads, out, exe, **kw)
+            return run_campaign(
+                task,
+                specs,
+                payloads,
+                out,
+                exe,
+                shard=campaign.shard_range,
+                retry_failed=campaign.retry_failed,
+                on_outcome=on_outcome,
+            )
     except (CampaignLocked, LedgerError, WorkerStartError) as err:
         fail(str(err))
 
@@ -198,25 +264,19 @@ def _structure_items(files: Sequence[str], task: Any, what: str) -> tuple[list, 
     return specs, payloads, read_errors
 
 
-def _structure_executor(
-    spec: Any,
-    executor: str | None,
-    ray_address: str | None,
-    workers: int | None,
-    gpus_per_worker: float,
-    *,
-    stress_for: str | None = None,
+def _campaign_executor(
+    spec: Any, campaign: CampaignOptions, *, stress_for: str | None = None
 ) -> Any:
-    """The executor of a relax/eval campaign; a local one gets this process's calculator
-    (checked for a stress when ``stress_for`` names what needs it)."""
+    """The executor of a campaign; a local one gets this process's calculator (checked for
+    a stress when ``stress_for`` names what needs it)."""
     calc = None
-    if (executor or "local") == "local" and not (ray_address or workers):
+    if campaign.in_process:
         from eqv2calc.cli._common import make_calculator
 
         calc = make_calculator(spec.model, spec.device, spec.dtype)
         if stress_for:
             require_stress(calc, stress_for)
-    return _executor(spec, executor, ray_address, workers, gpus_per_worker, calc)
+    return _executor(spec, campaign, calc)
 
 
 def _shower(as_json: bool, line: Callable[[dict, dict], str | None]) -> Callable[..., None]:
@@ -271,40 +331,55 @@ def _prepare_out(output_dir: str | None, what: str) -> Path:
     return Path(output_dir)
 
 
+def _run_structures(
+    files: Sequence[str],
+    task: Any,
+    spec: Any,
+    out: Path,
+    campaign: CampaignOptions,
+    *,
+    what: str,
+    show: Callable[..., None],
+    stress_for: str | None = None,
+) -> tuple[Any, list[dict], list]:
+    """Run ``task`` over the structures in ``files`` as a campaign in ``out`` (``what``: the
+    verb for "no structures to ..."; ``show``: the ``on_outcome`` of :func:`_shower`):
+    ``(report, this run's ledger rows, read errors)``."""
+    specs, payloads, read_errors = _structure_items(files, task, what)
+    exe = _campaign_executor(spec, campaign, stress_for=stress_for)
+    rep = _run(task, specs, payloads, out, exe, campaign, show)
+    return rep, _ledger_rows(rep, specs), read_errors
+
+
 def relax_campaign(
     files: Sequence[str],
+    campaign: CampaignOptions,
     *,
     model: str | None,
     device: str,
     dtype: str,
-    optimizer: str,
-    fmax: float,
-    steps: int,
-    relax_cell: bool,
+    settings: RelaxSettings,
     fix_below: float | None,
     output_dir: str | None,
     fmt: str,
     summary_path: str | None,
     max_atoms: int,
     as_json: bool,
-    executor: str | None,
-    ray_address: str | None,
-    workers: int | None,
-    gpus_per_worker: float,
-    shard: str | None,
-    retry_failed: bool,
     engine: str | None = None,
 ) -> None:
     """``eqv2calc relax`` as a campaign; exits with the relax command's exit status.
 
+    ``settings`` are the relaxation options (its ``optimizer_kwargs`` are not used); the
+    other keywords are the relax command's options of the same names.
     The ASE optimizers are the default here (``engine`` None or "ase"): their relaxations
     continue from the trajectory after a kill. ``engine="torch"`` uses the batched device
     engine; it cannot restart, so an item interrupted mid-relaxation starts again."""
     from eqv2calc.campaigns import RelaxTask
 
     out = _prepare_out(output_dir, "relax")
-    shard_t = _shard(shard)
+    shard_t = campaign.shard_range
     engine = engine or "ase"
+    optimizer = settings.optimizer
     if engine == "torch" and optimizer.upper() not in ("FIRE", "LBFGS"):
         fail(f"the torch engine runs FIRE and LBFGS; use --engine ase for {optimizer}")
     spec = _spec(model, device, dtype)
@@ -312,23 +387,14 @@ def relax_campaign(
         out_dir=str(out.resolve()),
         model=spec.label,
         optimizer=optimizer,
-        fmax=fmax,
-        steps=steps,
-        relax_cell=relax_cell,
+        fmax=settings.fmax,
+        steps=settings.steps,
+        relax_cell=settings.relax_cell,
         fix_below=fix_below,
         fmt=fmt.lstrip("."),
         dtype=dtype,
         max_atoms_per_batch=max_atoms,
         engine=engine,
-    )
-    specs, payloads, read_errors = _structure_items(files, task, "relax")
-    exe = _structure_executor(
-        spec,
-        executor,
-        ray_address,
-        workers,
-        gpus_per_worker,
-        stress_for="--relax-cell" if relax_cell else None,
     )
 
     def line(payload: dict, record: dict) -> str:
@@ -339,10 +405,10 @@ def relax_campaign(
         )
 
     show = _shower(as_json, line)
-    rep = _run(
-        task, specs, payloads, out, exe, shard=shard_t, retry_failed=retry_failed, on_outcome=show
+    stress = "--relax-cell" if settings.relax_cell else None
+    rep, rows, read_errors = _run_structures(
+        files, task, spec, out, campaign, what="relax", show=show, stress_for=stress
     )
-    rows = _ledger_rows(rep, specs)
     summary = {
         "command": "relax",
         "ledger": str(rep.ledger_path),
@@ -377,6 +443,7 @@ def relax_campaign(
 
 def eval_campaign(
     files: Sequence[str],
+    campaign: CampaignOptions,
     *,
     model: str | None,
     device: str,
@@ -385,26 +452,18 @@ def eval_campaign(
     output_dir: str | None,
     max_atoms: int,
     as_json: bool,
-    executor: str | None,
-    ray_address: str | None,
-    workers: int | None,
-    gpus_per_worker: float,
-    shard: str | None,
-    retry_failed: bool,
 ) -> None:
     """``eqv2calc eval`` as a campaign: results in the ledger, exported to extxyz."""
     from eqv2calc.campaigns import EvalTask, Ledger
     from eqv2calc.campaigns.report import export_eval
 
     out = _prepare_out(output_dir or str(Path(output).parent), "eval")
-    shard_t = _shard(shard)
+    shard_t = campaign.shard_range
     spec = _spec(model, device, dtype)
     task = EvalTask(model=spec.label, dtype=dtype, max_atoms_per_batch=max_atoms)
-    specs, payloads, read_errors = _structure_items(files, task, "evaluate")
-    exe = _structure_executor(spec, executor, ray_address, workers, gpus_per_worker)
     show = _shower(as_json, lambda payload, record: None)
-    rep = _run(
-        task, specs, payloads, out, exe, shard=shard_t, retry_failed=retry_failed, on_outcome=show
+    rep, rows, read_errors = _run_structures(
+        files, task, spec, out, campaign, what="evaluate", show=show
     )
     target = Path(output)
     if output_dir is not None and not target.is_absolute() and target.parent == Path("."):
@@ -413,7 +472,6 @@ def eval_campaign(
         target = target.with_name(f"{target.stem}.shard-{shard_t[0]}-of-{shard_t[1]}.extxyz")
     with Ledger(rep.ledger_path) as led:
         n = export_eval(led, target)
-    rows = _ledger_rows(rep, specs)
     click.echo(_report_line(rep, "eval campaign") + f"; {n} structures in {target}", err=True)
     if read_errors or any(r["state"] != "done" for r in rows):
         raise SystemExit(1)
@@ -422,6 +480,7 @@ def eval_campaign(
 def adsorbml_campaign(
     systems: list,
     adsorbates: list,
+    campaign: CampaignOptions,
     *,
     out: Path,
     config: Any,
@@ -429,12 +488,6 @@ def adsorbml_campaign(
     device: str,
     dtype: str,
     dft: str | None,
-    executor: str | None,
-    ray_address: str | None,
-    workers: int | None,
-    gpus_per_worker: float,
-    shard: str | None,
-    retry_failed: bool,
 ) -> int:
     """AdsorbML over every slab x adsorbate pair as a campaign; returns the exit status."""
     from eqv2calc.campaigns import AdsorbMLTask, Ledger
@@ -442,18 +495,12 @@ def adsorbml_campaign(
     from eqv2calc.campaigns.report import write_adsorbml_summary
 
     out = _prepare_out(str(out), "adsorbml")
-    shard_t = _shard(shard)
     spec = _spec(model, device, dtype)
     task = AdsorbMLTask(
         out_dir=str(out.resolve()), model=spec.label, config=config, dft=dft, dtype=dtype
     )
     specs, payloads, _ = task.items(systems, adsorbates, settings_fingerprint(task.settings()))
-    calc = None
-    if (executor or "local") == "local" and not (ray_address or workers):
-        from eqv2calc.cli._common import make_calculator
-
-        calc = make_calculator(model, device, dtype)
-    exe = _executor(spec, executor, ray_address, workers, gpus_per_worker, calc)
+    exe = _campaign_executor(spec, campaign)
     click.echo(
         f"AdsorbML campaign: {len(systems)} slab(s) x {len(adsorbates)} adsorbate(s) = "
         f"{len(specs)} systems -> {out}",
@@ -467,9 +514,7 @@ def adsorbml_campaign(
             best = ((record.get("ml") or {}).get("best") or {}).get("e_ads_ml_eV")
             echo_line(f"{payload['label']}: best ML E_ads {best} eV -> {payload['out']}")
 
-    rep = _run(
-        task, specs, payloads, out, exe, shard=shard_t, retry_failed=retry_failed, on_outcome=show
-    )
+    rep = _run(task, specs, payloads, out, exe, campaign, show)
     with Ledger(rep.ledger_path) as led:
         paths = write_adsorbml_summary(led, out)
         table = paths["table"].read_text(encoding="utf-8")
@@ -487,7 +532,7 @@ def _slab_files(paths: Sequence[str]) -> list[Path]:
     return expand_inputs(list(paths))
 
 
-def adsorbml_campaign_command(kw: dict[str, Any], campaign: dict[str, Any]) -> int:
+def adsorbml_campaign_command(kw: dict[str, Any], campaign: CampaignOptions) -> int:
     """``eqv2calc adsorbml`` with several --slab/--adsorbate (or campaign options): parse the
     command's options into systems, adsorbates and settings, then :func:`adsorbml_campaign`."""
     from eqv2calc.adsorbml.adsorbates import (
@@ -548,13 +593,13 @@ def adsorbml_campaign_command(kw: dict[str, Any], campaign: dict[str, Any]) -> i
     return adsorbml_campaign(
         systems,
         adsorbates,
+        campaign,
         out=Path(kw["out_dir"] or "adsorbml_campaign"),
         config=config,
         model=kw["model"],
         device=kw["device"],
         dtype=kw["dtype"],
         dft=kw["dft_spec"],
-        **campaign,
     )
 
 

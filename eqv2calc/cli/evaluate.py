@@ -16,7 +16,7 @@ from eqv2calc.cli._common import (
     read_inputs,
     result_reporter,
 )
-from eqv2calc.cli.campaign import campaign_options, campaign_requested
+from eqv2calc.cli.campaign import CampaignOptions, campaign_options
 
 _HELP = """Compute energies, forces (and stress) for many structures: no relaxation.
 
@@ -84,13 +84,14 @@ def eval_command(
     as_json: bool,
     progress: bool,
     output_dir: str | None,
-    **campaign: object,
+    campaign: CampaignOptions,
 ) -> None:
-    if campaign_requested(**campaign):
+    if campaign.requested:
         from eqv2calc.cli.campaign import eval_campaign
 
         eval_campaign(
             files,
+            campaign,
             model=model,
             device=device,
             dtype=dtype,
@@ -98,7 +99,6 @@ def eval_command(
             output_dir=output_dir,
             max_atoms=max_atoms,
             as_json=as_json,
-            **campaign,
         )
         return
     from pathlib import Path

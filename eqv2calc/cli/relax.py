@@ -18,7 +18,7 @@ from eqv2calc.cli._common import (
     require_stress,
     result_reporter,
 )
-from eqv2calc.cli.campaign import campaign_options, campaign_requested
+from eqv2calc.cli.campaign import CampaignOptions, campaign_options
 
 _HELP = """Relax the atomic positions (and optionally the cell) of one or more structures.
 
@@ -168,22 +168,23 @@ def relax_command(
     engine: str | None,
     as_json: bool,
     progress: bool,
-    **campaign: object,
+    campaign: CampaignOptions,
 ) -> None:
-    if campaign_requested(**campaign):
+    from eqv2calc.drivers.relax import RelaxSettings
+
+    settings = RelaxSettings(optimizer=optimizer, fmax=fmax, steps=steps, relax_cell=relax_cell)
+    if campaign.requested:
         from eqv2calc.cli.campaign import relax_campaign
 
         if output is not None:
             fail("--output is for a single structure; a campaign writes into --output-dir")
         relax_campaign(
             files,
+            campaign,
             model=model,
             device=device,
             dtype=dtype,
-            optimizer=optimizer,
-            fmax=fmax,
-            steps=steps,
-            relax_cell=relax_cell,
+            settings=settings,
             fix_below=fix_below,
             output_dir=output_dir,
             fmt=fmt,
@@ -191,13 +192,11 @@ def relax_command(
             max_atoms=max_atoms,
             engine=engine,
             as_json=as_json,
-            **campaign,
         )
         return
     from pathlib import Path
 
     from eqv2calc.drivers.jobs import EngineNotApplicable, engine_fallback_note, run_relax_job
-    from eqv2calc.drivers.relax import RelaxSettings
 
     entries, read_errors = read_inputs(files)
     if output is not None and len(entries) > 1:
@@ -228,9 +227,7 @@ def relax_command(
             job = run_relax_job(
                 entries,
                 calc,
-                settings=RelaxSettings(
-                    optimizer=optimizer, fmax=fmax, steps=steps, relax_cell=relax_cell
-                ),
+                settings=settings,
                 read_errors=read_errors,
                 fix_below_z=fix_below,
                 output=output,
