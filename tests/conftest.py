@@ -14,3 +14,16 @@ import torch  # noqa: E402
 # make tests/eqv2_reference.py importable as a helper module
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    """A click test runner that keeps stderr apart from stdout (error lines go to stderr)."""
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:  # click >= 8.2 keeps stderr apart by default
+        return CliRunner()

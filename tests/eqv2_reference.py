@@ -20,6 +20,14 @@ ROOT = Path(__file__).parent / "data"
 DATA = ROOT / "eqv2"
 OPTIONS = ROOT / "eqv2_options"
 SETS = {"eqv2": DATA, "eqv2_options": OPTIONS}
+#: the bundled demo model as shipped in the package (tests fail, not skip, if it is missing)
+DEMO_MODEL = (
+    Path(__file__).resolve().parents[1]
+    / "eqv2calc"
+    / "registry"
+    / "models"
+    / "eqv2calc-demo-emt.pt"
+)
 CHECKPOINTS = [
     "eq2_small_oc20_classic",
     "eqV2_small_omat_hydra",

@@ -34,14 +34,6 @@ from eqv2calc.graph import MAX_PERIODIC_IMAGES, build_graph
 from eqv2calc.io import OutputDirLocked, StructureReadError, load_structures, read_structure_file
 
 
-@pytest.fixture
-def runner():
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2 keeps stderr apart by default
-        return CliRunner()
-
-
 @pytest.fixture(scope="module")
 def demo():
     from eqv2calc.calculator import EquiformerV2Calculator
@@ -656,7 +648,6 @@ def test_cli_deterministic_flag_reaches_the_calculator(runner, tmp_path, monkeyp
 
 
 def test_help_shows_no_unbounded_range_and_phonon_temperatures_have_units():
-    from click.testing import CliRunner
 
     from eqv2calc.cli import main
 

@@ -9,17 +9,8 @@ import numpy as np
 import pytest
 from ase.build import add_adsorbate, bulk, fcc111, molecule
 from ase.calculators.emt import EMT
-from click.testing import CliRunner
 
 from eqv2calc.cli import main
-
-
-@pytest.fixture
-def runner():
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2 keeps stderr apart by default
-        return CliRunner()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eqv2_reference import DEMO_MODEL as DEMO
 
 pytestmark = [
     pytest.mark.cuda,
@@ -20,13 +21,6 @@ pytestmark = [
 
 DATA = Path(__file__).parent / "data" / "eqv2"
 REFERENCE = json.loads((DATA / "reference.json").read_text()) if DATA.is_dir() else {"cases": []}
-DEMO = (
-    Path(__file__).resolve().parents[1]
-    / "eqv2calc"
-    / "registry"
-    / "models"
-    / "eqv2calc-demo-emt.pt"
-)
 
 
 def _tol(case: dict, key: str, default: float) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,13 +10,12 @@ from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms, FixBondLength
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE, LBFGS
+from eqv2_reference import DEMO_MODEL as DEMO
 
 from eqv2calc.engine import EngineSettings, relax_engine
 from eqv2calc.engine.optimizers import make_optimizer
 from eqv2calc.engine.state import BatchedStructures
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "eqv2calc" / "registry" / "models" / "eqv2calc-demo-emt.pt"
 ASE_OPT = {"FIRE": FIRE, "LBFGS": LBFGS}
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from click.testing import CliRunner
 
 from eqv2calc import EquiformerV2Calculator
 from eqv2calc.cli import main
@@ -31,14 +30,6 @@ BF16_FORCES_BOUND = 0.03  # eV/Å
 # float32 itself differs from float64 by < 1e-4 eV/Å on this case: bf16 must show a difference
 # larger than that, or autocast did not take effect.
 FLOAT32_NOISE_FORCES = 1e-4  # eV/Å
-
-
-@pytest.fixture
-def runner():
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2 keeps stderr apart by default
-        return CliRunner()
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eqv2_reference import DEMO_MODEL as DEMO
 
 ts = pytest.importorskip("torch_sim")
 
 DATA = Path(__file__).parent / "data" / "eqv2"
-DEMO = (
-    Path(__file__).resolve().parents[1]
-    / "eqv2calc"
-    / "registry"
-    / "models"
-    / "eqv2calc-demo-emt.pt"
-)
 
 
 def test_torchsim_validation_and_parity_with_calculator():
