@@ -165,3 +165,18 @@ def test_float64_outputs_do_not_depend_on_chunks_or_batching(monkeypatch, name):
         for i, part in enumerate(parts):
             single = alone[i][key] if key == "forces" else alone[i][key][0]
             _assert_relative(part, single, f"{key} batched, structure {i}")
+
+
+def test_cpu_chunks_grow_only_for_small_rows():
+    cpu = torch.device("cpu")
+    base = chunking.EDGE_CHUNK_SIZE
+    # rows of the bundled model's attention (42 grid points x 32 channels, float32): 4x the base
+    small = 42 * 32 * 4
+    assert chunking.edge_chunks(10**6, cpu, small)[0] == (0, chunking.CPU_SCALE_MAX * base)
+    # rows of the 31M model (~0.2 MB per edge): the base size
+    assert chunking.edge_chunks(10**6, cpu, 200_000)[0] == (0, base)
+    # a chunk never holds more than CPU_CHUNK_BYTES when it grows
+    rows = chunking.CPU_CHUNK_BYTES // (2 * base)
+    size = chunking.edge_chunks(10**6, cpu, rows)[0][1]
+    assert base < size <= chunking.CPU_SCALE_MAX * base and size * rows <= chunking.CPU_CHUNK_BYTES
+    assert chunking.node_chunks(10**6, cpu)[0] == (0, chunking.NODE_CHUNK_SIZE)

@@ -128,6 +128,13 @@ class EquivariantGraphAttention(nn.Module):
             self.value_act = S2Activation(grid)
 
         self.conv_2 = SO2Convolution(layout, hidden_channels, num_heads * value_channels)
+        # the largest per-edge intermediates (values): grid values, radial weights, message
+        points = grid.shape[0] * grid.shape[1] if not use_gate_act else layout.num_reduced
+        self.row_values = max(
+            points * hidden_channels,
+            sum(self.conv_1.radial_sizes),
+            layout.num_full * 2 * channels,
+        )
         self.proj = DegreeWiseLinear(num_heads * value_channels, out_channels, lmax)
 
     def forward(
@@ -155,7 +162,7 @@ class EquivariantGraphAttention(nn.Module):
         values = x.new_empty(
             num_edges, self.layout.num_reduced, self.num_heads * self.value_channels
         )
-        for start, stop in edge_chunks(num_edges, x.device):
+        for start, stop in edge_chunks(num_edges, x.device, self.row_values * x.element_size()):
             logits[start:stop], values[start:stop] = self.edge_values(
                 x,
                 atomic_numbers,
@@ -170,7 +177,7 @@ class EquivariantGraphAttention(nn.Module):
             alpha = alpha * edge_weight.unsqueeze(1).to(alpha.dtype)
 
         summed = x.new_zeros(num_nodes, self.layout.num_full, values.shape[2])
-        for start, stop in edge_chunks(num_edges, x.device):
+        for start, stop in edge_chunks(num_edges, x.device, self.row_values * x.element_size()):
             n = stop - start
             weighted = values[start:stop].view(n, -1, self.num_heads, self.value_channels) * alpha[
                 start:stop

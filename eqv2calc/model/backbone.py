@@ -145,7 +145,7 @@ class EquiformerV2Backbone(nn.Module):
         if c.envelope == "polynomial":
             weight = polynomial_envelope(distance, c.cutoff)  # [E]
         if self.shared_elements:
-            basis = self.shared_edge_invariants(basis, z, graph.edge_index)
+            basis = self.shared_edge_invariants(basis, z, graph.edge_index).cat()
 
         x = torch.zeros(
             num_nodes,

@@ -51,7 +51,8 @@ class EdgeDegreeEmbedding(nn.Module):
         """Sum over incoming edges ``[N, K, C]``; ``edge_weight`` ``[E]`` (smooth cutoff, see
         :mod:`eqv2calc.model.envelope`) scales each edge's term when given."""
         out = distance_basis.new_zeros(num_nodes, self.layout.num_full, self.channels)
-        for start, stop in edge_chunks(edge_index.shape[1], distance_basis.device):
+        row_bytes = (distance_basis.shape[1] + self.num_m0 * self.channels) * out.element_size()
+        for start, stop in edge_chunks(edge_index.shape[1], distance_basis.device, row_bytes):
             part = edge_index[:, start:stop]
             edge_inv = self.edge_invariants(distance_basis[start:stop], atomic_numbers, part)
             # edge frame: only the m = 0 coefficients are non-zero, one per degree [n, lmax+1, C]

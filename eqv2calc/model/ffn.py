@@ -38,6 +38,7 @@ class FeedForward(nn.Module):
             use_grid_mlp,
             use_sep_s2_act,
         )
+        self.hidden = hidden
         self.linear_1 = DegreeWiseLinear(in_channels, hidden, lmax)
         # invariant scalars from the input's l = 0 channels: the grid MLP's separate l = 0 output
         # (scalar_linear) or the activations' gates / l = 0 inputs (gate_linear)
@@ -64,7 +65,8 @@ class FeedForward(nn.Module):
         self.linear_2 = DegreeWiseLinear(hidden, out_channels, lmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = chunking.node_chunks(x.shape[0], x.device)
+        points = self.grid.shape[0] * self.grid.shape[1]  # the grid values are the largest rows
+        parts = chunking.node_chunks(x.shape[0], x.device, points * self.hidden * x.element_size())
         if len(parts) <= 1:
             return self.forward_nodes(x)
         return torch.cat([self.forward_nodes(x[start:stop]) for start, stop in parts])

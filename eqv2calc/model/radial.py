@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,23 +39,51 @@ class GaussianDistanceBasis(nn.Module):
     def forward(self, distance: torch.Tensor) -> torch.Tensor:
         """``[E]`` distances (Å) → ``[E, num]`` basis values."""
         distance = distance.view(-1)
+        num, window = self.num_output, self.window
+        if num < 2 * window + 1:  # fewer centres than one window: evaluate them all
+            diff = distance.unsqueeze(1) - self.centres.to(distance.dtype)
+            return torch.exp(self.coeff * diff.pow(2))
+        # the window around the nearest centre, shifted inwards at either end so that it stays
+        # inside [0, num): it still covers every centre within ``window`` spacings, and its
+        # columns are distinct, so the values can be written straight into the output rows
         nearest = torch.round((distance - self.start) / self.spacing).long()
-        nearest = nearest.clamp(0, self.num_output - 1).detach()
-        index = nearest.unsqueeze(1) + self.offsets  # [E, 2 window + 1]
-        inside = (index >= 0) & (index < self.num_output)
-        index = index.clamp(0, self.num_output - 1)
+        nearest = nearest.clamp(window, num - 1 - window).detach()
+        index = nearest.unsqueeze(1) + self.offsets  # [E, 2 window + 1], inside [0, num)
         diff = distance.unsqueeze(1) - self.centres[index].to(distance.dtype)
-        values = torch.exp(self.coeff * diff.pow(2)) * inside
-        out = distance.new_zeros(distance.shape[0], self.num_output)
-        # indices clamped at the ends repeat, with value 0: add, do not overwrite
-        return out.scatter_add(1, index, values)
+        values = torch.exp(self.coeff * diff.pow(2))
+        rows = torch.arange(0, distance.shape[0] * num, num, device=distance.device)
+        flat = (rows.unsqueeze(1) + index).view(-1)
+        out = distance.new_zeros(distance.shape[0] * num)
+        return out.index_put_((flat,), values.view(-1)).view(-1, num)
+
+
+@dataclass(frozen=True)
+class SplitInvariants:
+    """Edge invariants ``[basis | source | target]`` kept as three blocks, not concatenated.
+
+    The first linear layer of a :class:`RadialMLP` acts on each block with its own columns of
+    the weight, which is the same product as on the concatenation without copying the
+    ``[E, 600]`` basis for every module (the concatenation took as long as the layer itself).
+    """
+
+    basis: torch.Tensor  # [E, D] distance basis
+    source: torch.Tensor  # [E, C] source-element embedding
+    target: torch.Tensor  # [E, C] target-element embedding
+
+    def __getitem__(self, rows: slice) -> SplitInvariants:
+        """The invariants of a range of edges (as ``tensor[start:stop]``)."""
+        return SplitInvariants(self.basis[rows], self.source[rows], self.target[rows])
+
+    def cat(self) -> torch.Tensor:
+        """The ``[E, D + 2C]`` concatenation."""
+        return torch.cat((self.basis, self.source, self.target), dim=1)
 
 
 class RadialMLP(nn.Module):
     """Linear → LayerNorm → SiLU blocks, ending with a plain Linear.
 
     ``channels = [in, hidden, ..., out]``. Maps invariant edge features (distance basis and
-    element embeddings) to per-edge weights.
+    element embeddings, as one tensor or as :class:`SplitInvariants`) to per-edge weights.
     """
 
     def __init__(self, channels: list[int], bias: bool = True) -> None:
@@ -67,15 +96,24 @@ class RadialMLP(nn.Module):
                 layers.append(nn.SiLU())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor | SplitInvariants) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return self.net(x)
+        first: nn.Linear = self.net[0]
+        d, c = x.basis.shape[1], x.source.shape[1]
+        w = first.weight  # [hidden, D + 2C]
+        h = nn.functional.linear(x.basis, w[:, :d], first.bias)
+        h = torch.addmm(h, x.source, w[:, d : d + c].t())
+        h = torch.addmm(h, x.target, w[:, d + c :].t())
+        return self.net[1:](h)
 
 
 class EdgeInvariants(nn.Module):
     """Per-edge invariant features: distance basis ⊕ source-element ⊕ target-element embeddings.
 
     One instance lives in every module that consumes edge invariants (the reference gives each
-    attention block and the edge-degree embedding its own element embeddings).
+    attention block and the edge-degree embedding its own element embeddings). The result is a
+    :class:`SplitInvariants` (the basis alone without element embeddings).
     """
 
     def __init__(self, num_elements: int, channels: int, use_elements: bool) -> None:
@@ -87,14 +125,11 @@ class EdgeInvariants(nn.Module):
 
     def forward(
         self, distance_basis: torch.Tensor, atomic_numbers: torch.Tensor, edge_index: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | SplitInvariants:
         if not self.use_elements:
             return distance_basis
-        return torch.cat(
-            (
-                distance_basis,
-                self.source_embedding(atomic_numbers[edge_index[0]]),
-                self.target_embedding(atomic_numbers[edge_index[1]]),
-            ),
-            dim=1,
+        return SplitInvariants(
+            distance_basis,
+            self.source_embedding(atomic_numbers[edge_index[0]]),
+            self.target_embedding(atomic_numbers[edge_index[1]]),
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eqv2calc.model.radial import RadialMLP
+from eqv2calc.model.radial import RadialMLP, SplitInvariants
 from eqv2calc.model.so3 import CoefficientLayout
 
 
@@ -25,17 +25,21 @@ class OrderConvolution(nn.Module):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        # output = [W_r x ; W_i x] for each of x_{+m}, x_{-m}
+        # fc.weight = [W_r; W_i], [2 out, in] (the reference's parameter layout)
         self.fc = nn.Linear(in_features, 2 * out_features, bias=False)
         self.out_features = out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[E, 2, in]`` (row 0 = +m, row 1 = -m) → ``[E, 2, out]``."""
-        y = self.fc(x)
-        real, imag = y[..., : self.out_features], y[..., self.out_features :]
-        plus = real[:, 0] - imag[:, 1]
-        minus = real[:, 1] + imag[:, 0]
-        return torch.stack((plus, minus), dim=1)
+        """``x``: ``[E, 2, in]`` (row 0 = +m, row 1 = -m) → ``[E, 2, out]``.
+
+        One matrix product with the real form of the complex weight,
+        ``[y_+; y_-] = [[W_r, -W_i], [W_i, W_r]] [x_+; x_-]``: the same multiply-adds as
+        ``[W_r; W_i] x`` for both rows, without recombining the four products afterwards.
+        """
+        w_r, w_i = self.fc.weight[: self.out_features], self.fc.weight[self.out_features :]
+        block = torch.cat((torch.cat((w_r, -w_i), 1), torch.cat((w_i, w_r), 1)), 0)
+        y = nn.functional.linear(x.reshape(x.shape[0], -1), block)  # [E, 2 out]
+        return y.view(x.shape[0], 2, self.out_features)
 
 
 class SO2Convolution(nn.Module):
@@ -74,7 +78,7 @@ class SO2Convolution(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        edge_invariants: torch.Tensor | None = None,
+        edge_invariants: torch.Tensor | SplitInvariants | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[E, R, C_in]`` → ``([E, R, C_out], extra scalars [E, extra] or None)``.
 

@@ -120,7 +120,7 @@ def _fix_bottom(slab: Atoms) -> None:
     slab.set_constraint(FixAtoms(mask=metal & (z < zmin + 0.5)))
 
 
-def generate(seed: int, scale: float, physics: bool = False) -> list[Atoms]:
+def generate(seed: int, scale: float, physics: bool = False, eos_scale: int = 1) -> list[Atoms]:
     """All categories for one seed; ``scale`` multiplies every count.
 
     ``physics`` adds hops, vibrations and equations of state (``physics_data.py``, issue 17).
@@ -223,7 +223,7 @@ def generate(seed: int, scale: float, physics: bool = False) -> list[Atoms]:
     if physics:
         from physics_data import physics_frames  # beside this script
 
-        out += physics_frames(rng, n, _label)
+        out += physics_frames(rng, n, _label, eos_scale)
     return [a for a in out if a is not None]
 
 
@@ -258,6 +258,13 @@ def main() -> None:
         action="store_true",
         help="add hops (NEB images), vibrations and equations of state (physics_data.py)",
     )
+    parser.add_argument(
+        "--eos-scale",
+        type=int,
+        default=1,
+        help="with --physics: multiplies the equation-of-state cells and, above 1, adds strained "
+        "ordered alloys (physics_data.strain_frames)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,13 +273,15 @@ def main() -> None:
         "scale": args.scale,
         "test_scale": args.test_scale,
         "max_force": args.max_force,
+        "physics": args.physics,
+        "eos_scale": args.eos_scale,
     }
     for name, seed, scale in (
         ("train", args.seed, args.scale),
         ("test", args.seed + 1000, args.test_scale),
     ):
         t0 = time.time()
-        frames = _drop_outliers(generate(seed, scale, args.physics), args.max_force)
+        frames = _drop_outliers(generate(seed, scale, args.physics, args.eos_scale), args.max_force)
         _write(frames, out / f"{name}.extxyz")
         summary[name] = {
             "structures": len(frames),

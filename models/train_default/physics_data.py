@@ -9,7 +9,9 @@ barriers and vibrational modes badly wrong. These generators add what users comp
   ±0.01–0.05 Å along x, y, z, as ASE's Vibrations does) and around bulk sites (one atom of a
   supercell displaced, as phonopy does);
 * ``eos``: fcc cells of each metal scaled isotropically over ±8 % in volume (plus a small
-  shear), lightly rattled.
+  shear), lightly rattled; with ``eos_scale`` > 1 (the second conservative run) also ordered
+  alloys (L1₂ and L1₀ of two random metals) and larger shear and uniaxial strains (±3 %), so
+  that bulk moduli and elastic constants are seen from many cells, not nine per metal.
 
 Each frame is labelled by ``generate_data._label`` (EMT energy, forces, stress for 3D cells).
 Used by ``generate_data.py --physics``.
@@ -119,11 +121,50 @@ def eos_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     return out
 
 
+def _alloy(rng: np.random.Generator) -> Atoms:
+    """An ordered fcc alloy of two random metals: L1₂ (A₃B) or L1₀ (AB), lattice by Vegard."""
+    a_metal, b_metal = (str(m) for m in rng.choice(METALS, 2, replace=False))
+    a = 0.75 * bulk(a_metal, "fcc").cell.cellpar()[0] * np.sqrt(2)
+    a += 0.25 * bulk(b_metal, "fcc").cell.cellpar()[0] * np.sqrt(2)
+    cell = bulk(a_metal, "fcc", a=a, cubic=True)  # 4 atoms: corner + 3 face centres
+    symbols = (
+        [b_metal, a_metal, a_metal, a_metal]
+        if rng.uniform() < 0.5
+        else [b_metal, b_metal, a_metal, a_metal]
+    )
+    cell.set_chemical_symbols(symbols)
+    return cell
+
+
+def strain_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
+    """``count`` alloy cells and ``count`` pure cells under random strain (volume ±8 %, shear ±3 %)."""
+    out = []
+    for i in range(2 * count):
+        cell = _alloy(rng) if i < count else bulk(str(rng.choice(METALS)), "fcc", cubic=True)
+        s = rng.uniform(0.973, 1.026)
+        eps = rng.uniform(-0.03, 0.03, (3, 3))
+        cell.set_cell(cell.cell.array @ (s * np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
+        if rng.uniform() < 0.5:
+            cell = cell.repeat((2, 1, 1))
+        cell.rattle(float(rng.uniform(0.0, 0.03)), seed=int(rng.integers(2**31)))
+        out.append(cell)
+    return out
+
+
 def physics_frames(
-    rng: np.random.Generator, n: Callable[[int], int], label: Callable[[Atoms, str], Atoms]
+    rng: np.random.Generator,
+    n: Callable[[int], int],
+    label: Callable[[Atoms, str], Atoms],
+    eos_scale: int = 1,
 ) -> list[Atoms]:
-    """All three categories, labelled; ``n`` scales the counts (as in generate_data)."""
+    """All three categories, labelled; ``n`` scales the counts (as in generate_data).
+
+    ``eos_scale`` > 1 multiplies the equation-of-state cells and adds strained alloys
+    (``strain_frames``); 1 reproduces the first conservative run's data exactly.
+    """
     out = [label(a, "hop") for a in hop_frames(rng, n(40))]
     out += [label(a, "vib") for a in vibration_frames(rng, n(40))]
-    out += [label(a, "eos") for a in eos_frames(rng, n(9))]
+    out += [label(a, "eos") for a in eos_frames(rng, n(9 * eos_scale))]
+    if eos_scale > 1:
+        out += [label(a, "eos") for a in strain_frames(rng, n(20 * eos_scale))]
     return out
