@@ -167,9 +167,10 @@ def check_structure(
     if bad.size:
         i = int(bad[0])
         symbol = atoms.get_chemical_symbols()[i] if 0 <= numbers[i] < 119 else "?"
+        covered = f"Z = 1..{max_atomic_number}" if max_atomic_number is not None else "Z >= 1"
         raise StructureError(
             f"{prefix}atom {i} has atomic number {numbers[i]} ({symbol}), "
-            f"but this model covers Z = 1..{max_atomic_number}"
+            f"but this model covers {covered}"
         )
     positions = atoms.get_positions()
     bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))

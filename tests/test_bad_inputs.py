@@ -675,3 +675,39 @@ def test_potcar_readme_states_the_kpoint_rule_the_code_uses(tmp_path):
     largest = [max(1, round(40 / np.abs(v).max())) for v in slab.cell[:2]]
     assert list(kpts[:2]) == largest
     assert [max(1, round(40 / np.linalg.norm(v))) for v in slab.cell[:2]] != largest
+
+
+# ----------------------------------------------------------------------------------------------
+# 15. second hostile round: md with several inputs, output paths that clash
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("nan", "bad: atom 0 (Cu) has a non-finite position"),
+        ("overlap", "bad: atoms 0 (Cu) and 1 (Cu) overlap: 0.000 Å apart"),
+        ("empty", "bad: structure is empty (no atoms)"),
+        ("z0", "bad: atom 0 has atomic number 0 (X), but this model covers Z >= 1"),
+    ],
+)
+def test_md_several_inputs_validate_every_structure_first(runner, tmp_path, monkeypatch, bad,
+                                                          message):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("good.extxyz", bulk("Cu", cubic=True))
+    atoms = bulk("Cu", cubic=True)
+    if bad == "nan":
+        atoms.positions[0, 0] = np.nan
+    elif bad == "overlap":
+        atoms.positions[1] = atoms.positions[0]
+    elif bad == "empty":
+        atoms = Atoms(cell=atoms.cell, pbc=True)
+    else:
+        atoms.numbers[0] = 0
+    ase.io.write("bad.extxyz", atoms)
+    result = runner.invoke(main, ["md", "good.extxyz", "bad.extxyz", "--model", "emt",
+                                  "--ensemble", "nve", "--steps", "2", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"error: {message}" in result.stderr
+    assert "unexpected" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.extxyz", "good.extxyz"]

@@ -25,6 +25,7 @@ import torch
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from eqv2calc.checks import check_structure
 from eqv2calc.engine.evaluate import make_evaluator
 from eqv2calc.engine.files import default_labels, output_paths, start_fresh
 from eqv2calc.engine.optimizers import segment_sum
@@ -126,6 +127,11 @@ def run_md_engine(
 
     Returns:
         One :class:`BatchMDResult` per system, in input order.
+
+    Raises:
+        StructureError: a system cannot be simulated (no atoms, non-finite positions,
+            overlapping atoms, an element the model does not cover...), named by its label,
+            before any output file is written.
     """
     s = settings or MDSettings()
     atoms_list = list(atoms_list)
@@ -136,8 +142,11 @@ def run_md_engine(
         raise ValueError(f"timestep_fs must be > 0, got {s.timestep_fs}")
     ev = evaluator or make_evaluator(calculator, skin=s.skin)
     dev = ev.device
-    st = BatchedStructures.from_atoms(atoms_list, device=dev)
     labels = default_labels(atoms_list, labels or None)
+    zmax = getattr(ev, "max_atomic_number", None)
+    for atoms, label in zip(atoms_list, labels):  # before any output file is touched
+        check_structure(atoms, max_atomic_number=zmax, label=label)
+    st = BatchedStructures.from_atoms(atoms_list, device=dev)
     trajs = output_paths(trajectories, nb)
     logs = output_paths(logfiles, nb)
     start_fresh(trajs + logs)
