@@ -711,3 +711,35 @@ def test_md_several_inputs_validate_every_structure_first(runner, tmp_path, monk
     assert f"error: {message}" in result.stderr
     assert "unexpected" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.extxyz", "good.extxyz"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["relax", "in.extxyz", "-o", "in.extxyz"], "--output in.extxyz is the input file"),
+        (["relax", "in.extxyz", "--summary", "in.extxyz"], "--summary in.extxyz is the input"),
+        (["relax", "in.extxyz", "-o", "r.extxyz", "--summary", "r.extxyz"],
+         "--summary r.extxyz is the same file as --output r.extxyz"),
+        (["eval", "in.extxyz", "-o", "./in.extxyz"], "--output ./in.extxyz is the input file"),
+        (["eval", "in.extxyz", "-o", "e.extxyz", "--summary", "e.extxyz"],
+         "--summary e.extxyz is the same file as --output e.extxyz"),
+        (["md", "in.extxyz", "-o", "in.extxyz", "--overwrite"], "--output in.extxyz is the input"),
+        (["md", "in.extxyz", "--traj", "in.extxyz", "--overwrite"], "--traj in.extxyz is the input"),
+        (["md", "in.extxyz", "--traj", "x.traj", "--log", "x.traj"],
+         "--log x.traj is the same file as --traj x.traj"),
+    ],
+)  # fmt: skip
+def test_an_output_that_is_an_input_or_another_output_is_refused(runner, tmp_path, monkeypatch,
+                                                                 args, message):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    atoms = bulk("Cu", cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.info["energy_dft"] = -14.5  # e.g. a labelled data set: must survive untouched
+    ase.io.write("in.extxyz", atoms)
+    before = Path("in.extxyz").read_bytes()
+    steps = [] if args[0] == "eval" else ["--steps", "2"]
+    result = runner.invoke(main, [*args, *steps, "--model", "emt", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "choose another file name" in result.stderr
+    assert Path("in.extxyz").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]

@@ -7,7 +7,8 @@
 * :func:`read_inputs` reads structure files, printing one line per unreadable input.
 * :func:`echo_error` prints a one-line error; :func:`fail` prints it and stops the command.
 * :class:`FiniteFloat` is the type of every float option: NaN and infinity are refused.
-* :func:`check_outputs` checks output folders/files before any work starts.
+* :func:`check_outputs` checks output folders/files before any work starts, and
+  :func:`check_distinct` that no output file is an input file or another output file.
 * :func:`result_reporter`, :func:`exit_on_interrupt` and :func:`require_stress`: what the
   per-structure commands (``eval``, ``relax``, and their campaigns) do alike.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "CommandError",
     "EMT_MODEL_NAME",
     "FiniteFloat",
+    "check_distinct",
     "check_outputs",
     "MODEL_HELP",
     "echo_error",
@@ -82,6 +84,30 @@ def check_outputs(
                 check_writable_file(file, what=f"{what} file")
     except OutputNotWritableError as err:
         raise CommandError(str(err)) from None
+
+
+def check_distinct(outputs: Sequence[tuple[str, Any]], inputs: Sequence[Any] = ()) -> None:
+    """Stop with exit status 2 if an output file is one of the ``inputs`` (it would be
+    overwritten) or two outputs are the same file (one would overwrite the other).
+
+    Args:
+        outputs: ``(what, path)`` per output file, ``what`` naming it for the message (e.g.
+            ``"--summary"``); a None path is skipped.
+        inputs: The input structure files.
+    """
+    import os
+
+    seen = {os.path.realpath(p): f"the input file {p}" for p in inputs}
+    for what, path in outputs:
+        if path is None:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            fail(
+                f"{what} {path} is {seen[key]}: it would be overwritten; choose another file name",
+                code=2,
+            )
+        seen[key] = f"the same file as {what} {path}"
 
 
 #: ``--model emt`` means ASE's EMT potential instead of an EquiformerV2 model.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from eqv2calc.cli._common import (
+    check_distinct,
     check_outputs,
     exit_on_interrupt,
     fail,
@@ -116,6 +117,8 @@ def eval_command(
         output = str(Path(output_dir) / output)
     if summary_path is None:
         summary_path = str(Path(output).parent / "eval_summary.json")
+    sources = [e.source for e in entries]
+    check_distinct([("--output", output), ("--summary", summary_path)], sources)
     check_outputs(files=[output, summary_path])
     calc = make_calculator(model, device, dtype)
     with exit_on_interrupt(

@@ -9,6 +9,7 @@ import click
 from eqv2calc.cli._common import (
     EXIT_INTERRUPTED,
     FiniteFloat,
+    check_distinct,
     check_outputs,
     echo_error,
     fail,
@@ -252,6 +253,7 @@ def md_command(
         fail(f"{file}: holds {len(entries)} structures; md runs one (split the file first)")
     entry = entries[0]
     paths = md_paths(entry, trajectory=traj_path, logfile=log_path, output=output)
+    check_distinct(list(zip(("--traj", "--log", "--output"), paths)), [entry.source])
     check_outputs(files=paths)
     if not restart:
         _refuse_existing(paths, overwrite)

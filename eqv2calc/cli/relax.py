@@ -6,6 +6,7 @@ import click
 
 from eqv2calc.cli._common import (
     FiniteFloat,
+    check_distinct,
     check_outputs,
     exit_on_interrupt,
     fail,
@@ -206,6 +207,8 @@ def relax_command(
     if summary_path is None:
         summary_path = str(Path(output_dir or ".") / "relax_summary.json")
     folders = [output_dir] if output_dir else sorted({str(e.source.parent) for e in entries})
+    sources = [e.source for e in entries]
+    check_distinct([("--output", output), ("--summary", summary_path)], sources)
     check_outputs(folders=folders if output is None else [], files=[output, summary_path])
     calc = make_calculator(model, device, dtype)
     if relax_cell:
