@@ -743,3 +743,27 @@ def test_an_output_that_is_an_input_or_another_output_is_refused(runner, tmp_pat
     assert message in result.stderr and "choose another file name" in result.stderr
     assert Path("in.extxyz").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["relax", "in.extxyz", "--format", "foo"], "--format foo: not a structure format"),
+        (["relax", "in.extxyz", "-o", "x.foo"], "--output x.foo: cannot tell a writable"),
+        (["eval", "in.extxyz", "-o", "results.cif"],
+         "--output results.cif: the extension means cif, but this file is written as extxyz"),
+        (["md", "in.extxyz", "--traj", "t.extxyz"],
+         "--traj t.extxyz: the extension means extxyz, but this file is written as traj"),
+        (["md", "in.extxyz", "-o", "final.foo"], "--output final.foo: cannot tell a writable"),
+    ],
+)  # fmt: skip
+def test_an_output_name_with_a_format_that_is_not_written_is_refused_before_the_work(
+    runner, tmp_path, monkeypatch, args, message
+):
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("in.extxyz", bulk("Cu", cubic=True))
+    steps = [] if args[0] == "eval" else ["--steps", "2"]
+    result = runner.invoke(main, [*args, *steps, "--model", "emt", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]  # nothing was run

@@ -8,7 +8,8 @@
 * :func:`echo_error` prints a one-line error; :func:`fail` prints it and stops the command.
 * :class:`FiniteFloat` is the type of every float option: NaN and infinity are refused.
 * :func:`check_outputs` checks output folders/files before any work starts, and
-  :func:`check_distinct` that no output file is an input file or another output file.
+  :func:`check_distinct` that no output file is an input file or another output file,
+  :func:`check_format` that an output file's name gives a format the command can write.
 * :func:`result_reporter`, :func:`exit_on_interrupt` and :func:`require_stress`: what the
   per-structure commands (``eval``, ``relax``, and their campaigns) do alike.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "EMT_MODEL_NAME",
     "FiniteFloat",
     "check_distinct",
+    "check_format",
     "check_outputs",
     "MODEL_HELP",
     "echo_error",
@@ -108,6 +110,29 @@ def check_distinct(outputs: Sequence[tuple[str, Any]], inputs: Sequence[Any] = (
                 code=2,
             )
         seen[key] = f"the same file as {what} {path}"
+
+
+def check_format(path: Any, what: str, writes: Sequence[str] = ()) -> None:
+    """Stop with exit status 2, before any work, if ``path`` names a format that will not be
+    written: without ``writes``, a name ASE cannot tell a writable format from; with
+    ``writes`` (the formats the command writes whatever the name, first the usual one), an
+    extension naming another format (``results.cif`` holding extxyz)."""
+    if path is None:
+        return
+    from eqv2calc.io import output_format
+
+    try:
+        fmt = output_format(path)
+    except ValueError as err:
+        if writes:
+            return  # no known extension: the name is only a name
+        fail(f"{what} {err}", code=2)
+    if writes and fmt not in writes:
+        fail(
+            f"{what} {path}: the extension means {fmt}, but this file is written as "
+            f"{writes[0]}; name it *.{writes[0]}",
+            code=2,
+        )
 
 
 #: ``--model emt`` means ASE's EMT potential instead of an EquiformerV2 model.

@@ -6,6 +6,7 @@ import click
 
 from eqv2calc.cli._common import (
     check_distinct,
+    check_format,
     check_outputs,
     exit_on_interrupt,
     fail,
@@ -120,6 +121,7 @@ def eval_command(
     sources = [e.source for e in entries]
     check_distinct([("--output", output), ("--summary", summary_path)], sources)
     check_outputs(files=[output, summary_path])
+    check_format(output, "--output", writes=("extxyz", "xyz"))
     calc = make_calculator(model, device, dtype)
     with exit_on_interrupt(
         f"interrupted; {output} holds the structures evaluated so far and {summary_path} "

@@ -10,6 +10,7 @@ from eqv2calc.cli._common import (
     EXIT_INTERRUPTED,
     FiniteFloat,
     check_distinct,
+    check_format,
     check_outputs,
     echo_error,
     fail,
@@ -255,6 +256,8 @@ def md_command(
     paths = md_paths(entry, trajectory=traj_path, logfile=log_path, output=output)
     check_distinct(list(zip(("--traj", "--log", "--output"), paths)), [entry.source])
     check_outputs(files=paths)
+    check_format(paths[0], "--traj", writes=("traj",))
+    check_format(paths[2], "--output")
     if not restart:
         _refuse_existing(paths, overwrite)
     calc = make_calculator(model, device, dtype)

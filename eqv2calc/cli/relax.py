@@ -7,6 +7,7 @@ import click
 from eqv2calc.cli._common import (
     FiniteFloat,
     check_distinct,
+    check_format,
     check_outputs,
     exit_on_interrupt,
     fail,
@@ -210,6 +211,18 @@ def relax_command(
     sources = [e.source for e in entries]
     check_distinct([("--output", output), ("--summary", summary_path)], sources)
     check_outputs(folders=folders if output is None else [], files=[output, summary_path])
+    check_format(output, "--output")
+    if output is None:
+        from eqv2calc.io import output_format
+
+        try:
+            output_format(f"structure_relaxed.{fmt.lstrip('.')}")
+        except ValueError:
+            fail(
+                f"--format {fmt}: not a structure format that can be written "
+                "(e.g. extxyz, cif, vasp, traj)",
+                code=2,
+            )
     calc = make_calculator(model, device, dtype)
     if relax_cell:
         require_stress(calc, "--relax-cell")
