@@ -466,12 +466,12 @@ def test_md_output_is_checked_before_the_run(runner, tmp_path, monkeypatch):
     Path("afile").write_text("x")
     calls = []
     monkeypatch.setattr("eqv2calc.drivers.jobs.run_md", lambda *a, **k: calls.append(1))
-    for output, message in [
-        ("afile/final.extxyz", "cannot be written (folder afile: is a file, not a folder)"),
-        ("final.unknownext", "cannot tell a writable output format"),
+    for output, message, code in [
+        ("afile/final.extxyz", "cannot be written (folder afile: is a file, not a folder)", 1),
+        ("final.unknownext", "cannot tell a writable output format", 2),
     ]:
         result = runner.invoke(main, ["md", "cu.extxyz", "--model", "emt", "-o", output])
-        assert result.exit_code == 1 and message in result.stderr, result.stderr
+        assert result.exit_code == code and message in result.stderr, result.stderr
     assert calls == []  # no MD was run
 
 
