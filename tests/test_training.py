@@ -407,6 +407,45 @@ def test_cli_trains_and_reports(data_file, tmp_path, monkeypatch):
     assert "training already complete (1/1 epochs)" in again.output
 
 
+def test_cli_never_replaces_an_earlier_run_silently(data_file, tmp_path, monkeypatch):
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    model_lines = "\n".join(f"  {k}: {v}" for k, v in TINY_MODEL.items())
+    cfg.write_text(f"model:\n{model_lines}\nrun:\n  batch_size: 5\n  device: cpu\n")
+    args = ["cfg.yaml", "--train", str(data_file), "--out", "run", "--epochs", "1", "--no-progress"]
+    first = runner.invoke(train_command, args)
+    assert first.exit_code == 0, first.output
+    best = (tmp_path / "run" / "best.pt").read_bytes()
+    again = runner.invoke(train_command, [*args, "--seed", "7"])
+    assert again.exit_code == 2, again.output
+    assert "run/last.pt exists" in again.output and "--overwrite" in again.output
+    assert (tmp_path / "run" / "best.pt").read_bytes() == best
+    forced = runner.invoke(train_command, [*args, "--seed", "7", "--overwrite"])
+    assert forced.exit_code == 0, forced.output
+    assert (tmp_path / "run" / "best.pt").read_bytes() != best
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 1  # this run's epoch only, not appended to the earlier run's
+
+
+def test_config_values_of_the_wrong_type_are_named(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  clip_grad_norm: null\nrun:\n  epochs: 2\n")
+    cfg = load_config(path)  # YAML reads 1e-3 as a string
+    assert cfg.optim.lr == 1e-3 and cfg.optim.clip_grad_norm is None and cfg.run.epochs == 2
+    for text, message in [
+        ("run:\n  epochs: ten\n", "run.epochs must be an integer, got 'ten'"),
+        ("run:\n  batch_size: 0.5\n", "run.batch_size must be an integer, got 0.5"),
+        ("optim:\n  lr: fast\n", "optim.lr must be a number, got 'fast'"),
+        ("run:\n  amp: 1\n", "run.amp must be true/false, got 1"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"{path.name}: {message}"):
+            load_config(path)
+    with pytest.raises(ValueError, match=r"optim.lr must be > 0, got -0.001"):
+        config_from_dict({"data": {"train": "x.extxyz"}, "optim": {"lr": -1e-3}}).validate()
+
+
 def test_cli_errors_are_one_line(data_file, tmp_path):
     runner = CliRunner()
     missing = runner.invoke(
@@ -432,3 +471,9 @@ def test_loss_scales_follow_the_model_normalizers(trained):
         model.normalizers["energy"].std / model.config.avg_num_nodes
     )
     assert math.isfinite(scales.stress) and scales.stress > 0
+
+
+def test_cli_help_keeps_the_two_line_example_on_two_lines():
+    text = CliRunner().invoke(train_command, ["--help"], terminal_width=200).output
+    assert "--distill-epochs 1 \\\n" in text
+    assert "Peak learning rate.  [x>0]" in text

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from eqv2calc.cli._common import FiniteFloat
+from eqv2calc.cli._common import FiniteFloat, fail
 
 _HELP = """Train or fine-tune an EquiformerV2 model on energies and forces (stress optional).
 
@@ -14,7 +14,7 @@ _HELP = """Train or fine-tune an EquiformerV2 model on energies and forces (stre
   eqv2calc train config.yaml                      train from scratch as the config says
   eqv2calc train --train data.extxyz --out run1   defaults: small model, 20 epochs
   eqv2calc train config.yaml --init eqV2_31M_omat_mp_salex.pt --freeze-backbone
-  eqv2calc train --train data.extxyz --init demo --forces gradient --distill-epochs 1 \
+  eqv2calc train --train data.extxyz --init demo --forces gradient --distill-epochs 1 \\
       --envelope polynomial --max-neighbors 100   conservative fine-tune (gradient forces)
   eqv2calc train --resume --out run1              continue an interrupted run
 
@@ -62,7 +62,7 @@ continuous: --envelope polynomial fades every edge out smoothly at the cutoff, a
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Structures per optimizer step.")
-@click.option("--lr", type=FiniteFloat(), help="Peak learning rate.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Peak learning rate.")
 @click.option(
     "--init",
     "init",
@@ -105,6 +105,12 @@ continuous: --envelope polynomial fades every edge out smoothly at the cutoff, a
     help="Continue from <out>/last.pt (config defaults to <out>/config.yaml).",
 )
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start afresh in a run folder that holds an earlier run (its checkpoints and metrics "
+    "are replaced); without it (and without --resume) train refuses to start there.",
+)
+@click.option(
     "--layout", type=click.Choice(["hydra", "classic"]), help="Checkpoint layout (default hydra)."
 )
 @click.option("--device", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
@@ -129,6 +135,7 @@ def train_command(
     max_neighbors,
     distill_epochs,
     resume,
+    overwrite,
     layout,
     device,
     amp,
@@ -170,6 +177,14 @@ def train_command(
         if init is not None:
             cfg.run.init = _resolve_init(init)
         cfg.run.resume = bool(resume)
+        earlier = [Path(cfg.run.out_dir) / n for n in ("last.pt", "best.pt")]
+        earlier = [p for p in earlier if p.exists()]
+        if earlier and not resume and not overwrite:
+            fail(
+                f"{earlier[0]} exists (an earlier run in {cfg.run.out_dir}); pass --resume to "
+                "continue it, --overwrite to start afresh there, or another --out",
+                code=2,
+            )
         result = train(cfg, log=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
         raise SystemExit(130) from None

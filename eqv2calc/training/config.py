@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,8 @@ class TrainConfig:
             problems.append(f"run.layout must be 'hydra' or 'classic', got {self.run.layout!r}")
         if self.run.epochs < 1:
             problems.append(f"run.epochs must be >= 1, got {self.run.epochs}")
+        if not self.optim.lr > 0:
+            problems.append(f"optim.lr must be > 0, got {self.optim.lr}")
         if self.run.batch_size < 1:
             problems.append(f"run.batch_size must be >= 1, got {self.run.batch_size}")
         if self.run.freeze_backbone and not self.run.init:
@@ -287,6 +290,33 @@ _SECTIONS = {
 }
 
 
+def _checked_value(cls: type, section: str, key: str, value: Any, where: str) -> Any:
+    """``value`` of ``section.key`` if its type fits the field's (a number written as a string,
+    as YAML reads ``1e-3``, becomes a float); else ValueError naming the key."""
+    kinds = typing.get_type_hints(cls)[key]
+    allowed = typing.get_args(kinds) or (kinds,)
+    if value is None and type(None) in allowed:
+        return value
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and (int in allowed or float in allowed):
+        return value if int in allowed else float(value)
+    elif isinstance(value, float) and float in allowed:
+        return value
+    elif isinstance(value, str):
+        if str in allowed:
+            return value
+        if float in allowed:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    expected = " or ".join(names.get(t, "null") for t in allowed)
+    raise ValueError(f"{where}: {section}.{key} must be {expected}, got {value!r}")
+
+
 def config_from_dict(options: dict[str, Any], *, where: str = "training config") -> TrainConfig:
     """Build a :class:`TrainConfig`; unknown sections or keys raise ValueError naming them."""
     if not isinstance(options, dict):
@@ -305,7 +335,9 @@ def config_from_dict(options: dict[str, Any], *, where: str = "training config")
         bad = sorted(set(section) - known)
         if bad:
             raise ValueError(f"{where}: unknown key(s) in {name!r}: {bad}; known: {sorted(known)}")
-        kwargs[name] = cls(**section)
+        kwargs[name] = cls(
+            **{k: _checked_value(cls, name, k, v, where) for k, v in section.items()}
+        )
     model = options.get("model") or {}
     if not isinstance(model, dict):
         raise ValueError(f"{where}: section 'model' must be a mapping of EquiformerV2 options")

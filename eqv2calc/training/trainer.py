@@ -12,6 +12,10 @@ Checkpoints (reference layout, written atomically with :func:`eqv2calc.checkpoin
 * ``out_dir/best.pt`` whenever the validation loss improves: the evaluated weights (the EMA
   weights when EMA is on) as ``state_dict``, no optimizer state (a lean, shareable file).
 
+A fresh run (not a resume) first removes an earlier run's ``last.pt``, ``best.pt``,
+``metrics.jsonl`` and ``summary.json`` from ``out_dir`` (``eqv2calc train`` refuses to start in
+such a folder without ``--overwrite``), so its metrics are never mixed with the earlier run's.
+
 Resuming restarts at the epoch after the last completed one; shuffling is seeded per epoch and
 the model has no dropout, so an interrupted and resumed run reproduces an uninterrupted one.
 The model implements no dropout / drop-path: trainings run without them.
@@ -286,6 +290,11 @@ class Trainer:
             self._restore(resume_state)
         else:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            init = os.path.realpath(c.run.init) if c.run.init else None
+            for name in ("last.pt", "best.pt", "metrics.jsonl", "summary.json"):
+                stale = self.out_dir / name  # an earlier run's: not to be mixed with this one's
+                if os.path.realpath(stale) != init:
+                    stale.unlink(missing_ok=True)
             save_config(c, self.out_dir / "config.yaml")
 
     def _setup_distillation(self) -> None:
