@@ -767,3 +767,20 @@ def test_an_output_name_with_a_format_that_is_not_written_is_refused_before_the_
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]  # nothing was run
+
+
+def test_eval_says_a_trajectory_gives_its_last_frame_only(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    frames = [bulk("Cu", cubic=True) for _ in range(3)]
+    for i, atoms in enumerate(frames):
+        atoms.rattle(0.05, seed=i)
+    ase.io.write("md.traj", frames)
+    ase.io.write("one.traj", frames[0])
+    result = runner.invoke(main, ["eval", "md.traj", "one.traj", "--model", "emt", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    notes = [x for x in result.stderr.splitlines() if x.startswith("note:")]
+    assert notes == [
+        "note: md.traj holds 3 frames; eval reads a .traj as one structure's history and "
+        "evaluates its last frame only (write it as extxyz to evaluate every frame)"
+    ]
+    assert len(ase.io.read("eval_results.extxyz", ":")) == 2

@@ -23,7 +23,8 @@ from eqv2calc.cli.campaign import CampaignOptions, campaign_options
 _HELP = """Compute energies, forces (and stress) for many structures: no relaxation.
 
 FILES are structure files that ASE or pymatgen can read, folders or quoted glob patterns;
-every frame of a multi-frame extxyz is evaluated. Structures are evaluated in batches of at
+every frame of a multi-frame extxyz is evaluated, but only the last frame of a .traj (taken as
+one structure's history; convert it to extxyz to evaluate every frame). Structures are evaluated in batches of at
 most --max-atoms atoms, one model call per batch.
 
 \b
@@ -110,6 +111,7 @@ def eval_command(
     entries, read_errors = read_inputs(files)
     if not entries:
         fail("no structures to evaluate")
+    _note_trajectories(entries)
     if (
         output_dir is not None
         and not Path(output).is_absolute()
@@ -145,3 +147,22 @@ def eval_command(
     )
     if job.exit_code:
         raise SystemExit(job.exit_code)
+
+
+def _note_trajectories(entries) -> None:
+    """A note for each .traj input with several frames: only its last one is evaluated."""
+    from ase.io.trajectory import Trajectory
+
+    for source in dict.fromkeys(e.source for e in entries if e.source.suffix.lower() == ".traj"):
+        try:
+            with Trajectory(source) as traj:
+                n = len(traj)
+        except Exception:  # read fine above; a count is only for the note
+            continue
+        if n > 1:
+            click.echo(
+                f"note: {source} holds {n} frames; eval reads a .traj as one structure's "
+                "history and evaluates its last frame only (write it as extxyz to evaluate "
+                "every frame)",
+                err=True,
+            )
