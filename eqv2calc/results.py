@@ -103,6 +103,13 @@ class RelaxResult:
         )
 
 
+def written_file(path: str | Path | None) -> str | None:
+    """``str(path)`` if that file exists, else None: the record of a failed relaxation names
+    only the files it left (a structure refused before its first step wrote no trajectory
+    and no log)."""
+    return str(path) if path is not None and Path(path).is_file() else None
+
+
 def _finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 

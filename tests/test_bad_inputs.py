@@ -784,3 +784,40 @@ def test_eval_says_a_trajectory_gives_its_last_frame_only(runner, tmp_path, monk
         "evaluates its last frame only (write it as extxyz to evaluate every frame)"
     ]
     assert len(ase.io.read("eval_results.extxyz", ":")) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# 16. third hostile round: summaries, model options in a training config, --precision/--dtype
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "emt", "--engine", "ase"],
+        [],  # the bundled model: the torch engine
+        ["--model", "emt", "--executor", "local", "--output-dir", "out"],  # a campaign
+    ],
+    ids=["ase", "torch", "campaign"],
+)
+def test_relax_summary_names_no_file_a_refused_structure_never_wrote(runner, tmp_path,
+                                                                     monkeypatch, args):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    good = bulk("Cu", cubic=True)
+    good.rattle(0.05, seed=1)
+    ase.io.write("good.extxyz", good)
+    bad = bulk("Cu", cubic=True)
+    bad.positions[0, 0] = np.nan
+    ase.io.write("bad.extxyz", bad)
+    result = runner.invoke(main, ["relax", "good.extxyz", "bad.extxyz", "--summary", "s.json",
+                                  "--steps", "2", "--no-progress", *args])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "non-finite position" in result.stderr
+    records = json.loads(Path("s.json").read_text())["structures"]
+    refused = records["bad"]
+    assert refused["status"] == "error" and "non-finite position" in refused["error"]
+    assert refused.get("trajectory") is None and refused.get("log") is None
+    assert "output" not in refused
+    assert not list(tmp_path.rglob("bad_relax*"))
+    for key in ("trajectory", "log", "output"):  # the relaxed structure's files were written
+        assert Path(records["good"][key]).is_file(), key

@@ -189,6 +189,10 @@ class RelaxTask:
 
         rec = dict(outcome.result)
         rec["log"] = payload["log"]
+        if not outcome.ok:
+            from eqv2calc.results import written_file
+
+            rec.update(trajectory=written_file(rec.get("trajectory")), log=written_file(rec["log"]))
         if outcome.ok and outcome.atoms is not None:
             write_structure(payload["output"], outcome.atoms)
             rec["output"] = payload["output"]

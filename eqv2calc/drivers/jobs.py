@@ -45,6 +45,7 @@ from eqv2calc.io import (
     write_json_atomic,
     write_structure,
 )
+from eqv2calc.results import written_file
 
 __all__ = [
     "EXIT_FAILED",
@@ -452,6 +453,7 @@ def _record_relaxed(
     record["fixed_by_fix_below"] = fixed
     record["log"] = str(out.log)
     if not result.ok:
+        record.update(trajectory=written_file(result.trajectory), log=written_file(out.log))
         report.n_failed += 1
         return record
     final = result.atoms.copy()
