@@ -446,6 +446,27 @@ def test_config_values_of_the_wrong_type_are_named(tmp_path):
         config_from_dict({"data": {"train": "x.extxyz"}, "optim": {"lr": -1e-3}}).validate()
 
 
+def test_unknown_model_option_is_refused_when_the_config_is_loaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "cfg.yaml"
+    # fairchem's names, no-effect arguments and ours are all model options
+    path.write_text(
+        "model:\n  max_radius: 5.0\n  lmax_list: [2]\n  alpha_drop: 0.0\n  envelope: none\n"
+    )
+    assert load_config(path).model_options()["cutoff"] == 5.0
+    path.write_text("data:\n  train: absent.extxyz\nmodel:\n  max_num_neighbors: 20\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: section 'model': unknown option 'max_num_neighbors'")
+    assert "did you mean 'max_neighbors'?" in message and "'num_layers'" in message
+    # the command refuses it before reading the (here missing) data, as a usage error
+    result = CliRunner().invoke(train_command, ["cfg.yaml", "--out", "run", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "cfg.yaml: section 'model': unknown option 'max_num_neighbors'" in result.output
+    assert "absent.extxyz" not in result.output and not (tmp_path / "run").exists()
+
+
 def test_cli_errors_are_one_line(data_file, tmp_path):
     runner = CliRunner()
     missing = runner.invoke(

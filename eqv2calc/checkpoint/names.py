@@ -282,6 +282,26 @@ def our_option_names(options: dict) -> dict:
     }
 
 
+def check_model_options(options: dict) -> None:
+    """Raise ValueError naming the first key of ``options`` (our names, as from
+    :func:`our_option_names`) that :func:`model_config` does not take: neither an
+    EquiformerV2Config option nor an argument of the reference's EquiformerV2Backbone; the
+    message gives the closest accepted name and the accepted names."""
+    import difflib
+
+    ours = sorted(f.name for f in dataclasses.fields(EquiformerV2Config))
+    reference = sorted(BACKBONES[1].arguments - set(ours))
+    unknown = [key for key in options if key not in ours and key not in reference]
+    if not unknown:
+        return
+    close = difflib.get_close_matches(str(unknown[0]), ours + reference, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(
+        f"unknown option {unknown[0]!r}; {hint}accepted: eqv2calc's {ours}, or fairchem's "
+        f"{BACKBONES[1].class_name} arguments {reference}"
+    )
+
+
 def reference_option_names(options: dict) -> dict:
     """Inverse of :func:`our_option_names`: our names of :data:`OPTION_NAMES` → the reference's."""
     reference = {ours: name for name, ours in OPTION_NAMES.items()}

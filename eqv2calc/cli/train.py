@@ -149,7 +149,10 @@ def train_command(
     try:
         if config is None and resume and out_dir and (Path(out_dir) / "config.yaml").is_file():
             config = str(Path(out_dir) / "config.yaml")
-        cfg = load_config(config) if config else TrainConfig()
+        try:  # a config error is a usage error (exit 2), found before any data is read
+            cfg = load_config(config) if config else TrainConfig()
+        except (ValueError, FileNotFoundError) as err:
+            fail(str(err), code=2)
         overrides = {
             ("data", "train"): train_path,
             ("data", "val"): val_path,

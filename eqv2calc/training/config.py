@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from eqv2calc.checkpoint.names import our_option_names
+from eqv2calc.checkpoint.names import check_model_options, our_option_names
 
 _TRI = (True, False, "auto")  # the values of a true/false/auto switch
 
@@ -318,7 +318,8 @@ def _checked_value(cls: type, section: str, key: str, value: Any, where: str) ->
 
 
 def config_from_dict(options: dict[str, Any], *, where: str = "training config") -> TrainConfig:
-    """Build a :class:`TrainConfig`; unknown sections or keys raise ValueError naming them."""
+    """Build a :class:`TrainConfig`; unknown sections or keys (``model`` options included)
+    raise ValueError naming them."""
     if not isinstance(options, dict):
         raise ValueError(f"{where}: expected a mapping of sections, got {type(options).__name__}")
     unknown = sorted(set(options) - set(_SECTIONS) - {"model"})
@@ -342,7 +343,7 @@ def config_from_dict(options: dict[str, Any], *, where: str = "training config")
     if not isinstance(model, dict):
         raise ValueError(f"{where}: section 'model' must be a mapping of EquiformerV2 options")
     try:
-        our_option_names(model)
+        check_model_options(our_option_names(model))
     except ValueError as exc:
         raise ValueError(f"{where}: section 'model': {exc}") from None
     return TrainConfig(model=dict(model), **kwargs)
