@@ -346,3 +346,29 @@ def test_relax_explicit_torch_engine_that_cannot_apply_exits_2(runner, inputs):
     assert len(notes) == 1 and "ASE optimizers" in notes[0]
     assert json.loads((inputs / "relax_summary.json").read_text())["settings"]["engine"] == "ase"
     assert (inputs / "poscar_relaxed.extxyz").exists()
+
+
+@pytest.mark.parametrize("command", ["relax", "eval", "md"])
+@pytest.mark.parametrize(
+    "given, accepted",
+    [
+        (["--precision", "float64", "--dtype", "float32"], False),  # was accepted silently
+        (["--precision", "float32", "--dtype", "float64"], False),
+        (["--precision", "tf32", "--dtype", "float64"], False),
+        (["--precision", "float64", "--dtype", "float64"], True),
+        (["--precision", "tf32", "--dtype", "float32"], True),
+    ],
+)
+def test_an_explicit_dtype_that_conflicts_with_precision_is_refused(runner, inputs, command,
+                                                                    given, accepted):  # fmt: skip
+    steps = [] if command == "eval" else ["--steps", "1"]
+    if command == "md":
+        steps += ["--overwrite"]
+    result = runner.invoke(main, [command, "POSCAR", *given, *steps, "--no-progress"])
+    if accepted:
+        assert result.exit_code in (0, 3), result.stderr  # 3: relax not converged in a step
+        return
+    precision, dtype = given[1], given[3]
+    assert result.exit_code == 1, result.output
+    assert f"error: --precision {precision} conflicts with --dtype {dtype}" in result.stderr
+    assert not [p.name for p in inputs.iterdir() if p.name.endswith((".json", ".extxyz", "traj"))]

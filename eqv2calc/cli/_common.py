@@ -231,6 +231,29 @@ def _precision_request() -> dict[str, Any]:
     }
 
 
+def _model_dtype(dtype: str, precision: str | None) -> str:
+    """The dtype the model is loaded in: ``--precision``'s own when given (float64 for
+    float64, float32 for the others), ``dtype`` otherwise. A ``--dtype`` given on the command
+    line that differs from it is refused (its default is not a choice)."""
+    if precision is None:
+        return dtype
+    from click.core import ParameterSource
+
+    from eqv2calc.engine.precision import PRECISIONS
+
+    mode = PRECISIONS.get(precision.lower())
+    if mode is None:
+        return dtype  # an unknown name is refused by resolve_precision
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("dtype") if ctx is not None else None
+    if source not in (None, ParameterSource.DEFAULT) and dtype != mode.dtype:
+        raise CommandError(
+            f"--precision {mode.name} conflicts with --dtype {dtype}: {mode.name} runs the "
+            f"model in {mode.dtype}; drop --dtype or give --dtype {mode.dtype}"
+        )
+    return mode.dtype
+
+
 def _apply_precision(calc: Any, dtype: str, request: dict[str, Any]) -> Any:
     """Set the precision mode and compilation asked for on ``calc`` (or refuse, one line)."""
     from eqv2calc.engine.precision import resolve_precision
@@ -332,8 +355,7 @@ def make_calculator(model: str | None, device: str = "auto", dtype: str = "float
         CommandError: The model cannot be found or loaded (one-line message).
     """
     request = _precision_request()
-    if request["precision"] is not None and request["precision"].lower() == "float64":
-        dtype = "float64"  # --precision float64 is --dtype float64
+    dtype = _model_dtype(dtype, request["precision"])  # --precision float64 is --dtype float64
     if model is not None and model.strip().lower() == EMT_MODEL_NAME:
         from ase.calculators.emt import EMT
 

@@ -203,11 +203,10 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 def _spec(model: str | None, device: str, dtype: str) -> Any:
     """How workers build the calculator, with the command's --precision/--compile options."""
     from eqv2calc.campaigns import CalculatorSpec
-    from eqv2calc.cli._common import _precision_request
+    from eqv2calc.cli._common import _model_dtype, _precision_request
 
     request = _precision_request()
-    if request["precision"] is not None and request["precision"].lower() == "float64":
-        dtype = "float64"  # --precision float64 is --dtype float64, as outside campaigns
+    dtype = _model_dtype(dtype, request["precision"])  # as outside campaigns
     return CalculatorSpec(
         model=model,
         device=device,
