@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,11 +291,24 @@ _SECTIONS = {
 }
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _checked_value(cls: type, section: str, key: str, value: Any, where: str) -> Any:
     """``value`` of ``section.key`` if its type fits the field's (a number written as a string,
     as YAML reads ``1e-3``, becomes a float); else ValueError naming the key."""
     kinds = typing.get_type_hints(cls)[key]
-    allowed = typing.get_args(kinds) or (kinds,)
+    if typing.get_origin(kinds) not in (typing.Union, types.UnionType):
+        if kinds not in (bool, int, float, str):
+            return value  # containers and other types are left to validate()
+        allowed: tuple[Any, ...] = (kinds,)
+    else:
+        allowed = typing.get_args(kinds)
     if value is None and type(None) in allowed:
         return value
     if isinstance(value, bool):
@@ -307,11 +321,8 @@ def _checked_value(cls: type, section: str, key: str, value: Any, where: str) ->
     elif isinstance(value, str):
         if str in allowed:
             return value
-        if float in allowed:
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        if float in allowed and _is_number(value):
+            return float(value)
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
     expected = " or ".join(names.get(t, "null") for t in allowed)
     raise ValueError(f"{where}: {section}.{key} must be {expected}, got {value!r}")
