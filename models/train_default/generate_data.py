@@ -120,7 +120,9 @@ def _fix_bottom(slab: Atoms) -> None:
     slab.set_constraint(FixAtoms(mask=metal & (z < zmin + 0.5)))
 
 
-def generate(seed: int, scale: float, physics: bool = False, eos_scale: int = 1) -> list[Atoms]:
+def generate(
+    seed: int, scale: float, physics: bool = False, eos_scale: int = 1, vib_scale: int = 1
+) -> list[Atoms]:
     """All categories for one seed; ``scale`` multiplies every count.
 
     ``physics`` adds hops, vibrations and equations of state (``physics_data.py``, issue 17).
@@ -223,7 +225,7 @@ def generate(seed: int, scale: float, physics: bool = False, eos_scale: int = 1)
     if physics:
         from physics_data import physics_frames  # beside this script
 
-        out += physics_frames(rng, n, _label, eos_scale)
+        out += physics_frames(rng, n, _label, eos_scale, vib_scale)
     return [a for a in out if a is not None]
 
 
@@ -265,6 +267,13 @@ def main() -> None:
         help="with --physics: multiplies the equation-of-state cells and, above 1, adds strained "
         "ordered alloys (physics_data.strain_frames)",
     )
+    parser.add_argument(
+        "--vib-scale",
+        type=int,
+        default=1,
+        help="with --physics: above 1, adds (N-1)×40 adsorbate minima with 0.03–0.15 Å "
+        "displacements (physics_data.wide_vibration_frames)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,13 +284,16 @@ def main() -> None:
         "max_force": args.max_force,
         "physics": args.physics,
         "eos_scale": args.eos_scale,
+        "vib_scale": args.vib_scale,
     }
     for name, seed, scale in (
         ("train", args.seed, args.scale),
         ("test", args.seed + 1000, args.test_scale),
     ):
         t0 = time.time()
-        frames = _drop_outliers(generate(seed, scale, args.physics, args.eos_scale), args.max_force)
+        frames = _drop_outliers(
+            generate(seed, scale, args.physics, args.eos_scale, args.vib_scale), args.max_force
+        )
         _write(frames, out / f"{name}.extxyz")
         summary[name] = {
             "structures": len(frames),

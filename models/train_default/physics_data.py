@@ -108,6 +108,26 @@ def vibration_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     return out
 
 
+def wide_vibration_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
+    """Larger displacements (0.03–0.15 Å, random directions) around ``count`` adsorbate minima.
+
+    At ±0.01 Å the force of a 14 meV O mode is ~0.01 eV/Å, far below a small model's force error;
+    at 0.1 Å it is ~0.08 eV/Å, so these frames carry the curvature (the third run, issue 17).
+    """
+    out = []
+    for _ in range(count):
+        metal = str(rng.choice(METALS))
+        facet = str(rng.choice(["100", "111"]))
+        minimum = _relaxed(_endpoints(metal, facet, str(rng.choice(HOP_ADSORBATES)))[0], 0.01)
+        out.append(minimum.copy())
+        for _ in range(6):
+            moved = minimum.copy()
+            direction = rng.normal(0, 1, 3)
+            moved.positions[-1] += direction / np.linalg.norm(direction) * rng.uniform(0.03, 0.15)
+            out.append(moved)
+    return out
+
+
 def eos_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     """``count`` scaled cells per metal over ±8 % volume (primitive and cubic cells)."""
     out = []
@@ -156,15 +176,20 @@ def physics_frames(
     n: Callable[[int], int],
     label: Callable[[Atoms, str], Atoms],
     eos_scale: int = 1,
+    vib_scale: int = 1,
 ) -> list[Atoms]:
     """All three categories, labelled; ``n`` scales the counts (as in generate_data).
 
     ``eos_scale`` > 1 multiplies the equation-of-state cells and adds strained alloys
     (``strain_frames``); 1 reproduces the first conservative run's data exactly.
+    ``vib_scale`` > 1 appends ``wide_vibration_frames`` around ``(vib_scale - 1) × 40`` more
+    minima (after everything else, so the frames before them are unchanged).
     """
     out = [label(a, "hop") for a in hop_frames(rng, n(40))]
     out += [label(a, "vib") for a in vibration_frames(rng, n(40))]
     out += [label(a, "eos") for a in eos_frames(rng, n(9 * eos_scale))]
     if eos_scale > 1:
         out += [label(a, "eos") for a in strain_frames(rng, n(20 * eos_scale))]
+    if vib_scale > 1:
+        out += [label(a, "vib") for a in wide_vibration_frames(rng, n(40 * (vib_scale - 1)))]
     return out
