@@ -240,6 +240,18 @@ def _locate_bad_frame(path: Path, fmt: str | None) -> int | None:
     return None
 
 
+def _read_failure_reason(error: Exception) -> str:
+    """One line saying why ASE could not read a file (an unknown element named as such)."""
+    from ase.data import atomic_numbers
+
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        key = error.args[0]
+        if key.isalpha() and len(key) <= 3 and key not in atomic_numbers:
+            return f"unknown element symbol {key!r}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def read_structure_file(
     path: str | os.PathLike,
     index: str | int | None = None,
@@ -282,8 +294,7 @@ def read_structure_file(
         try:
             frames = _read_with_pymatgen(path)
         except Exception:
-            text = str(ase_error).strip()
-            reason = text.splitlines()[0] if text else type(ase_error).__name__
+            reason = _read_failure_reason(ase_error)
             where = ""
             if index == ":":
                 bad = _locate_bad_frame(path, fmt)

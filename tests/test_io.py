@@ -292,6 +292,15 @@ def test_read_error_names_the_frame(tmp_path):
         read_structure_file(path)
 
 
+def test_unknown_element_is_named(tmp_path):
+    path = tmp_path / "xx.xyz"
+    path.write_text("2\n\nCu 0 0 0\nXx 0 0 2\n")
+    with pytest.raises(
+        StructureReadError, match=r"xx.xyz: cannot read .*unknown element symbol 'Xx'"
+    ):
+        read_structure_file(path)
+
+
 def test_clean_label_and_calculator_label():
     from eqv2calc.io import calculator_label, clean_label
 

@@ -72,9 +72,12 @@ def test_training_yaml_model_section_takes_fairchem_names():
         config_from_dict({"model": {"lmax": 3, "lmax_list": [3]}})
 
 
-def test_bundled_training_config_builds_its_model():
-    """models/train_default/train_config.yaml keeps fairchem's names (pasted configs work)."""
-    cfg = load_config(ROOT / "models" / "train_default" / "train_config.yaml")
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (ROOT / "models" / "train_default").glob("train_config*.yaml"))
+)
+def test_bundled_training_config_builds_its_model(name):
+    """models/train_default/train_config*.yaml keep fairchem's names (pasted configs work)."""
+    cfg = load_config(ROOT / "models" / "train_default" / name)
     config = names.model_config(cfg.model_options())
     assert config.cutoff == cfg.model_options()["cutoff"] > 0
     assert config.lmax >= config.mmax >= 0
