@@ -83,13 +83,18 @@ def hop_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     return out
 
 
+def _random_minimum(rng: np.random.Generator) -> Atoms:
+    """A relaxed adsorbate at a hollow of a random metal's (100) or (111) slab (EMT)."""
+    metal = str(rng.choice(METALS))
+    facet = str(rng.choice(["100", "111"]))
+    return _relaxed(_endpoints(metal, facet, str(rng.choice(HOP_ADSORBATES)))[0], 0.01)
+
+
 def vibration_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     """Displacements around ``count`` adsorbate minima and ``count`` bulk supercells."""
     out = []
     for _ in range(count):
-        metal = str(rng.choice(METALS))
-        facet = str(rng.choice(["100", "111"]))
-        minimum = _relaxed(_endpoints(metal, facet, str(rng.choice(HOP_ADSORBATES)))[0], 0.01)
+        minimum = _random_minimum(rng)
         out.append(minimum.copy())
         for axis in range(3):
             for sign in (1.0, -1.0):
@@ -116,9 +121,7 @@ def wide_vibration_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     """
     out = []
     for _ in range(count):
-        metal = str(rng.choice(METALS))
-        facet = str(rng.choice(["100", "111"]))
-        minimum = _relaxed(_endpoints(metal, facet, str(rng.choice(HOP_ADSORBATES)))[0], 0.01)
+        minimum = _random_minimum(rng)
         out.append(minimum.copy())
         for _ in range(6):
             moved = minimum.copy()
