@@ -18,6 +18,13 @@ all three axes, stress (eV/Å³, ASE sign convention). Structures whose largest 
 ``--max-force`` (close contacts) are dropped. Output: ``train.extxyz`` and an independent
 ``test.extxyz`` (another seed) in ``--out``, plus ``summary.json`` with counts.
 
+Slabs carry ``surface`` (e.g. ``"Cu(100)"``) and ``adsorbate`` (e.g. ``"O"``) tags.
+``--hold-out`` drops every structure (any category, any site, train and test) of the
+adsorbate/surface pairs that ``check_physics.py`` measures (``physics_data.HELD_OUT``), so that
+its barriers and modes are of systems the model was not trained on. ``--adsorbate-force-weight W``
+writes per-atom ``force_weights`` (W on the H, C, N, O atoms of slabs with an adsorbate),
+which ``eqv2calc train`` reads.
+
 Usage::
 
     python models/train_default/generate_data.py --out scratch/train_default/data --seed 0
@@ -87,12 +94,15 @@ def _slab(metal: str, facet: str, rng: np.random.Generator, layers: int | None =
     layers = layers or int(rng.integers(3, 5))
     vacuum = 7.0
     if facet == "111":
-        return fcc111(metal, (2, 2, layers), vacuum=vacuum)
-    if facet == "100":
-        return fcc100(metal, (2, 2, layers), vacuum=vacuum)
-    if facet == "110":
-        return fcc110(metal, (2, 2, layers), vacuum=vacuum)
-    return fcc211(metal, (3, 2, 3), vacuum=vacuum)
+        slab = fcc111(metal, (2, 2, layers), vacuum=vacuum)
+    elif facet == "100":
+        slab = fcc100(metal, (2, 2, layers), vacuum=vacuum)
+    elif facet == "110":
+        slab = fcc110(metal, (2, 2, layers), vacuum=vacuum)
+    else:
+        slab = fcc211(metal, (3, 2, 3), vacuum=vacuum)
+    slab.info["surface"] = f"{metal}({facet})"  # read by --hold-out
+    return slab
 
 
 def _adsorbate(name: str) -> Atoms:
@@ -110,6 +120,7 @@ def _place(slab: Atoms, name: str, rng: np.random.Generator, height: tuple[float
     frac = rng.uniform(0, 1, 2)
     xy = frac @ slab.cell.array[:2, :2]
     add_adsorbate(slab, ads, float(rng.uniform(*height)), position=tuple(xy), mol_index=0)
+    slab.info["adsorbate"] = name
     return slab
 
 
@@ -229,6 +240,23 @@ def generate(
     return [a for a in out if a is not None]
 
 
+def _held_out(atoms: Atoms, systems: list[tuple[str, str, str]]) -> bool:
+    """Whether ``atoms`` is one of ``systems`` ((metal, facet, adsorbate)): that adsorbate on
+    that surface anywhere (any site, any category), from the ``surface``/``adsorbate`` tags."""
+    key = (atoms.info.get("surface"), atoms.info.get("adsorbate"))
+    return any(key == (f"{m}({f})", a) for m, f, a in systems)
+
+
+def _set_adsorbate_weights(frames: list[Atoms], weight: float) -> None:
+    """Per-atom ``force_weights`` (read by eqv2calc train): ``weight`` on H, C, N, O atoms of
+    slabs with an adsorbate, 1 elsewhere."""
+    for atoms in frames:
+        w = np.ones(len(atoms))
+        if "adsorbate" in atoms.info:
+            w[[s in LIGHT for s in atoms.get_chemical_symbols()]] = weight
+        atoms.arrays["force_weights"] = w
+
+
 def _drop_outliers(frames: list[Atoms], max_force: float) -> list[Atoms]:
     return [a for a in frames if np.abs(a.get_forces()).max() <= max_force]
 
@@ -274,6 +302,19 @@ def main() -> None:
         help="with --physics: above 1, adds (N-1)×40 adsorbate minima with 0.03–0.15 Å "
         "displacements (physics_data.wide_vibration_frames)",
     )
+    parser.add_argument(
+        "--hold-out",
+        action="store_true",
+        help="leave out every structure with an adsorbate/surface pair of check_physics.py's "
+        "held-out hops (O/Ag(100), H/Ni(111), N/Pd(100), O/Cu(100)), from train and test",
+    )
+    parser.add_argument(
+        "--adsorbate-force-weight",
+        type=float,
+        default=None,
+        help="write per-atom force_weights: this weight on the adsorbate atoms (H, C, N, O) of "
+        "slabs, 1 on the others (default: no weights written)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -285,6 +326,8 @@ def main() -> None:
         "physics": args.physics,
         "eos_scale": args.eos_scale,
         "vib_scale": args.vib_scale,
+        "hold_out": args.hold_out,
+        "adsorbate_force_weight": args.adsorbate_force_weight,
     }
     for name, seed, scale in (
         ("train", args.seed, args.scale),
@@ -294,6 +337,12 @@ def main() -> None:
         frames = _drop_outliers(
             generate(seed, scale, args.physics, args.eos_scale, args.vib_scale), args.max_force
         )
+        if args.hold_out:
+            from physics_data import HELD_OUT  # beside this script
+
+            frames = [a for a in frames if not _held_out(a, HELD_OUT)]
+        if args.adsorbate_force_weight is not None:
+            _set_adsorbate_weights(frames, args.adsorbate_force_weight)
         _write(frames, out / f"{name}.extxyz")
         summary[name] = {
             "structures": len(frames),

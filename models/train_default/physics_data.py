@@ -31,6 +31,9 @@ from ase.optimize import BFGS, FIRE
 
 METALS = ["Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt"]
 HOP_ADSORBATES = ["O", "H", "N", "C"]
+#: (metal, facet, adsorbate) of check_physics.py's held-out hops and modes; with
+#: ``generate_data.py --hold-out`` no structure of these pairs is trained on
+HELD_OUT = [("Ag", "100", "O"), ("Ni", "111", "H"), ("Pd", "100", "N"), ("Cu", "100", "O")]
 
 
 def _slab(metal: str, facet: str) -> Atoms:
@@ -45,6 +48,7 @@ def _endpoints(metal: str, facet: str, adsorbate: str) -> tuple[Atoms, Atoms]:
     a = slab.cell[0, 0] / 2
     initial = slab.copy()
     add_adsorbate(initial, adsorbate, 1.2, "hollow" if facet == "100" else "fcc")
+    initial.info.update(surface=f"{metal}({facet})", adsorbate=adsorbate)  # for --hold-out
     final = initial.copy()
     if facet == "100":
         final.positions[-1, 0] += a

@@ -1,0 +1,47 @@
+"""The training-data recipe of the default model leaves the check's held-out systems out (issue 17)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ase.calculators.emt")
+RECIPE = Path(__file__).resolve().parents[1] / "models" / "train_default"
+sys.path.append(str(RECIPE))
+import check_physics  # noqa: E402
+import generate_data  # noqa: E402
+import physics_data  # noqa: E402
+
+
+def test_check_uses_the_held_out_list_of_the_recipe():
+    assert check_physics.HOPS["held-out"] is physics_data.HELD_OUT
+
+
+@pytest.mark.parametrize(("metal", "facet", "name"), physics_data.HELD_OUT)
+def test_held_out_pairs_are_recognised_at_any_site(metal, facet, name):
+    rng = np.random.default_rng(0)
+    slab = generate_data._place(generate_data._slab(metal, facet, rng), name, rng, (1.0, 2.0))
+    assert generate_data._held_out(slab, physics_data.HELD_OUT)
+    other = generate_data._place(generate_data._slab(metal, facet, rng), "OH", rng, (1.0, 2.0))
+    assert not generate_data._held_out(other, physics_data.HELD_OUT)
+    hop_start, hop_end = physics_data._endpoints(metal, facet, name)
+    assert generate_data._held_out(hop_start, physics_data.HELD_OUT)
+    assert generate_data._held_out(hop_end, physics_data.HELD_OUT)
+
+
+def test_other_facet_of_a_held_out_metal_is_kept():
+    start, _ = physics_data._endpoints("Cu", "111", "O")
+    assert not generate_data._held_out(start, physics_data.HELD_OUT)
+
+
+def test_adsorbate_force_weights_only_on_adsorbate_atoms():
+    rng = np.random.default_rng(1)
+    slab = generate_data._place(generate_data._slab("Pt", "111", rng), "CO", rng, (1.5, 2.0))
+    bulk = generate_data._bulk_cell("Pt", rng)
+    generate_data._set_adsorbate_weights([slab, bulk], 4.0)
+    symbols = np.array(slab.get_chemical_symbols())
+    np.testing.assert_array_equal(slab.arrays["force_weights"], np.where(symbols == "Pt", 1.0, 4.0))
+    np.testing.assert_array_equal(bulk.arrays["force_weights"], np.ones(len(bulk)))
