@@ -18,7 +18,7 @@ CANDIDATE = (
     / "models"
     / "train_default"
     / "candidates"
-    / "conservative-run4.pt"
+    / "conservative-run6.pt"
 )
 
 
