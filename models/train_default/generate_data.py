@@ -51,6 +51,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import FIRE
 from ase.units import fs
+from physics_data import HELD_OUT, physics_frames, surface_tag  # beside this script
 
 METALS = ["Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt"]
 LIGHT = ["H", "C", "N", "O"]
@@ -101,7 +102,7 @@ def _slab(metal: str, facet: str, rng: np.random.Generator, layers: int | None =
         slab = fcc110(metal, (2, 2, layers), vacuum=vacuum)
     else:
         slab = fcc211(metal, (3, 2, 3), vacuum=vacuum)
-    slab.info["surface"] = f"{metal}({facet})"  # read by --hold-out
+    slab.info["surface"] = surface_tag(metal, facet)  # read by --hold-out
     return slab
 
 
@@ -234,8 +235,6 @@ def generate(
         atoms.rattle(float(rng.uniform(0.02, 0.12)), seed=int(rng.integers(2**31)))
         out.append(_label(atoms, "cluster"))
     if physics:
-        from physics_data import physics_frames  # beside this script
-
         out += physics_frames(rng, n, _label, eos_scale, vib_scale)
     return [a for a in out if a is not None]
 
@@ -244,7 +243,7 @@ def _held_out(atoms: Atoms, systems: list[tuple[str, str, str]]) -> bool:
     """Whether ``atoms`` is one of ``systems`` ((metal, facet, adsorbate)): that adsorbate on
     that surface anywhere (any site, any category), from the ``surface``/``adsorbate`` tags."""
     key = (atoms.info.get("surface"), atoms.info.get("adsorbate"))
-    return any(key == (f"{m}({f})", a) for m, f, a in systems)
+    return any(key == (surface_tag(m, f), a) for m, f, a in systems)
 
 
 def _set_adsorbate_weights(frames: list[Atoms], weight: float) -> None:
@@ -306,7 +305,9 @@ def main() -> None:
         "--hold-out",
         action="store_true",
         help="leave out every structure with an adsorbate/surface pair of check_physics.py's "
-        "held-out hops (O/Ag(100), H/Ni(111), N/Pd(100), O/Cu(100)), from train and test",
+        "held-out hops ("
+        + ", ".join(f"{a}/{surface_tag(m, f)}" for m, f, a in HELD_OUT)
+        + "), from train and test",
     )
     parser.add_argument(
         "--adsorbate-force-weight",
@@ -338,8 +339,6 @@ def main() -> None:
             generate(seed, scale, args.physics, args.eos_scale, args.vib_scale), args.max_force
         )
         if args.hold_out:
-            from physics_data import HELD_OUT  # beside this script
-
             frames = [a for a in frames if not _held_out(a, HELD_OUT)]
         if args.adsorbate_force_weight is not None:
             _set_adsorbate_weights(frames, args.adsorbate_force_weight)

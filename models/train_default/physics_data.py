@@ -36,6 +36,11 @@ HOP_ADSORBATES = ["O", "H", "N", "C"]
 HELD_OUT = [("Ag", "100", "O"), ("Ni", "111", "H"), ("Pd", "100", "N"), ("Cu", "100", "O")]
 
 
+def surface_tag(metal: str, facet: str) -> str:
+    """The ``surface`` info tag of a slab, e.g. ``"Cu(100)"`` (read by ``--hold-out``)."""
+    return f"{metal}({facet})"
+
+
 def _slab(metal: str, facet: str) -> Atoms:
     slab = (fcc100 if facet == "100" else fcc111)(metal, (2, 2, 3), vacuum=7.0)
     z = slab.positions[:, 2]
@@ -48,7 +53,7 @@ def _endpoints(metal: str, facet: str, adsorbate: str) -> tuple[Atoms, Atoms]:
     a = slab.cell[0, 0] / 2
     initial = slab.copy()
     add_adsorbate(initial, adsorbate, 1.2, "hollow" if facet == "100" else "fcc")
-    initial.info.update(surface=f"{metal}({facet})", adsorbate=adsorbate)  # for --hold-out
+    initial.info.update(surface=surface_tag(metal, facet), adsorbate=adsorbate)
     final = initial.copy()
     if facet == "100":
         final.positions[-1, 0] += a
