@@ -524,8 +524,9 @@ def backbone_config(options: dict, entry: ModuleClass) -> dict:
     return ours
 
 
-#: EquiformerV2Config options the reference does not have (see model.envelope)
-OURS_ONLY = ("envelope",)
+#: EquiformerV2Config options the reference does not have (see model.envelope and
+#: EquiformerV2Config.distance_basis_width)
+OURS_ONLY = ("envelope", "distance_basis_width")
 
 
 def reference_backbone(config: dict) -> tuple[str, dict]:

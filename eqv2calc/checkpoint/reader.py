@@ -290,6 +290,17 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
             f"{path}: config eqv2calc.envelope is {envelope!r}; expected one of {list(ENVELOPES)}"
         )
     cfg.envelope = envelope
+    basis_width = (config.get("eqv2calc") or {}).get("distance_basis_width", 2.0)
+    if (
+        isinstance(basis_width, bool)
+        or not isinstance(basis_width, (int, float))
+        or not basis_width > 0
+    ):
+        raise CheckpointError(
+            f"{path}: config eqv2calc.distance_basis_width is {basis_width!r}; expected a positive"
+            " number of centre spacings (2.0 in fairchem's files)"
+        )
+    cfg.distance_basis_width = float(basis_width)
     forces_kind = (config.get("eqv2calc") or {}).get("forces", "direct")
     if forces_kind not in ("direct", "gradient"):
         raise CheckpointError(

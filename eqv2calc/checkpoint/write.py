@@ -37,7 +37,8 @@ def save_checkpoint(
     if layout not in ("classic", "hydra"):
         raise ValueError(f"layout must be 'classic' or 'hydra', got {layout!r}")
     ours = dataclasses.asdict(model.config)
-    envelope = ours.pop("envelope")  # eqv2calc's own option: kept under config["eqv2calc"]
+    envelope = ours.pop("envelope")  # eqv2calc's own options: kept under config["eqv2calc"]
+    basis_width = ours.pop("distance_basis_width")
     backbone_name, cfg = names.reference_backbone(ours)
     ref_heads = {
         name: names.reference_head(spec.kind, spec.options)
@@ -107,6 +108,8 @@ def save_checkpoint(
         "forces": getattr(model, "forces_kind", "direct"),  # "gradient": −∂E/∂x, (1/V)·∂E/∂ε
         "envelope": envelope,  # "polynomial": smooth cutoff (model.envelope); fairchem ignores it
     }
+    if basis_width != 2.0:  # the reference's width: files with it stay as fairchem writes them
+        config["eqv2calc"]["distance_basis_width"] = basis_width  # fairchem cannot read these
 
     payload = {"state_dict": state, "config": config, "normalizers": normalizers}
     if model.element_references.numel():

@@ -94,6 +94,15 @@ continuous: --envelope polynomial fades every edge out smoothly at the cutoff, a
     " atom's neighbour count within the cutoff, or the energy jumps when the cap swaps one.",
 )
 @click.option(
+    "--distance-basis-width",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Width of each Gaussian of the 600-function distance basis, in centre spacings"
+    " (model.distance_basis_width; the reference's 2.0 is 0.015 Å at a 4.5 Å cutoff). Wider"
+    " (e.g. 12: 0.09 Å) gives smooth radial functions, so a small model's curvature at minima"
+    " (modes, phonons) is not dominated by bumps; with --init the checkpoint's radial layers are"
+    " rescaled to the new width.",
+)
+@click.option(
     "--distill-epochs",
     type=click.IntRange(min=0),
     help="With --init and --forces gradient: first epochs trained on the initial model's own "
@@ -133,6 +142,7 @@ def train_command(
     forces,
     envelope,
     max_neighbors,
+    distance_basis_width,
     distill_epochs,
     resume,
     overwrite,
@@ -174,7 +184,11 @@ def train_command(
         for (section, key), value in overrides.items():
             if value is not None:
                 setattr(getattr(cfg, section), key, value)
-        for key, value in (("envelope", envelope), ("max_neighbors", max_neighbors)):
+        for key, value in (
+            ("envelope", envelope),
+            ("max_neighbors", max_neighbors),
+            ("distance_basis_width", distance_basis_width),
+        ):
             if value is not None:
                 cfg.model[key] = value
         if init is not None:

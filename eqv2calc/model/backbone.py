@@ -61,7 +61,7 @@ class EquiformerV2Backbone(nn.Module):
         self.grid_full = SphereGrid(lmax, lmax, c.grid_resolution, edge_frame=False)
 
         self.sphere_embedding = nn.Embedding(c.num_elements, c.sphere_channels)
-        self.distance_basis = GaussianDistanceBasis(0.0, c.cutoff, 600, 2.0)
+        self.distance_basis = GaussianDistanceBasis(0.0, c.cutoff, 600, c.distance_basis_width)
         edge_in = self.distance_basis.num_output
         # one pair of element embeddings shared by every module, or one pair per module
         self.shared_elements = c.use_atom_edge_embedding and c.share_atom_edge_embedding

@@ -51,6 +51,12 @@ class EquiformerV2Config:
             differentiable) as atoms cross it. Needed for conservative (gradient-force) models;
             only continuous if the neighbour cap never binds (``max_neighbors`` above any
             atom's neighbour count inside the cutoff).
+        distance_basis_width: width of each of the 600 Gaussians of the distance basis, in
+            centre spacings (``cutoff / 599`` Å): ``2.0`` is the reference architecture (0.015 Å
+            at a 4.5 Å cutoff). eqv2calc's own option: wider Gaussians (e.g. ``12.0``, 0.09 Å)
+            make the radial functions smooth on the scale of a vibration, so that a small model
+            trained on little data has no meV bumps in its energy over a few hundredths of an Å
+            (the curvature at a minimum, issue 17).
     """
 
     max_neighbors: int = 500
@@ -83,6 +89,7 @@ class EquiformerV2Config:
     dens_inputs: bool = False
     sigma_encoding: bool = False
     envelope: str = "none"
+    distance_basis_width: float = 2.0
 
     def __post_init__(self) -> None:
         # the reference replaces a missing (or zero) value by its default: `avg or default`
@@ -115,6 +122,8 @@ class EquiformerV2Config:
         for name in ("num_layers", "sphere_channels", "num_heads", "edge_channels"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not float(self.distance_basis_width) > 0:
+            problems.append(f"distance_basis_width must be > 0, got {self.distance_basis_width}")
         if not float(self.cutoff) > 0:
             problems.append(f"cutoff must be > 0 Å, got {self.cutoff}")
         if int(self.max_neighbors) < 1:

@@ -28,6 +28,7 @@ class GaussianDistanceBasis(nn.Module):
         centres = torch.linspace(start, stop, num)
         self.register_buffer("centres", centres)
         self.start, self.spacing = float(start), float(centres[1] - centres[0])
+        self.width = float(width)  # in centre spacings
         self.coeff = -0.5 / (width * self.spacing) ** 2
         self.num_output = num
         #: centres evaluated on either side of a distance's nearest one: exp(-(k/w)²/2) ≤ e^-50
@@ -55,6 +56,25 @@ class GaussianDistanceBasis(nn.Module):
         flat = (rows.unsqueeze(1) + index).view(-1)
         out = distance.new_zeros(distance.shape[0] * num)
         return out.index_put_((flat,), values.view(-1)).view(-1, num)
+
+
+def widen_distance_basis(backbone: nn.Module, width: float) -> None:
+    """Give ``backbone`` Gaussians ``width`` centre spacings wide, keeping what it has learnt.
+
+    Every radial MLP reads the basis through the first columns of its first linear layer. The
+    sum of the Gaussians at any distance is ``≈ √(2π)·w`` (w the width in spacings), so scaling
+    those columns by ``w_old / w_new`` makes each layer see its old input smoothed over the new
+    width instead of a larger one: a warm start for fine-tuning with a smoother basis.
+    """
+    old: GaussianDistanceBasis = backbone.distance_basis
+    stop = float(old.centres[-1])
+    new = GaussianDistanceBasis(old.start, stop, old.num_output, width).to(old.centres)
+    with torch.no_grad():
+        for module in backbone.modules():
+            if isinstance(module, RadialMLP):
+                first: nn.Linear = module.net[0]
+                first.weight[:, : old.num_output] *= old.width / width
+    backbone.distance_basis = new
 
 
 @dataclass(frozen=True)

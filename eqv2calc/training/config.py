@@ -34,8 +34,9 @@ from eqv2calc.checkpoint.names import check_model_options, our_option_names
 
 _TRI = (True, False, "auto")  # the values of a true/false/auto switch
 
-#: model options a fine-tune may change: graph and cutoff smoothness, no parameters
-FINE_TUNE_OPTIONS = ("envelope", "max_neighbors", "strict_neighbor_cap")
+#: model options a fine-tune may change: graph and cutoff smoothness, the width of the distance
+#: basis (its layers are rescaled, see model.radial.widen_distance_basis); no new parameters
+FINE_TUNE_OPTIONS = ("envelope", "max_neighbors", "strict_neighbor_cap", "distance_basis_width")
 
 
 @dataclass

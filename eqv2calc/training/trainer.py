@@ -43,6 +43,7 @@ from eqv2calc.checkpoint.reader import read_file
 from eqv2calc.device import resolve_device
 from eqv2calc.io import write_json_atomic
 from eqv2calc.model.potential import EquiformerV2Potential, HeadSpec
+from eqv2calc.model.radial import widen_distance_basis
 from eqv2calc.training.config import FINE_TUNE_OPTIONS, TrainConfig, save_config
 from eqv2calc.training.data import (
     LabelledStructure,
@@ -182,8 +183,9 @@ class Trainer:
 
     def _fine_tune_graph(self, model, settings: GraphSettings) -> GraphSettings:
         """Apply the ``model`` options a fine-tune may change (they add no parameters: the
-        envelope and the neighbour cap); log the others as ignored (the checkpoint fixes the
-        architecture). Warn when gradient forces are trained without a smooth graph."""
+        envelope, the neighbour cap, the distance-basis width); log the others as ignored (the
+        checkpoint fixes the architecture). Warn when gradient forces are trained without a
+        smooth graph."""
         c = self.config
         for key, value in our_option_names(c.model).items():
             if key not in FINE_TUNE_OPTIONS:
@@ -192,6 +194,8 @@ class Trainer:
                 self.log(f"model.{key}: {getattr(model.config, key)!r} -> {value!r}")
                 setattr(model.config, key, value)
         model.config.__post_init__()  # validates the changed options
+        if model.backbone.distance_basis.width != model.config.distance_basis_width:
+            widen_distance_basis(model.backbone, float(model.config.distance_basis_width))
         if c.heads.forces == "gradient" and model.config.envelope == "none":
             self.log(
                 "warning: gradient forces without a smooth cutoff: the energy jumps when atoms"
