@@ -94,9 +94,10 @@ def test_widening_keeps_smooth_radial_functions_and_smooths_rough_ones():
     assert smooth < rough / 10
 
 
-def test_width_is_validated():
-    with pytest.raises(ValueError, match="distance_basis_width must be > 0"):
-        tiny_config(distance_basis_width=0.0)
+@pytest.mark.parametrize("value", [0.0, -2.0, float("inf"), float("nan")])
+def test_width_is_validated(value):
+    with pytest.raises(ValueError, match="distance_basis_width must be a finite number > 0"):
+        tiny_config(distance_basis_width=value)
 
 
 def _trimer():
@@ -129,7 +130,7 @@ def test_width_survives_save_and_load_and_default_files_stay_fairchems(tmp_path)
     assert abs(energies[0] - energies[1]) > 1e-6
 
 
-@pytest.mark.parametrize("value", [-1.0, "wide", True])
+@pytest.mark.parametrize("value", [-1.0, float("inf"), "wide", True])
 def test_bad_width_in_a_file_is_refused(tmp_path, value):
     path = save_checkpoint(tiny_model(tiny_config(distance_basis_width=6.0)), tmp_path / "w.pt")
     data = torch.load(path, weights_only=False)

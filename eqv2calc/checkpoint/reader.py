@@ -294,7 +294,7 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
     if (
         isinstance(basis_width, bool)
         or not isinstance(basis_width, (int, float))
-        or not basis_width > 0
+        or not 0 < basis_width < float("inf")
     ):
         raise CheckpointError(
             f"{path}: config eqv2calc.distance_basis_width is {basis_width!r}; expected a positive"

@@ -95,7 +95,7 @@ continuous: --envelope polynomial fades every edge out smoothly at the cutoff, a
 )
 @click.option(
     "--distance-basis-width",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloat(min=0.0, min_open=True),
     help="Width of each Gaussian of the 600-function distance basis, in centre spacings"
     " (model.distance_basis_width; the reference's 2.0 is 0.015 Å at a 4.5 Å cutoff). Wider"
     " (e.g. 12: 0.09 Å) gives smooth radial functions, so a small model's curvature at minima"

@@ -10,6 +10,7 @@ in one table, and translates back when writing.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 # The reference's fall-backs when a config omits avg_num_nodes / avg_degree (IS2RE-100k stats).
@@ -122,8 +123,10 @@ class EquiformerV2Config:
         for name in ("num_layers", "sphere_channels", "num_heads", "edge_channels"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not float(self.distance_basis_width) > 0:
-            problems.append(f"distance_basis_width must be > 0, got {self.distance_basis_width}")
+        if not 0 < float(self.distance_basis_width) < math.inf:
+            problems.append(
+                f"distance_basis_width must be a finite number > 0, got {self.distance_basis_width}"
+            )
         if not float(self.cutoff) > 0:
             problems.append(f"cutoff must be > 0 Å, got {self.cutoff}")
         if int(self.max_neighbors) < 1:
