@@ -34,7 +34,8 @@ dense relaxation is valid and within the threshold; cost k mean dense relaxation
 With EMT as the candidate the ML relaxations are the dense relaxations, so success must be
 100 % at every k: a correctness gate for placement, filtering, deduplication, ranking and the
 hand-off (exit status 2 if it fails). ``--candidate bundled`` (the default) scores the bundled
-demo model; any checkpoint path or registry name works too.
+default model (``demo``: the first demo model, whose results benchmarks/README_adsorbml.md
+records); any checkpoint path or registry name works too.
 
 Usage::
 

@@ -96,7 +96,7 @@ def _one(name: str, executor, inputs: Path, work: Path, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", default=None, help="checkpoint/registry name/emt (default: demo)"
+        "--model", default="demo", help="checkpoint/registry name/emt (default: demo)"
     )
     parser.add_argument("--structures", type=int, default=16)
     parser.add_argument("--repeat", type=int, nargs=3, default=(2, 2, 1), metavar=("A", "B", "C"))

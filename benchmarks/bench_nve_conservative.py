@@ -71,7 +71,7 @@ def run(label: str, calc, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--direct", default=None, help="direct model (default: bundled demo)")
+    parser.add_argument("--direct", default="demo", help="direct model (default: the first demo)")
     parser.add_argument("--conservative", help="gradient-forces checkpoint")
     parser.add_argument(
         "--runs",

@@ -74,7 +74,12 @@ def main() -> None:
     from eqv2calc.drivers.phonons import PhononSettings, run_phonons
 
     torch.set_num_threads(1)
-    models = {"emt (gate)": EMT(), "bundled demo (direct)": None, **{m: m for m in args.model}}
+    models = {
+        "emt (gate)": EMT(),
+        "first demo (direct)": "demo",
+        "bundled default (conservative)": None,
+        **{m: m for m in args.model},
+    }
     rows = []
     for name, (atoms, supercell) in cells().items():
         settings = PhononSettings(supercell=supercell, mesh=(12, 12, 12))

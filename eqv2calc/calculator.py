@@ -59,7 +59,7 @@ class EquiformerV2Calculator(Calculator):
 
     Args:
         model: a checkpoint path, a registry name (see ``eqv2calc models``), or None for the
-            bundled demonstration model (trained on EMT, not DFT).
+            bundled default model (a small conservative model trained on EMT, not DFT).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:i]"``.
         dtype: ``"float32"`` (as the released models were trained) or ``"float64"``.
         use_ema: evaluate the checkpoint's EMA weights instead of its raw weights.
@@ -104,14 +104,14 @@ class EquiformerV2Calculator(Calculator):
             from eqv2calc.determinism import use_deterministic_mode
 
             use_deterministic_mode()
-        from eqv2calc.registry import resolve_model
+        from eqv2calc.registry import DEFAULT_MODEL_NAME, resolve_model
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         path = resolve_model(model)
         if model is None:
             log.info(
-                "no model given: using the bundled demonstration model %s (trained on EMT, not DFT)",
+                "no model given: using the bundled default model %s (trained on EMT, not DFT)",
                 path,
             )
         self.loaded: LoadedModel = load_checkpoint(
@@ -122,7 +122,7 @@ class EquiformerV2Calculator(Calculator):
             if forces not in FORCES_KINDS:
                 raise ValueError(f"forces must be 'direct' or 'gradient', got {forces!r}")
             self.model.forces_kind = forces
-        self.model_label = str(model) if model is not None else "eqv2calc-demo-emt (bundled)"
+        self.model_label = str(model) if model is not None else f"{DEFAULT_MODEL_NAME} (bundled)"
         #: precision mode every model call runs under: an object with ``.name`` and
         #: ``.context(device)`` (:class:`eqv2calc.engine.precision.Precision`), or None
         self.precision = None

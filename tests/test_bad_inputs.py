@@ -612,7 +612,7 @@ def test_demo_stress_sensitivity_is_the_layer_norm_not_the_graph():
     from eqv2calc.calculator import EquiformerV2Calculator
     from eqv2calc.graph import graph_from_atoms
 
-    calc = EquiformerV2Calculator(device="cpu", dtype="float64")
+    calc = EquiformerV2Calculator("demo", device="cpu", dtype="float64")
     cu = bulk("Cu", "fcc", a=3.61, cubic=True)
     moved = cu.copy()
     moved.rattle(1e-6, seed=0)

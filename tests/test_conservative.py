@@ -73,7 +73,7 @@ def test_molecule_forces_without_cell():
 
 def test_bundled_model_slab():
     """The demo model (lmax 2, its own grid): a slab with vacuum and fixed atoms."""
-    calc = gradient_calc(None)
+    calc = gradient_calc("demo")
     slab = structure("slab_cu111_co")[:14]
     slab.rattle(0.03, seed=4)
     slab.calc = calc
@@ -83,18 +83,18 @@ def test_bundled_model_slab():
     np.testing.assert_allclose(forces[idx], numerical, rtol=0, atol=FORCE_TOL)
 
 
-@pytest.mark.parametrize("model", [None, "eqV2_small_omat_hydra"])
+@pytest.mark.parametrize("model", [None, "demo", "eqV2_small_omat_hydra"])
 def test_perfect_crystal(model):
     """A perfect fcc crystal has edges exactly along ±y, where edge-frame angles have no
     derivative: forces and stress must still be finite (and forces zero by symmetry)."""
-    calc = gradient_calc(None if model is None else checkpoint_path(model))
+    calc = gradient_calc(model if model in (None, "demo") else checkpoint_path(model))
     crystal = bulk("Cu", "fcc", a=3.6, cubic=True)
     crystal.calc = calc
     forces, stress = crystal.get_forces(), crystal.get_stress()
     assert np.isfinite(forces).all() and np.isfinite(stress).all()
     assert np.abs(forces).max() < 1e-3  # zero by symmetry, up to the S2-grid sampling
-    if model is not None:
-        # (not for the demo model: with lmax 2 every l > 0 feature vanishes on a cubic site
+    if model != "demo":
+        # (not for the first demo model: with lmax 2 every l > 0 feature vanishes on a cubic site
         # and its separable layer norm makes the energy sharply curved there, width ~1e-6)
         np.testing.assert_allclose(
             stress, calculate_numerical_stress(crystal, eps=1e-6), rtol=0, atol=STRESS_TOL
@@ -196,7 +196,7 @@ def test_distillation_targets_are_the_direct_predictions():
     from eqv2calc.training.gradient import distillation_items
 
     frames = _emt_frames()
-    calc = EquiformerV2Calculator(None, device="cpu", dtype="float32")
+    calc = EquiformerV2Calculator("demo", device="cpu", dtype="float32")
     s = calc.loaded.graph_settings
     options = {"cutoff": s.cutoff, "max_neighbors": s.max_neighbors, "strict": s.strict}
     items = [
@@ -223,7 +223,7 @@ def test_conservative_fine_tune_from_the_command_line(tmp_path):
 
     frames = _emt_frames()
     write(tmp_path / "data.extxyz", frames)
-    args = ["train", "--train", str(tmp_path / "data.extxyz"), "--init", str(resolve_model(None))]
+    args = ["train", "--train", str(tmp_path / "data.extxyz"), "--init", str(resolve_model("demo"))]
     args += ["--forces", "gradient", "--distill-epochs", "1", "--epochs", "2", "--batch-size", "3"]
     args += ["--out", str(tmp_path / "run"), "--no-progress", "--threads", "1"]
     result = CliRunner().invoke(main, args)
@@ -255,7 +255,7 @@ def test_fine_tune_with_envelope_lifts_the_cap_and_distils_on_the_teachers_graph
     cfg.data.train, cfg.data.val_fraction = str(tmp_path / "data.extxyz"), 0.0
     cfg.model = {"envelope": "polynomial", "max_neighbors": 80, "num_layers": 5}
     cfg.heads.forces = "gradient"
-    cfg.run.init, cfg.run.distill_epochs, cfg.run.epochs = str(resolve_model(None)), 1, 1
+    cfg.run.init, cfg.run.distill_epochs, cfg.run.epochs = str(resolve_model("demo")), 1, 1
     cfg.run.out_dir, cfg.run.progress, cfg.run.num_threads = str(tmp_path / "run"), False, 1
     lines: list[str] = []
     trainer = Trainer(cfg, log=lines.append)
@@ -265,7 +265,7 @@ def test_fine_tune_with_envelope_lifts_the_cap_and_distils_on_the_teachers_graph
     assert trainer.data_kwargs["max_neighbors"] == 80
     # the training graphs are wider than the teacher's (cap 18 binds in these bulk cells)
     assert max(item.edge_index.shape[1] / item.num_atoms for item in trainer.train_items) > 18
-    teacher = EquiformerV2Calculator(None, device="cpu", dtype="float32")
+    teacher = EquiformerV2Calculator("demo", device="cpu", dtype="float32")
     direct = {f"data.extxyz:{i}": r for i, r in enumerate(teacher.predict_batch(frames))}
     for item in trainer.distill_items:
         res = direct[item.label]

@@ -222,11 +222,15 @@ def test_repository_cards_parse_and_are_complete(monkeypatch):
             assert acc.source and acc.dataset and acc.metric
 
 
-def test_default_card_is_bundled_demo(monkeypatch):
+def test_default_card_is_the_bundled_conservative_emt_model(monkeypatch):
     monkeypatch.delenv(registry.ENV_MODELS_DIR, raising=False)
     card = registry.get_card(registry.DEFAULT_MODEL_NAME)
     assert card.bundled and card.family == "demo" and card.energy_kind == "emt"
-    expected = REPO_MODELS / "eqv2calc-demo-emt.pt"
+    assert registry.DEFAULT_MODEL_NAME == "eqv2calc-emt-conservative"
+    demo = registry.get_card("demo")  # the first bundled model stays, by name
+    assert demo.bundled and demo.name == "eqv2calc-demo-emt"
+    assert registry.resolve_model("demo").name == "eqv2calc-demo-emt.pt"
+    expected = REPO_MODELS / "eqv2calc-emt-conservative.pt"
     assert registry.default_model_path(check=False).resolve() == expected.resolve()
     if expected.is_file():
         assert registry.resolve_model(None).resolve() == expected.resolve()

@@ -92,9 +92,11 @@ class CalculatorSpec:
     @property
     def label(self) -> str:
         """What the settings fingerprint records as the model."""
+        from eqv2calc.registry import DEFAULT_MODEL_NAME
+
         if self.factory is not None:
             return f"{self.factory}{dict(self.factory_kwargs) or ''}"
-        return self.model if self.model is not None else "eqv2calc-demo-emt (bundled)"
+        return self.model if self.model is not None else f"{DEFAULT_MODEL_NAME} (bundled)"
 
 
 @dataclass

@@ -81,7 +81,7 @@ ENV_MODELS_DIR = "EQV2CALC_MODELS_DIR"
 ENV_HF_TOKEN = "HF_TOKEN"
 
 #: Name of the card whose checkpoint is used when no model is given.
-DEFAULT_MODEL_NAME = "eqv2calc-demo-emt"
+DEFAULT_MODEL_NAME = "eqv2calc-emt-conservative"
 
 _CARD_SUFFIXES = (".yaml", ".yml")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
