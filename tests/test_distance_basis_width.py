@@ -52,39 +52,40 @@ def test_the_gaussians_sum_to_sqrt_two_pi_times_the_width(width):
     np.testing.assert_allclose(total.numpy(), math.sqrt(2 * math.pi) * width, rtol=1e-5)
 
 
-class _Backbone(nn.Module):
-    """What widen_distance_basis touches: a distance basis and radial MLPs reading it."""
+class _Model(nn.Module):
+    """What widen_distance_basis touches: ``backbone.distance_basis`` and a radial MLP reading it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.distance_basis = GaussianDistanceBasis(0.0, CUTOFF, 600, 2.0).double()
+        self.backbone = nn.Module()
+        self.backbone.distance_basis = GaussianDistanceBasis(0.0, CUTOFF, 600, 2.0).double()
         self.radial = RadialMLP([600 + 2 * 4, 3, 2]).double()
 
 
-def _first_layer(backbone: _Backbone) -> torch.Tensor:
+def _first_layer(model: _Model) -> torch.Tensor:
     """The first linear layer on the basis alone (element columns fed zeros), [D, 3]."""
-    first = backbone.radial.net[0]
-    basis = backbone.distance_basis(DISTANCES)
+    first = model.radial.net[0]
+    basis = model.backbone.distance_basis(DISTANCES)
     return basis @ first.weight[:, :600].T
 
 
 def test_widening_keeps_smooth_radial_functions_and_smooths_rough_ones():
     torch.manual_seed(0)
-    backbone = _Backbone()
-    first = backbone.radial.net[0]
-    centres = backbone.distance_basis.centres.double()
+    model = _Model()
+    first = model.radial.net[0]
+    centres = model.backbone.distance_basis.centres.double()
     with torch.no_grad():  # channel 0, 1: smooth functions of distance; 2: random weights
         first.weight[0, :600] = torch.sin(centres)
         first.weight[1, :600] = torch.exp(-centres)
         first.weight[2, :600] = torch.randn(600, dtype=torch.float64)
     elements = first.weight[:, 600:].clone()
-    second = backbone.radial.net[3].weight.clone()
-    before = _first_layer(backbone)
-    widen_distance_basis(backbone, 12.0)
-    after = _first_layer(backbone)
-    assert backbone.distance_basis.width == 12.0
+    second = model.radial.net[3].weight.clone()
+    before = _first_layer(model)
+    widen_distance_basis(model, 12.0)
+    after = _first_layer(model)
+    assert model.backbone.distance_basis.width == 12.0
     assert torch.equal(first.weight[:, 600:], elements)  # element columns untouched
-    assert torch.equal(backbone.radial.net[3].weight, second)  # later layers untouched
+    assert torch.equal(model.radial.net[3].weight, second)  # later layers untouched
     # smooth inputs: only smoothed over 0.09 Å (sin: factor exp(−σ²/2) ≈ 0.996)
     scale = before[:, :2].abs().max()
     assert (after[:, :2] - before[:, :2]).abs().max() < 1e-2 * scale
@@ -92,6 +93,19 @@ def test_widening_keeps_smooth_radial_functions_and_smooths_rough_ones():
     rough = torch.diff(before[:, 2], n=2).abs().max()
     smooth = torch.diff(after[:, 2], n=2).abs().max()
     assert smooth < rough / 10
+
+
+def test_widening_rescales_the_direct_heads_too():
+    """The direct force head reads the backbone's basis through radial MLPs of its own."""
+    model = tiny_model(tiny_config(), dtype=torch.float64)  # energy + direct forces heads
+    radials = {name: m for name, m in model.named_modules() if isinstance(m, RadialMLP)}
+    assert any(not name.startswith("backbone.") for name in radials)
+    before = {name: m.net[0].weight.detach().clone() for name, m in radials.items()}
+    widen_distance_basis(model, 12.0)
+    for name, m in radials.items():
+        torch.testing.assert_close(
+            m.net[0].weight[:, :600], before[name][:, :600] * (2.0 / 12.0), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("value", [0.0, -2.0, float("inf"), float("nan")])

@@ -58,23 +58,25 @@ class GaussianDistanceBasis(nn.Module):
         return out.index_put_((flat,), values.view(-1)).view(-1, num)
 
 
-def widen_distance_basis(backbone: nn.Module, width: float) -> None:
-    """Give ``backbone`` Gaussians ``width`` centre spacings wide, keeping what it has learnt.
+def widen_distance_basis(model: nn.Module, width: float) -> None:
+    """Give ``model`` Gaussians ``width`` centre spacings wide, keeping what it has learnt.
 
-    Every radial MLP reads the basis through the first columns of its first linear layer. The
-    sum of the Gaussians at any distance is ``≈ √(2π)·w`` (w the width in spacings), so scaling
-    those columns by ``w_old / w_new`` makes each layer see its old input smoothed over the new
-    width instead of a larger one: a warm start for fine-tuning with a smoother basis.
+    ``model`` holds the basis at ``model.backbone.distance_basis``. Every radial MLP in it — the
+    backbone's and the direct force/stress heads', which read the same basis — reads the basis
+    through the first columns of its first linear layer. The sum of the Gaussians at any
+    distance is ``≈ √(2π)·w`` (w the width in spacings), so scaling those columns by
+    ``w_old / w_new`` makes each layer see its old input smoothed over the new width instead of
+    a larger one: a warm start for fine-tuning with a smoother basis.
     """
-    old: GaussianDistanceBasis = backbone.distance_basis
+    old: GaussianDistanceBasis = model.backbone.distance_basis
     stop = float(old.centres[-1])
     new = GaussianDistanceBasis(old.start, stop, old.num_output, width).to(old.centres)
     with torch.no_grad():
-        for module in backbone.modules():
+        for module in model.modules():
             if isinstance(module, RadialMLP):
                 first: nn.Linear = module.net[0]
                 first.weight[:, : old.num_output] *= old.width / width
-    backbone.distance_basis = new
+    model.backbone.distance_basis = new
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ class Trainer:
                 setattr(model.config, key, value)
         model.config.__post_init__()  # validates the changed options
         if model.backbone.distance_basis.width != model.config.distance_basis_width:
-            widen_distance_basis(model.backbone, float(model.config.distance_basis_width))
+            widen_distance_basis(model, float(model.config.distance_basis_width))
         if c.heads.forces == "gradient" and model.config.envelope == "none":
             self.log(
                 "warning: gradient forces without a smooth cutoff: the energy jumps when atoms"
