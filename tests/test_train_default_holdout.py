@@ -45,3 +45,21 @@ def test_adsorbate_force_weights_only_on_adsorbate_atoms():
     symbols = np.array(slab.get_chemical_symbols())
     np.testing.assert_array_equal(slab.arrays["force_weights"], np.where(symbols == "Pt", 1.0, 4.0))
     np.testing.assert_array_equal(bulk.arrays["force_weights"], np.ones(len(bulk)))
+
+
+def test_mixed_hollow_frames_are_never_a_pure_surface():
+    """alloy_hollow_frames: every top layer holds two metals, so no frame is a held-out pair."""
+    frames = physics_data.alloy_hollow_frames(np.random.default_rng(3), 4)
+    assert len(frames) == 4 * 6
+    for atoms in frames:
+        assert not generate_data._held_out(atoms, physics_data.HELD_OUT)
+        slab = atoms[:-1]
+        z = slab.positions[:, 2]
+        top = set(np.array(slab.get_chemical_symbols())[z > z.max() - 0.5])
+        host, rest = atoms.info["surface"].split("/")
+        assert top == {host, rest.split("(")[0]}
+        assert atoms.info["adsorbate"] == atoms.get_chemical_symbols()[-1]
+    minimum, moved = frames[0], frames[1]
+    step = np.linalg.norm(moved.positions[-1] - minimum.positions[-1])
+    assert 0.03 <= step <= 0.2
+    np.testing.assert_allclose(moved.positions[:-1], minimum.positions[:-1])

@@ -133,7 +133,12 @@ def _fix_bottom(slab: Atoms) -> None:
 
 
 def generate(
-    seed: int, scale: float, physics: bool = False, eos_scale: int = 1, vib_scale: int = 1
+    seed: int,
+    scale: float,
+    physics: bool = False,
+    eos_scale: int = 1,
+    vib_scale: int = 1,
+    alloy_hollows: int = 0,
 ) -> list[Atoms]:
     """All categories for one seed; ``scale`` multiplies every count.
 
@@ -235,7 +240,7 @@ def generate(
         atoms.rattle(float(rng.uniform(0.02, 0.12)), seed=int(rng.integers(2**31)))
         out.append(_label(atoms, "cluster"))
     if physics:
-        out += physics_frames(rng, n, _label, eos_scale, vib_scale)
+        out += physics_frames(rng, n, _label, eos_scale, vib_scale, alloy_hollows)
     return [a for a in out if a is not None]
 
 
@@ -302,6 +307,14 @@ def main() -> None:
         "displacements (physics_data.wide_vibration_frames)",
     )
     parser.add_argument(
+        "--alloy-hollows",
+        type=int,
+        default=0,
+        help="with --physics: adds this many adsorbate minima at mixed hollows (top layer partly "
+        "of a second metal) with 0.03–0.2 Å mostly lateral displacements "
+        "(physics_data.alloy_hollow_frames)",
+    )
+    parser.add_argument(
         "--hold-out",
         action="store_true",
         help="leave out every structure with an adsorbate/surface pair of check_physics.py's "
@@ -327,6 +340,7 @@ def main() -> None:
         "physics": args.physics,
         "eos_scale": args.eos_scale,
         "vib_scale": args.vib_scale,
+        "alloy_hollows": args.alloy_hollows,
         "hold_out": args.hold_out,
         "adsorbate_force_weight": args.adsorbate_force_weight,
     }
@@ -336,7 +350,8 @@ def main() -> None:
     ):
         t0 = time.time()
         frames = _drop_outliers(
-            generate(seed, scale, args.physics, args.eos_scale, args.vib_scale), args.max_force
+            generate(seed, scale, args.physics, args.eos_scale, args.vib_scale, args.alloy_hollows),
+            args.max_force,
         )
         if args.hold_out:
             frames = [a for a in frames if not _held_out(a, HELD_OUT)]

@@ -140,6 +140,40 @@ def wide_vibration_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     return out
 
 
+def alloy_hollow_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
+    """Displacements around ``count`` adsorbate minima at *mixed* hollows (the eighth run).
+
+    A (100) or (111) slab of a host metal whose top layer has 1–3 of its 4 atoms replaced by a
+    second metal (never 0 or 4, so no frame is a pure surface and ``--hold-out`` stays exact:
+    the ``surface`` tag reads ``"Cu/Ag(100)"``), an adsorbate relaxed at the hollow, then five
+    0.03–0.2 Å displacements, mostly lateral (z component halved before normalising). The model
+    then sees each adsorbate–metal contact at hollow distances in many neighbourhoods, not only
+    at the 52 pure pairs, so the lateral curvature of an unseen pair is an interpolation.
+    """
+    out = []
+    for _ in range(count):
+        host, guest = (str(m) for m in rng.choice(METALS, 2, replace=False))
+        facet = str(rng.choice(["100", "111"]))
+        ads = str(rng.choice(HOP_ADSORBATES))
+        initial = _endpoints(host, facet, ads)[0]
+        slab_z = initial.positions[:-1, 2]
+        top = np.flatnonzero(slab_z > slab_z.max() - 0.5)
+        swap = rng.choice(top, int(rng.integers(1, len(top))), replace=False)
+        symbols = initial.get_chemical_symbols()
+        for i in swap:
+            symbols[i] = guest
+        initial.set_chemical_symbols(symbols)
+        initial.info["surface"] = f"{host}/{guest}({facet})"
+        minimum = _relaxed(initial, 0.01)
+        out.append(minimum.copy())
+        for _ in range(5):
+            moved = minimum.copy()
+            direction = rng.normal(0, 1, 3) * [1.0, 1.0, 0.5]
+            moved.positions[-1] += direction / np.linalg.norm(direction) * rng.uniform(0.03, 0.2)
+            out.append(moved)
+    return out
+
+
 def eos_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     """``count`` scaled cells per metal over ±8 % volume (primitive and cubic cells)."""
     out = []
@@ -189,6 +223,7 @@ def physics_frames(
     label: Callable[[Atoms, str], Atoms],
     eos_scale: int = 1,
     vib_scale: int = 1,
+    alloy_hollows: int = 0,
 ) -> list[Atoms]:
     """All three categories, labelled; ``n`` scales the counts (as in generate_data).
 
@@ -196,6 +231,8 @@ def physics_frames(
     (``strain_frames``); 1 reproduces the first conservative run's data exactly.
     ``vib_scale`` > 1 appends ``wide_vibration_frames`` around ``(vib_scale - 1) × 40`` more
     minima (after everything else, so the frames before them are unchanged).
+    ``alloy_hollows`` > 0 appends ``alloy_hollow_frames`` around that many mixed-hollow minima
+    (last of all, for the same reason).
     """
     out = [label(a, "hop") for a in hop_frames(rng, n(40))]
     out += [label(a, "vib") for a in vibration_frames(rng, n(40))]
@@ -204,4 +241,6 @@ def physics_frames(
         out += [label(a, "eos") for a in strain_frames(rng, n(20 * eos_scale))]
     if vib_scale > 1:
         out += [label(a, "vib") for a in wide_vibration_frames(rng, n(40 * (vib_scale - 1)))]
+    if alloy_hollows > 0:
+        out += [label(a, "vib") for a in alloy_hollow_frames(rng, n(alloy_hollows))]
     return out
