@@ -79,7 +79,7 @@ def entries(summary: dict, check: dict, date: str, test_set: str) -> list[dict]:
                 "metric": "NVE energy drift, Cu28Au4 at 600 K, 1 fs steps, 1 ps",
                 "value": round(check["nve_drift_meV_per_atom_per_ps"], 3),
                 "unit": "meV/atom/ps",
-                "dataset": "check against EMT (EMT: -0.0002 meV/atom/ps in the same run)",
+                "dataset": "check against EMT (EMT itself: -0.0002 meV/atom/ps in the same setup)",
                 "source": source,
             }
         )
