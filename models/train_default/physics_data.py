@@ -11,7 +11,9 @@ barriers and vibrational modes badly wrong. These generators add what users comp
 * ``eos``: fcc cells of each metal scaled isotropically over ±8 % in volume (plus a small
   shear), lightly rattled; with ``eos_scale`` > 1 (the second conservative run) also ordered
   alloys (L1₂ and L1₀ of two random metals) and larger shear and uniaxial strains (±3 %), so
-  that bulk moduli and elastic constants are seen from many cells, not nine per metal.
+  that bulk moduli and elastic constants are seen from many cells, not nine per metal;
+* mixed hollows (``alloy_hollow_frames``, ``--alloy-hollows``; the eighth run): displacements
+  around adsorbates at hollows whose top layer holds two metals, never a pure surface.
 
 Each frame is labelled by ``generate_data._label`` (EMT energy, forces, stress for 3D cells).
 Used by ``generate_data.py --physics``.
