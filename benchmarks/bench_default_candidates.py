@@ -7,7 +7,7 @@ interleaved in rounds so that a slower moment of the machine hits them alike; re
 and the ratio to the demo measured in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_default_candidates.py \
-        --model models/train_default/candidates/conservative-run6.pt --model run7/best.pt
+        --model models/train_default/candidates/conservative-run6.pt --model default
 """
 
 from __future__ import annotations

@@ -132,13 +132,21 @@ def wide_vibration_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     """
     out = []
     for _ in range(count):
-        minimum = _random_minimum(rng)
-        out.append(minimum.copy())
-        for _ in range(6):
-            moved = minimum.copy()
-            direction = rng.normal(0, 1, 3)
-            moved.positions[-1] += direction / np.linalg.norm(direction) * rng.uniform(0.03, 0.15)
-            out.append(moved)
+        out += _around(_random_minimum(rng), rng, 6, 0.15)
+    return out
+
+
+def _around(
+    minimum: Atoms, rng: np.random.Generator, count: int, largest: float, z_weight: float = 1.0
+) -> list[Atoms]:
+    """``minimum`` and ``count`` copies with its last atom (the adsorbate) moved 0.03–``largest``
+    Å in a random direction whose z component is scaled by ``z_weight`` before normalising."""
+    out = [minimum.copy()]
+    for _ in range(count):
+        moved = minimum.copy()
+        direction = rng.normal(0, 1, 3) * [1.0, 1.0, z_weight]
+        moved.positions[-1] += direction / np.linalg.norm(direction) * rng.uniform(0.03, largest)
+        out.append(moved)
     return out
 
 
@@ -166,13 +174,7 @@ def alloy_hollow_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
             symbols[i] = guest
         initial.set_chemical_symbols(symbols)
         initial.info["surface"] = f"{host}/{guest}({facet})"
-        minimum = _relaxed(initial, 0.01)
-        out.append(minimum.copy())
-        for _ in range(5):
-            moved = minimum.copy()
-            direction = rng.normal(0, 1, 3) * [1.0, 1.0, 0.5]
-            moved.positions[-1] += direction / np.linalg.norm(direction) * rng.uniform(0.03, 0.2)
-            out.append(moved)
+        out += _around(_relaxed(initial, 0.01), rng, 5, 0.2, z_weight=0.5)
     return out
 
 
