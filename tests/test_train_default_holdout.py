@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase.calculators.emt import EMT
 
 pytest.importorskip("ase.calculators.emt")
 RECIPE = Path(__file__).resolve().parents[1] / "models" / "train_default"
@@ -63,3 +64,21 @@ def test_mixed_hollow_frames_are_never_a_pure_surface():
     step = np.linalg.norm(moved.positions[-1] - minimum.positions[-1])
     assert 0.03 <= step <= 0.2
     np.testing.assert_allclose(moved.positions[:-1], minimum.positions[:-1])
+
+
+def test_open_facet_frames_are_relaxed_110_211_minima_with_small_moves():
+    """open_facet_frames: (110)/(211) slabs only (never a held-out (100)/(111) pair), the adsorbate
+    relaxed by EMT at its minimum, then moved 0.03–0.2 Å with the slab unchanged."""
+    frames = physics_data.open_facet_frames(np.random.default_rng(5), 3)
+    assert len(frames) == 3 * 6
+    for atoms in frames:
+        assert not generate_data._held_out(atoms, physics_data.HELD_OUT)
+        assert atoms.info["surface"].endswith(("(110)", "(211)"))
+        assert atoms.info["adsorbate"] == atoms.get_chemical_symbols()[-1]
+    for minimum, moved in zip(frames[::6], frames[1::6], strict=True):
+        relaxed = minimum.copy()
+        relaxed.calc = EMT()
+        assert np.linalg.norm(relaxed.get_forces(), axis=1).max() <= 0.01  # BFGS fmax, eV/Å
+        step = np.linalg.norm(moved.positions[-1] - minimum.positions[-1])
+        assert 0.03 <= step <= 0.2
+        np.testing.assert_allclose(moved.positions[:-1], minimum.positions[:-1])

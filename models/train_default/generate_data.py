@@ -139,6 +139,7 @@ def generate(
     eos_scale: int = 1,
     vib_scale: int = 1,
     alloy_hollows: int = 0,
+    open_facets: int = 0,
 ) -> list[Atoms]:
     """All categories for one seed; ``scale`` multiplies every count.
 
@@ -240,7 +241,7 @@ def generate(
         atoms.rattle(float(rng.uniform(0.02, 0.12)), seed=int(rng.integers(2**31)))
         out.append(_label(atoms, "cluster"))
     if physics:
-        out += physics_frames(rng, n, _label, eos_scale, vib_scale, alloy_hollows)
+        out += physics_frames(rng, n, _label, eos_scale, vib_scale, alloy_hollows, open_facets)
     return [a for a in out if a is not None]
 
 
@@ -315,6 +316,13 @@ def main() -> None:
         "(physics_data.alloy_hollow_frames)",
     )
     parser.add_argument(
+        "--open-facets",
+        type=int,
+        default=0,
+        help="with --physics: adds this many adsorbate minima on (110) and stepped (211) slabs "
+        "with 0.03–0.2 Å mostly lateral displacements (physics_data.open_facet_frames)",
+    )
+    parser.add_argument(
         "--hold-out",
         action="store_true",
         help="leave out every structure with an adsorbate/surface pair of check_physics.py's "
@@ -341,6 +349,7 @@ def main() -> None:
         "eos_scale": args.eos_scale,
         "vib_scale": args.vib_scale,
         "alloy_hollows": args.alloy_hollows,
+        "open_facets": args.open_facets,
         "hold_out": args.hold_out,
         "adsorbate_force_weight": args.adsorbate_force_weight,
     }
@@ -350,7 +359,15 @@ def main() -> None:
     ):
         t0 = time.time()
         frames = _drop_outliers(
-            generate(seed, scale, args.physics, args.eos_scale, args.vib_scale, args.alloy_hollows),
+            generate(
+                seed,
+                scale,
+                args.physics,
+                args.eos_scale,
+                args.vib_scale,
+                args.alloy_hollows,
+                args.open_facets,
+            ),
             args.max_force,
         )
         if args.hold_out:

@@ -13,7 +13,10 @@ barriers and vibrational modes badly wrong. These generators add what users comp
   alloys (L1₂ and L1₀ of two random metals) and larger shear and uniaxial strains (±3 %), so
   that bulk moduli and elastic constants are seen from many cells, not nine per metal;
 * mixed hollows (``alloy_hollow_frames``, ``--alloy-hollows``; the eighth run): displacements
-  around adsorbates at hollows whose top layer holds two metals, never a pure surface.
+  around adsorbates at hollows whose top layer holds two metals, never a pure surface;
+* open facets (``open_facet_frames``, ``--open-facets``; the ninth run): displacements around
+  adsorbates relaxed on (110) and stepped (211) slabs, whose sites have other coordinations
+  and adsorbate–metal distances than the (100)/(111) hollows.
 
 Each frame is labelled by ``generate_data._label`` (EMT energy, forces, stress for 3D cells).
 Used by ``generate_data.py --physics``.
@@ -25,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
-from ase.build import add_adsorbate, bulk, fcc100, fcc111
+from ase.build import add_adsorbate, bulk, fcc100, fcc110, fcc111, fcc211
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 from ase.mep import NEB
@@ -178,6 +181,38 @@ def alloy_hollow_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     return out
 
 
+def _open_facet_minimum(rng: np.random.Generator) -> Atoms:
+    """An adsorbate relaxed (EMT) from a random spot 1.0–1.6 Å above a (110) or (211) slab."""
+    metal = str(rng.choice(METALS))
+    facet = str(rng.choice(["110", "211"]))
+    if facet == "110":
+        slab = fcc110(metal, (2, 2, 4), vacuum=7.0)
+    else:
+        slab = fcc211(metal, (3, 2, 3), vacuum=7.0)
+    z = slab.positions[:, 2]
+    slab.set_constraint(FixAtoms(mask=z < z.min() + 0.5))
+    ads = str(rng.choice(HOP_ADSORBATES))
+    xy = rng.uniform(0, 1, 2) @ slab.cell.array[:2, :2]
+    add_adsorbate(slab, ads, float(rng.uniform(1.0, 1.6)), position=tuple(xy))
+    slab.info.update(surface=surface_tag(metal, facet), adsorbate=ads)
+    return _relaxed(slab, 0.01)
+
+
+def open_facet_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
+    """Displacements around ``count`` adsorbate minima on (110) and (211) slabs (the ninth run).
+
+    The (100)/(111) hollows give each adsorbate–metal pair two coordinations (4- and 3-fold at
+    two distances); the open facets add others: the (110) troughs and the step and terrace sites
+    of (211), where the adsorbate relaxes from a random start. Five 0.03–0.2 Å displacements
+    around each minimum, mostly lateral (z halved before normalising), as for the mixed hollows.
+    No (100) or (111) surface appears, so ``--hold-out`` stays exact.
+    """
+    out = []
+    for _ in range(count):
+        out += _around(_open_facet_minimum(rng), rng, 5, 0.2, z_weight=0.5)
+    return out
+
+
 def eos_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     """``count`` scaled cells per metal over ±8 % volume (primitive and cubic cells)."""
     out = []
@@ -228,6 +263,7 @@ def physics_frames(
     eos_scale: int = 1,
     vib_scale: int = 1,
     alloy_hollows: int = 0,
+    open_facets: int = 0,
 ) -> list[Atoms]:
     """All three categories, labelled; ``n`` scales the counts (as in generate_data).
 
@@ -236,7 +272,8 @@ def physics_frames(
     ``vib_scale`` > 1 appends ``wide_vibration_frames`` around ``(vib_scale - 1) × 40`` more
     minima (after everything else, so the frames before them are unchanged).
     ``alloy_hollows`` > 0 appends ``alloy_hollow_frames`` around that many mixed-hollow minima
-    (last of all, for the same reason).
+    (after everything else, for the same reason); ``open_facets`` > 0 appends
+    ``open_facet_frames`` around that many (110)/(211) minima, last of all.
     """
     out = [label(a, "hop") for a in hop_frames(rng, n(40))]
     out += [label(a, "vib") for a in vibration_frames(rng, n(40))]
@@ -247,4 +284,6 @@ def physics_frames(
         out += [label(a, "vib") for a in wide_vibration_frames(rng, n(40 * (vib_scale - 1)))]
     if alloy_hollows > 0:
         out += [label(a, "vib") for a in alloy_hollow_frames(rng, n(alloy_hollows))]
+    if open_facets > 0:
+        out += [label(a, "vib") for a in open_facet_frames(rng, n(open_facets))]
     return out
