@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase.calculators.emt import EMT
 
-pytest.importorskip("ase.calculators.emt")
+EMT = pytest.importorskip("ase.calculators.emt").EMT
 RECIPE = Path(__file__).resolve().parents[1] / "models" / "train_default"
 sys.path.append(str(RECIPE))
 import check_physics  # noqa: E402

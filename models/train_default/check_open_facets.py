@@ -24,7 +24,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
-from physics_data import _open_facet_minimum  # beside this script
+from physics_data import open_facet_minimum  # beside this script
 
 STEP = 0.02  # Å
 
@@ -56,7 +56,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     errors, flips = [], 0
     for _ in range(args.count):
-        minimum = _open_facet_minimum(rng)
+        minimum = open_facet_minimum(rng)
         ref, got = force_constants(minimum, EMT()), force_constants(minimum, model)
         errors.append(np.abs(got - ref))
         flips += int(np.sum(np.sign(got) != np.sign(ref)))

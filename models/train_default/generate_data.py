@@ -362,11 +362,11 @@ def main() -> None:
             generate(
                 seed,
                 scale,
-                args.physics,
-                args.eos_scale,
-                args.vib_scale,
-                args.alloy_hollows,
-                args.open_facets,
+                physics=args.physics,
+                eos_scale=args.eos_scale,
+                vib_scale=args.vib_scale,
+                alloy_hollows=args.alloy_hollows,
+                open_facets=args.open_facets,
             ),
             args.max_force,
         )

@@ -46,8 +46,15 @@ def surface_tag(metal: str, facet: str) -> str:
     return f"{metal}({facet})"
 
 
-def _slab(metal: str, facet: str) -> Atoms:
-    slab = (fcc100 if facet == "100" else fcc111)(metal, (2, 2, 3), vacuum=7.0)
+_BUILDERS = {"100": fcc100, "110": fcc110, "111": fcc111}
+
+
+def _slab(metal: str, facet: str, layers: int = 3) -> Atoms:
+    """A 2×2 slab with ``layers`` layers ((211): 3×2×3), 7 Å vacuum, bottom layer fixed."""
+    if facet == "211":
+        slab = fcc211(metal, (3, 2, 3), vacuum=7.0)
+    else:
+        slab = _BUILDERS[facet](metal, (2, 2, layers), vacuum=7.0)
     z = slab.positions[:, 2]
     slab.set_constraint(FixAtoms(mask=z < z.min() + 0.5))
     return slab
@@ -181,16 +188,11 @@ def alloy_hollow_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     return out
 
 
-def _open_facet_minimum(rng: np.random.Generator) -> Atoms:
+def open_facet_minimum(rng: np.random.Generator) -> Atoms:
     """An adsorbate relaxed (EMT) from a random spot 1.0–1.6 Å above a (110) or (211) slab."""
     metal = str(rng.choice(METALS))
     facet = str(rng.choice(["110", "211"]))
-    if facet == "110":
-        slab = fcc110(metal, (2, 2, 4), vacuum=7.0)
-    else:
-        slab = fcc211(metal, (3, 2, 3), vacuum=7.0)
-    z = slab.positions[:, 2]
-    slab.set_constraint(FixAtoms(mask=z < z.min() + 0.5))
+    slab = _slab(metal, facet, layers=4)  # (110): 2×2×4; (211): 3×2×3
     ads = str(rng.choice(HOP_ADSORBATES))
     xy = rng.uniform(0, 1, 2) @ slab.cell.array[:2, :2]
     add_adsorbate(slab, ads, float(rng.uniform(1.0, 1.6)), position=tuple(xy))
@@ -209,7 +211,7 @@ def open_facet_frames(rng: np.random.Generator, count: int) -> list[Atoms]:
     """
     out = []
     for _ in range(count):
-        out += _around(_open_facet_minimum(rng), rng, 5, 0.2, z_weight=0.5)
+        out += _around(open_facet_minimum(rng), rng, 5, 0.2, z_weight=0.5)
     return out
 
 
