@@ -46,7 +46,7 @@ def test_default_forces_are_minus_the_energy_gradient(calc):
 
 
 def test_default_card_accuracy_is_the_committed_check_report():
-    """The card's accuracy block is what card_accuracy.py makes of the seventh run's committed
+    """The card's accuracy block is what card_accuracy.py makes of the bundled run's committed
     summary and check_physics report: no number on the card is typed by hand."""
     import json
     import sys
@@ -58,8 +58,10 @@ def test_default_card_accuracy_is_the_committed_check_report():
     sys.path.append(str(recipe))
     import card_accuracy
 
-    summary = json.loads((recipe / "candidates" / "conservative-run9.summary.json").read_text())
-    check = json.loads((recipe / "candidates" / "conservative-run9.check_physics.json").read_text())
+    summary = json.loads((recipe / "candidates" / "conservative-run10.summary.json").read_text())
+    check = json.loads(
+        (recipe / "candidates" / "conservative-run10.check_physics.json").read_text()
+    )
     card = registry.get_card(registry.DEFAULT_MODEL_NAME)
     test_set = card.accuracy[0].dataset
     expected = card_accuracy.entries(summary, check, "2026-12-03", test_set)
@@ -68,4 +70,4 @@ def test_default_card_accuracy_is_the_committed_check_report():
         assert (entry.metric, entry.unit) == (want["metric"], want["unit"])
         assert entry.value == pytest.approx(want["value"], abs=0)
     assert check["forces_kind"] == "gradient"
-    assert sum(r["ok"] for r in check["modes_meV"].values()) == 3  # what the notes say
+    assert sum(r["ok"] for r in check["modes_meV"].values()) == 4  # what the notes say

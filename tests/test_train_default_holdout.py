@@ -81,3 +81,37 @@ def test_open_facet_frames_are_relaxed_110_211_minima_with_small_moves():
         step = np.linalg.norm(moved.positions[-1] - minimum.positions[-1])
         assert 0.03 <= step <= 0.2
         np.testing.assert_allclose(moved.positions[:-1], minimum.positions[:-1])
+
+
+def test_lateral_scan_frames_hold_the_adsorbate_laterally_and_relax_the_rest():
+    """lateral_scan_frames: (100)/(111) slabs, never a held-out pair; at each point the slab and the
+    adsorbate's height are relaxed (EMT) while its x, y stay where they were put, so its lateral
+    force is the landscape's slope there; then one 0.03–0.15 Å move with the slab unchanged."""
+    frames = physics_data.lateral_scan_frames(np.random.default_rng(7), 12)
+    assert len(frames) == 12 * 2
+    lateral = []
+    for atoms in frames:
+        assert not generate_data._held_out(atoms, physics_data.HELD_OUT)
+        assert atoms.info["surface"].endswith(("(100)", "(111)"))
+        assert atoms.info["adsorbate"] == atoms.get_chemical_symbols()[-1]
+    for point, moved in zip(frames[::2], frames[1::2], strict=True):
+        free = point.copy()
+        free.set_constraint()
+        free.calc = EMT()
+        forces = free.get_forces()
+        fixed = point.constraints[0].get_indices()
+        slab_free = np.setdiff1d(np.arange(len(point) - 1), fixed)
+        assert np.linalg.norm(forces[slab_free], axis=1).max() <= 0.02  # BFGS fmax, eV/Å
+        assert abs(forces[-1, 2]) <= 0.02
+        lateral.append(np.linalg.norm(forces[-1, :2]))
+        step = np.linalg.norm(moved.positions[-1] - point.positions[-1])
+        assert 0.03 <= step <= 0.15
+        np.testing.assert_allclose(moved.positions[:-1], point.positions[:-1])
+    assert max(lateral) > 0.05  # off the minima: the lateral slope is what these frames carry
+
+
+def test_lateral_scans_give_h_about_half_the_points():
+    rng = np.random.default_rng(11)
+    names = [physics_data.lateral_scan_minimum(rng).get_chemical_symbols()[-1] for _ in range(40)]
+    assert 10 <= names.count("H") <= 30
+    assert set(names) <= {"H", "O", "N", "C"}

@@ -140,6 +140,7 @@ def generate(
     vib_scale: int = 1,
     alloy_hollows: int = 0,
     open_facets: int = 0,
+    lateral_scans: int = 0,
 ) -> list[Atoms]:
     """All categories for one seed; ``scale`` multiplies every count.
 
@@ -241,7 +242,16 @@ def generate(
         atoms.rattle(float(rng.uniform(0.02, 0.12)), seed=int(rng.integers(2**31)))
         out.append(_label(atoms, "cluster"))
     if physics:
-        out += physics_frames(rng, n, _label, eos_scale, vib_scale, alloy_hollows, open_facets)
+        out += physics_frames(
+            rng,
+            n,
+            _label,
+            eos_scale=eos_scale,
+            vib_scale=vib_scale,
+            alloy_hollows=alloy_hollows,
+            open_facets=open_facets,
+            lateral_scans=lateral_scans,
+        )
     return [a for a in out if a is not None]
 
 
@@ -323,6 +333,14 @@ def main() -> None:
         "with 0.03–0.2 Å mostly lateral displacements (physics_data.open_facet_frames)",
     )
     parser.add_argument(
+        "--lateral-scans",
+        type=int,
+        default=0,
+        help="with --physics: adds this many adsorbates held at random lateral points of "
+        "(100)/(111) slabs (height relaxed), each with one 0.03–0.15 Å displacement; half of "
+        "them H (physics_data.lateral_scan_frames)",
+    )
+    parser.add_argument(
         "--hold-out",
         action="store_true",
         help="leave out every structure with an adsorbate/surface pair of check_physics.py's "
@@ -350,6 +368,7 @@ def main() -> None:
         "vib_scale": args.vib_scale,
         "alloy_hollows": args.alloy_hollows,
         "open_facets": args.open_facets,
+        "lateral_scans": args.lateral_scans,
         "hold_out": args.hold_out,
         "adsorbate_force_weight": args.adsorbate_force_weight,
     }
@@ -367,6 +386,7 @@ def main() -> None:
                 vib_scale=args.vib_scale,
                 alloy_hollows=args.alloy_hollows,
                 open_facets=args.open_facets,
+                lateral_scans=args.lateral_scans,
             ),
             args.max_force,
         )
