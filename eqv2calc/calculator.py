@@ -72,7 +72,10 @@ class EquiformerV2Calculator(Calculator):
             bitwise identical results.
         forces: ``None`` (as the checkpoint says), ``"direct"`` (force/stress heads) or
             ``"gradient"``: forces = −∂E/∂x and stress = (1/V)·∂E/∂ε of the predicted energy,
-            by autograd (conservative; any checkpoint, stress for every 3D-periodic cell).
+            by autograd (conservative; any checkpoint). Stress is given for every cell of
+            non-zero volume and divided by the whole cell's volume, vacuum included (ASE's
+            convention, as EMT and MACE do): for a slab or a molecule in a box it is not a
+            material's stress. ``eqv2calc eval`` reports stress for 3D-periodic cells only.
 
     Structures may be ``ase.Atoms`` or pymatgen ``Structure``/``Molecule`` objects (converted
     with :mod:`pymatgen.io.ase`; partially occupied sites are refused). Every structure passes
@@ -123,18 +126,31 @@ class EquiformerV2Calculator(Calculator):
                 raise ValueError(f"forces must be 'direct' or 'gradient', got {forces!r}")
             self.model.forces_kind = forces
         self.model_label = str(model) if model is not None else f"{DEFAULT_MODEL_NAME} (bundled)"
+        #: the checkpoint file this calculator loaded
+        self.model_path = path
+        self._model_sha256: str | None = None
         #: precision mode every model call runs under: an object with ``.name`` and
         #: ``.context(device)`` (:class:`eqv2calc.engine.precision.Precision`), or None
         self.precision = None
 
     # --- facts about the model -------------------------------------------------------------
     @property
+    def model_sha256(self) -> str:
+        """SHA-256 of the checkpoint file (computed once, on first use): what resumable jobs
+        compare, so that a checkpoint replaced under the same name is noticed."""
+        if self._model_sha256 is None:
+            from eqv2calc.registry.download import sha256_of
+
+            self._model_sha256 = sha256_of(self.model_path)
+        return self._model_sha256
+
+    @property
     def implemented_properties(self) -> list[str]:  # type: ignore[override]
         return ["energy", "free_energy", "forces"] + (["stress"] if self.has_stress else [])
 
     @property
     def has_stress(self) -> bool:
-        """A stress head, or gradient stress (every gradient model, 3D cells)."""
+        """A stress head, or gradient stress (every gradient model, cells of non-zero volume)."""
         return self.model.has_stress or self.forces_kind == "gradient"
 
     @property

@@ -94,8 +94,6 @@ def test_linear_co_points_up():
         ("*O", "*O"),
         ("O", "*O"),
         ("CO", "*CO"),
-        ("co", "*CO"),
-        ("*oh", "*OH"),
         ("H2O", "*OH2"),
         ("CH2*CO", "CH2*CO"),
         ("COOH", "*COOH"),

@@ -158,12 +158,20 @@ def test_same_label_from_another_file_keeps_the_earlier_record(tmp_path):
     first = _entries(tmp_path / "a", x=bulk("Cu", cubic=True))
     second = _entries(tmp_path / "b", x=bulk("Ni", cubic=True))
     summary = tmp_path / "s.json"
-    for entries in (first, second):
-        run_relax_job(entries, EMT(), output_dir=tmp_path / "out", summary_path=summary,
+    for entries, out in ((first, "out_a"), (second, "out_b")):  # one summary, two folders
+        run_relax_job(entries, EMT(), output_dir=tmp_path / out, summary_path=summary,
                       progress=False, steps=2)  # fmt: skip
     records = json.loads(summary.read_text())["structures"]
     assert sorted(records) == ["x", "x~2"]
     assert {Path(r["source"]).parent.name for r in records.values()} == {"a", "b"}
+    assert Path(records["x~2"]["output"]).parent.name == "out_a"  # still names its own files
+    # into the folder holding the other file's outputs: refused, nothing replaced
+    # (tests/test_relax_md_refusals.py has the details)
+    before = (tmp_path / "out_a" / "x_relaxed.extxyz").read_bytes()
+    with pytest.raises(ValueError, match=r"out_a/x_relax.* holds the relaxation of .*a/x.extxyz"):
+        run_relax_job(second, EMT(), output_dir=tmp_path / "out_a", summary_path=summary,
+                      progress=False, steps=2)  # fmt: skip
+    assert (tmp_path / "out_a" / "x_relaxed.extxyz").read_bytes() == before
 
 
 def test_unreadable_summary_is_moved_aside_not_overwritten(tmp_path):
@@ -643,7 +651,8 @@ def test_cli_deterministic_flag_reaches_the_calculator(runner, tmp_path, monkeyp
     assert result.exit_code == 0, result.stderr
     assert calls == [1]
     calls.clear()
-    assert runner.invoke(main, ["eval", "cu.extxyz", "--no-progress"]).exit_code == 0
+    again = ["eval", "cu.extxyz", "--no-progress", "--overwrite"]
+    assert runner.invoke(main, again).exit_code == 0
     assert calls == []
 
 

@@ -84,7 +84,7 @@ def test_recover_puts_running_back(tmp_path):
 
 def test_other_settings_refused_with_the_difference(tmp_path):
     Ledger(tmp_path / "c.sqlite", "relax", SETTINGS).close()
-    with pytest.raises(SettingsMismatchError, match=r"fmax: 0\.05 -> 0\.02"):
+    with pytest.raises(SettingsMismatchError, match=r"fmax: was 0\.05, now 0\.02"):
         Ledger(tmp_path / "c.sqlite", "relax", {**SETTINGS, "fmax": 0.02})
     with pytest.raises(SettingsMismatchError, match="relax campaign, not a eval"):
         Ledger(tmp_path / "c.sqlite", "eval", SETTINGS)

@@ -245,7 +245,7 @@ def test_shards_with_other_settings_on_one_folder_are_refused(tmp_path):
     assert res.exit_code == 0, res.output
     res = shard(1, 300, mix)  # other settings, same folder: refused, nothing recorded
     assert res.exit_code == 1
-    assert "campaign.shard-0-of-2.sqlite" in res.output and "steps: 200 -> 300" in res.output
+    assert "campaign.shard-0-of-2.sqlite" in res.output and "steps: was 200, now 300" in res.output
     assert "Traceback" not in res.output
     assert not (mix / "campaign.shard-1-of-2.sqlite").exists()
 

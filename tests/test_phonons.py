@@ -143,3 +143,24 @@ def test_missing_phonopy_gives_the_install_hint(copper, monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["phonons", str(path), "--model", "emt"])
     assert result.exit_code == 1 and "eqv2calc[phonons]" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("where", ["position", "cell"])
+def test_non_finite_input_is_refused_before_phonopy(copper, where, tmp_path):
+    """phonopy crashed the process (segfault) on a NaN position or cell entry."""
+    from eqv2calc.checks import StructureError
+
+    bad = copper.copy()
+    if where == "position":
+        bad.positions[0, 0] = np.nan
+    else:
+        cell = bad.cell.array.copy()
+        cell[0, 0] = np.nan
+        bad.set_cell(cell)
+    with pytest.raises(StructureError, match="non-finite"):
+        run_phonons(bad, EMT(), SETTINGS)
+    path = tmp_path / "bad.extxyz"
+    write(path, bad)
+    result = CliRunner().invoke(main, ["phonons", str(path), "--model", "emt"])
+    assert result.exit_code == 1 and "non-finite" in result.output
+    assert "Traceback" not in result.output

@@ -643,3 +643,12 @@ def test_cli_through_main_group_with_repository_cards(monkeypatch):
     help_text = CliRunner().invoke(cli_main, ["models", "--help"]).output
     for variable in ("EQV2CALC_CACHE", "EQV2CALC_OFFLINE", "HF_TOKEN"):
         assert variable in help_text
+
+
+def test_cli_emt_and_download_only_options_are_refused(env):
+    runner = CliRunner()
+    result = runner.invoke(models_command, ["emt"])
+    assert result.exit_code == 1 and "ASE's EMT potential, not a checkpoint" in result.output
+    for option in ("--force", "--no-progress"):
+        result = runner.invoke(models_command, [option])
+        assert result.exit_code == 2 and "go with --download" in result.output

@@ -14,8 +14,10 @@ not optimised structures. The notation, per entry of :data:`ADSORBATE_SPECS`:
 * ``=`` / ``#`` before an atom make the bond to it double / triple (shorter bond, sp2 / sp);
 * ``( ... )`` is a branch on the previous atom, as in SMILES.
 
-The OC20 names (e.g. ``*COHCH3``) are the keys; names without the stars (``CO``) and a few
-common formulas (``H2O``) are accepted too.
+The OC20 names (e.g. ``*COHCH3``) are the keys. Names are case-sensitive and their stars must
+sit where the key's are; a name without any star may drop the key's leading one (``CO`` for
+``*CO``), and a few star-less formulae and common names (``H2O``, ``water``) are accepted too
+(:func:`resolve_adsorbate`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.data import covalent_radii
+from ase.formula import Formula
 
 __all__ = [
     "Adsorbate",
@@ -183,19 +186,26 @@ _EXTRA_SPECS: dict[str, str] = {
 ADSORBATE_SPECS: dict[str, str] = {**_OC20_SPECS, **_EXTRA_SPECS}
 OC20_ADSORBATES: tuple[str, ...] = tuple(_OC20_SPECS)
 
-#: Extra accepted spellings -> library name.
+#: Star-less formulae accepted for a library entry (matched case-sensitively, like every
+#: formula). Each is the same species as its entry, and names no binding atom itself, so the
+#: entry's binding atom (the usual one for that molecule) is not a reinterpretation. A starred
+#: spelling (``*H2O``, ``*CH3OH``, ``*HCOO``) names a binding atom and must match an entry.
 _ALIASES: dict[str, str] = {
     "H2O": "*OH2",
-    "WATER": "*OH2",
     "CH3OH": "*OHCH3",
-    "METHANOL": "*OHCH3",
     "CH3O": "*OCH3",
     "CH3CH2OH": "*OHCH2CH3",
-    "ETHANOL": "*OHCH2CH3",
     "HCOO": "*OCHO",
-    "FORMATE": "*OCHO",
-    "CARBOXYL": "*COOH",
     "HNO": "*ONH",
+}
+
+#: Common names (words, not formulae: matched case-insensitively).
+_NAMES: dict[str, str] = {
+    "water": "*OH2",
+    "methanol": "*OHCH3",
+    "ethanol": "*OHCH2CH3",
+    "formate": "*OCHO",
+    "carboxyl": "*COOH",
 }
 
 # Bond lengths (Å) by element pair and bond order: typical gas-phase values.
@@ -442,48 +452,92 @@ def list_adsorbates(oc20_only: bool = False) -> list[str]:
     return list(OC20_ADSORBATES) if oc20_only else list(ADSORBATE_SPECS)
 
 
-def _lookup_table() -> dict[str, str]:
-    table: dict[str, str] = {}
-    for name in ADSORBATE_SPECS:
-        table.setdefault(name, name)
-        table.setdefault(name.replace("*", ""), name)
-    for alias, name in _ALIASES.items():
-        table.setdefault(alias, name)
-    return table
+def _binding_text(name: str) -> str:
+    """``"binds through C"`` / ``"binds through C and O"`` for a library entry."""
+    symbols, binding, _ = _parse_spec(ADSORBATE_SPECS[name])
+    return "binds through " + " and ".join(s for s, b in zip(symbols, binding) if b)
+
+
+def _composition(name: str) -> dict[str, int]:
+    symbols, _, _ = _parse_spec(ADSORBATE_SPECS[name])
+    return {e: symbols.count(e) for e in set(symbols)}
+
+
+def _formula_count(text: str) -> dict[str, int]:
+    """Element counts of a chemical formula (``{}`` when ``text`` is not one)."""
+    try:
+        return dict(Formula(text).count()) if text else {}
+    except Exception:  # ASE raises ValueError and others on non-formulae
+        return {}
+
+
+def _suggestions(query: str, n: int = 6) -> list[str]:
+    """Library names a user who typed ``query`` may have meant, best first."""
+    skeleton = query.replace("*", "")
+    found: list[str] = []
+    # the same letters with the stars elsewhere, or in another case ('*C*O', 'Co' -> '*CO')
+    found += [k for k in ADSORBATE_SPECS if k.replace("*", "").upper() == skeleton.upper()]
+    # a known formula with a star added ('*H2O' -> '*OH2'), or in another case ('h2o')
+    found += [v for k, v in _ALIASES.items() if k.upper() == skeleton.upper()]
+    found += [v for k, v in _NAMES.items() if k == skeleton.lower()]
+    # the same composition written in another order ('*HCOO' -> '*OCHO', '*COOH')
+    count = _formula_count(skeleton)
+    if count:
+        found += [k for k in ADSORBATE_SPECS if _composition(k) == count]
+    # spelling
+    candidates = {k: k for k in ADSORBATE_SPECS} | {a: t for a, t in _ALIASES.items()}
+    found += [candidates[m] for m in difflib.get_close_matches(query, list(candidates), n=n)]
+    upper = {k.upper(): t for k, t in candidates.items()}
+    found += [upper[m] for m in difflib.get_close_matches(query.upper(), list(upper), n=n)]
+    return list(dict.fromkeys(found))[:n]
 
 
 def resolve_adsorbate(name: str) -> str:
-    """Library name for ``name`` (``"CO"`` -> ``"*CO"``); raises :class:`UnknownAdsorbateError`.
+    """Library name for ``name``; raises :class:`UnknownAdsorbateError` with suggestions.
 
-    Matching is exact first, then without ``*``, then case-insensitive when unambiguous.
+    Names are formulae, so matching is case-sensitive (``Co`` is cobalt, not ``*CO``), and a
+    ``*`` marks each binding atom. Accepted, in order:
+
+    * a library name exactly as listed (``*CO``, ``*CH2*O``, ``CH2*CO``);
+    * a name without any ``*`` that is a library name without its leading ``*`` (``CO`` ->
+      ``*CO``, ``OH`` -> ``*OH``);
+    * a few star-less formulae of the same species (``H2O`` -> ``*OH2``, ``HCOO`` ->
+      ``*OCHO``) and common names (``water``, ``methanol``; any case).
+
+    Anything else, in particular stars on other atoms than a library entry's (``*C*O``,
+    ``*CH3OH``, ``*H2O``), is an error that lists the close library names with the atoms they
+    bind through.
     """
     query = name.strip()
-    table = _lookup_table()
-    if query in table:
-        return table[query]
-    stripped = query.replace("*", "")
-    if stripped in table:
-        return table[stripped]
-    upper = {k.upper(): v for k, v in table.items()}
-    folded = [v for k, v in table.items() if k.upper() == stripped.upper()]
-    if len(set(folded)) == 1:
-        return folded[0]
-    candidates = list(ADSORBATE_SPECS) + [a for a in _ALIASES]
-    close = difflib.get_close_matches(query, candidates, n=6, cutoff=0.5)
-    close += [
-        upper[m]
-        for m in difflib.get_close_matches(stripped.upper(), list(upper), n=6, cutoff=0.5)
-        if upper[m] not in close
-    ]
-    hint = f"; close matches: {', '.join(dict.fromkeys(close))}" if close else ""
-    raise UnknownAdsorbateError(
-        f"unknown adsorbate {name!r}{hint} (see `eqv2calc adsorbml --list-adsorbates`, or pass "
-        "a structure file with --binding-atoms)"
+    if query in ADSORBATE_SPECS:
+        return query
+    if query and "*" not in query:
+        if "*" + query in ADSORBATE_SPECS:
+            return "*" + query
+        if query in _ALIASES:
+            return _ALIASES[query]
+        if query.lower() in _NAMES:
+            return _NAMES[query.lower()]
+    close = _suggestions(query)
+    hint = ""
+    if close:
+        hint = "; close matches: " + ", ".join(f"{c!r} ({_binding_text(c)})" for c in close)
+    notes = []
+    others = sorted(set(_formula_count(query.replace("*", ""))) - {"C", "H", "N", "O"})
+    if others:
+        notes.append(
+            f"{query!r} reads as containing the element(s) {', '.join(others)}; library "
+            "adsorbates have only C, H, N and O"
+        )
+    notes.append(
+        "names are case-sensitive formulae with '*' on each binding atom, as listed by "
+        "`eqv2calc adsorbml --list-adsorbates`; or pass a structure file with --binding-atoms"
     )
+    raise UnknownAdsorbateError(f"unknown adsorbate {name!r}{hint} ({'; '.join(notes)})")
 
 
 def get_adsorbate(name: str) -> Adsorbate:
-    """The library adsorbate called ``name`` (OC20 spelling, or without stars, e.g. ``CO``)."""
+    """The library adsorbate called ``name`` (see :func:`resolve_adsorbate` for spellings)."""
     key = resolve_adsorbate(name)
     return build_from_spec(key, ADSORBATE_SPECS[key], oc20=key in _OC20_SPECS)
 
@@ -525,12 +579,26 @@ def orient_adsorbate(atoms: Atoms, binding_indices: list[int]) -> Atoms:
     return mol
 
 
+def _binding_atoms_missing(path: Path, atoms: Atoms, shown: int = 40) -> str:
+    symbols = atoms.get_chemical_symbols()
+    listing = ", ".join(f"{i} {s}" for i, s in enumerate(symbols[:shown]))
+    if len(symbols) > shown:
+        listing += f", ... ({len(symbols) - shown} more)"
+    return (
+        f"adsorbate file {path} has {len(symbols)} atoms and no binding atoms were given: say "
+        f"which atom(s) bind to the surface with --binding-atoms I[,J] (0-based indices; "
+        f"binding_atoms= in Python). Atoms: {listing}"
+    )
+
+
 def load_adsorbate_file(path: str | os.PathLike, binding_atoms: list[int] | None) -> Adsorbate:
     """Read an adsorbate from a structure file (any ASE format).
 
     Args:
         path: structure file (xyz, extxyz, traj, POSCAR, ...).
-        binding_atoms: 0-based indices of the atoms that bind to the surface; None means atom 0.
+        binding_atoms: 0-based indices of the atoms that bind to the surface. Required for a
+            file with more than one atom (a structure file does not say which atoms bind);
+            a single-atom file binds through that atom.
 
     Raises:
         FileNotFoundError / ValueError with the file name and the offending index.
@@ -543,7 +611,12 @@ def load_adsorbate_file(path: str | os.PathLike, binding_atoms: list[int] | None
     atoms = read_structure_file(p, index=-1, what="adsorbate file")[0]
     if len(atoms) == 0:
         raise ValueError(f"adsorbate file {p} has no atoms")
-    idx = [0] if not binding_atoms else list(binding_atoms)
+    if binding_atoms:
+        idx = list(binding_atoms)
+    elif len(atoms) == 1:
+        idx = [0]
+    else:
+        raise ValueError(_binding_atoms_missing(p, atoms))
     for i in idx:
         if not 0 <= i < len(atoms):
             raise ValueError(

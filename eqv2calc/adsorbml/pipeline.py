@@ -42,6 +42,7 @@ __all__ = [
     "DFTRecord",
     "MLRecord",
     "SystemOutcome",
+    "check_gas_references",
     "run_adsorbml",
     "run_system",
 ]
@@ -333,6 +334,105 @@ def _gas_references(
     raise ValueError(f"unknown gas reference mode {mode!r}; use computed or oc20")
 
 
+#: resume settings that identify an eqv2calc model beyond its label (see :func:`_model_identity`)
+MODEL_IDENTITY_KEYS = ("model_sha256", "dtype")
+
+
+def _model_identity(calc: Any) -> dict[str, Any]:
+    """What identifies an eqv2calc model beyond its label, for the resume check: the SHA-256 of
+    its checkpoint file (a checkpoint replaced under the same path is another model) and the
+    precision it runs in (``float32``, ``float64``, or the ``--precision`` mode such as ``tf32``).
+    Empty for other calculators (EMT, ...), which are identified by their class name."""
+    if not hasattr(type(calc), "model_sha256"):
+        return {}
+    try:
+        sha = calc.model_sha256
+    except OSError as err:
+        path = getattr(calc, "model_path", "the model checkpoint")
+        raise RuntimeError(f"cannot read {path} to identify the model: {err}") from None
+    precision = getattr(getattr(calc, "precision", None), "name", None)
+    dtype = precision or str(getattr(calc, "dtype", "")).removeprefix("torch.") or None
+    return {"model_sha256": sha, "dtype": dtype}
+
+
+def _registry_card(calc: Any) -> Any | None:
+    """The registry card of an eqv2calc calculator's checkpoint (by SHA-256, else by file
+    name), or None."""
+    if not hasattr(type(calc), "model_sha256"):
+        return None
+    from eqv2calc.registry import card_for_file, list_cards
+
+    try:
+        sha = calc.model_sha256
+    except OSError:
+        sha = None
+    if sha is not None:
+        card = next((c for c in list_cards() if c.sha256 and c.sha256.lower() == sha), None)
+        if card is not None:
+            return card
+    path = getattr(calc, "model_path", None)
+    return card_for_file(path) if path is not None else None
+
+
+def _not_dft_scale(calc: Any) -> str | None:
+    """What ``calc`` is when its energies are known not to be DFT total energies (so OC20's RPBE
+    gas references do not apply to them), or None when nothing says so."""
+    from ase.calculators.emt import EMT
+
+    if isinstance(calc, EMT):
+        return "ASE's EMT potential"
+    if str(getattr(calc, "energy_kind", "") or "").lower() == "emt":
+        return "a calculator of EMT energies"
+    card = _registry_card(calc)
+    if card is not None and card.energy_kind == "emt":
+        return f"the model {card.name}, which imitates ASE's EMT"
+    return None
+
+
+def check_gas_references(
+    calculator: Any,
+    adsorbate: Adsorbate,
+    config: AdsorbMLConfig,
+    *,
+    dft_calculator: Any | None = None,
+    dft_label: str | None = None,
+) -> list[str]:
+    """Refuse OC20's gas references (RPBE DFT energies) for a calculator whose total energies
+    are known not to be DFT energies (EMT, models imitating EMT): E_ads would mix two energy
+    scales and mean nothing. Returns notes for calculators whose scale cannot be told.
+
+    Raises:
+        ValueError: naming the calculator and the alternatives.
+    """
+    if config.gas_refs != "oc20":
+        return []
+    used = sorted(set(adsorbate.symbols) - set(config.gas_ref_overrides))
+    if not used:
+        return []  # every element the adsorbate needs is overridden: the table is not used
+    notes: list[str] = []
+    levels = [(calculator, calculator_label(calculator), "--model")]
+    if dft_calculator is not None:
+        levels.append((dft_calculator, dft_label or calculator_label(dft_calculator), "--dft"))
+    for calc, label, option in levels:
+        if energy_kind(calc) != "total":
+            continue  # predicts adsorption energies: no gas references
+        what = _not_dft_scale(calc)
+        if what is not None:
+            raise ValueError(
+                f"--gas-refs oc20 cannot be used with {option} {label} ({what}): its energies "
+                f"are not DFT total energies, and OC20's gas references ({', '.join(used)}) are "
+                "RPBE DFT energies, so the adsorption energies would mean nothing; use "
+                "--gas-refs computed (references computed with the same calculator) or give "
+                "references on its energy scale with --gas-ref EL=VALUE"
+            )
+        if not hasattr(type(calc), "model_sha256") and option == "--model":
+            notes.append(
+                f"--gas-refs oc20: OC20's gas references are RPBE DFT energies; E_ads is only "
+                f"meaningful if {label} gives RPBE total energies"
+            )
+    return notes
+
+
 def _refmode(cfg: AdsorbMLConfig) -> str:
     """Identifies how gas references are made (mode and overrides), for the database."""
     over = ",".join(f"{k}={v!r}" for k, v in sorted(cfg.gas_ref_overrides.items()))
@@ -421,7 +521,19 @@ def _prepare(run: _SystemRun) -> tuple[dict[int, Atoms], dict[int, str]]:
         "placement",
     )
     store.check_settings(
-        name, {"model": run.model_label, "energy_kind": run.kind, **cfg.ml_settings()}, "ml"
+        name,
+        {
+            "model": run.model_label,
+            "energy_kind": run.kind,
+            **_model_identity(run.calculator),
+            **cfg.ml_settings(),
+        },
+        "ml",
+        # Databases written before the checkpoint hash and the precision were recorded lack
+        # these keys: what their results were computed with is unknown, so the keys are not
+        # compared (the model label still is, as before) and not added either (recording the
+        # current hash would claim the old results were made with it).
+        new_keys=MODEL_IDENTITY_KEYS,
     )
     rows = store.all("placement", name)
     if not rows:
@@ -615,6 +727,9 @@ def run_system(
     relaxations), observe (records, filter, deduplicate, rank), finish (reference
     calculations of the top-k)."""
     cfg = config
+    gas_notes = check_gas_references(
+        calculator, adsorbate, cfg, dft_calculator=dft_calculator, dft_label=dft_label
+    )
     run = _SystemRun(
         system=system,
         adsorbate=adsorbate,
@@ -649,7 +764,7 @@ def run_system(
         name=run.name,
         adsorbate=adsorbate,
         slab=run.slab,
-        notes=list(system.notes),
+        notes=list(system.notes) + gas_notes,
         n_slab=len(run.slab),
         energy_kind=run.kind,
         model_label=run.model_label,
@@ -868,6 +983,13 @@ def run_adsorbml(
 
     Returns:
         One :class:`SystemOutcome` per slab.
+
+    Raises:
+        ResumeMismatchError: ``out_dir`` holds results made with other settings (model label,
+            checkpoint SHA-256, precision, relaxation and placement options).
+        DamagedStoreError: ``adsorbml.db`` cannot be read; it is left as it is.
+        ValueError: e.g. ``gas_refs="oc20"`` with a calculator of EMT energies
+            (:func:`check_gas_references`).
     """
     cfg = config or AdsorbMLConfig()
     if isinstance(systems, SlabSystem):
@@ -875,6 +997,10 @@ def run_adsorbml(
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise ValueError(f"slab names must be unique, got {names}")
+    # before the output folder and the database exist
+    check_gas_references(
+        calculator, adsorbate, cfg, dft_calculator=dft_calculator, dft_label=dft_label
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / DB_NAME)

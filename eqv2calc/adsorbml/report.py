@@ -55,7 +55,15 @@ def write_top_k(outcome: Any, out_dir: Path) -> list[dict[str, str]]:
             },
         )
         atoms.info.update(
-            {"pid": pid, "rank": rank, "site_type": rec.site_type, "e_ml_eV": rec.e_ml}
+            {
+                "pid": pid,
+                "rank": rank,
+                "site_type": rec.site_type,
+                "e_ml_eV": rec.e_ml,
+                # an unconverged relaxation ran out of steps: its end point is not a minimum
+                "ml_converged": bool(rec.converged),
+                "ml_steps": int(rec.steps),
+            }
         )
         if rec.e_ads is not None:
             atoms.info["e_ads_ml_eV"] = rec.e_ads
@@ -130,6 +138,7 @@ def _ml_section(o: Any) -> dict[str, Any]:
         "anomalous": sum(1 for r in o.ml if set(r.anomalies) & set(ANOMALY_KINDS)),
         "valid": sum(1 for r in o.ml if r.valid),
         "unique_valid": len(o.ranked),
+        "top_k_unconverged": _unconverged_top_k(o),
         "new_relaxations_this_run": o.new_ml_relaxations,
         "gas_references": o.gas_ml.to_dict() if o.gas_ml else None,
         "best": None
@@ -141,6 +150,11 @@ def _ml_section(o: Any) -> dict[str, Any]:
             ("e_ads_ml_eV", best_ml.e_ads),
         ),
     }
+
+
+def _unconverged_top_k(o: Any) -> list[int]:
+    """The pids of the top-k configurations whose ML relaxation did not converge."""
+    return [pid for pid in o.top_k if not o.record(pid).converged]
 
 
 def _configurations(o: Any) -> dict[str, Any]:
@@ -309,7 +323,7 @@ def format_table(outcomes: list[Any], scf_model: Any = None) -> str:
             f"== {o.name} + {ads.name} ({ads.formula})   model: {o.model_label} ({kind_note})"
         )
         for note in o.notes:
-            lines.append(f"   note: {note}")
+            lines.append(f"   {note}" if note.startswith("warning:") else f"   note: {note}")
         counts = o.anomaly_counts
         n_ok = sum(1 for r in o.ml if r.status == "ok")
         lines.append(
@@ -329,16 +343,22 @@ def format_table(outcomes: list[Any], scf_model: Any = None) -> str:
             refs = ", ".join(f"{k}={v:.3f}" for k, v in sorted(o.gas_ml.refs.items()))
             lines.append(f"   gas references (ML): {refs} eV  [{o.gas_ml.source}]")
         has_dft = o.dft_label is not None
-        header = f"   {'rank':>4} {'pid':>4} {'site':<13} {'E_ML':>12} {'E_ads(ML)':>10}"
+        header = (
+            f"   {'rank':>4} {'pid':>4} {'site':<13} {'E_ML':>12} {'E_ads(ML)':>10} {'ML conv':<8}"
+        )
         if has_dft:
             header += f" {'E_ads(' + o.dft_label + ')':>12} {'calls':>6}  flags"
-        lines.append(header)
+        lines.append(header.rstrip())
         dft_by_pid = {d.pid: d for d in o.dft}
         if not o.top_k:
             lines.append("   (no valid configuration)")
         for rank, pid in enumerate(o.top_k, start=1):
             r = o.record(pid)
-            line = f"   {rank:>4} {pid:>4} {r.site_type:<13} {_f(r.e_ml, 12, 4)} {_f(r.e_ads, 10)}"
+            conv = "yes" if r.converged else "NO*"
+            line = (
+                f"   {rank:>4} {pid:>4} {r.site_type:<13} {_f(r.e_ml, 12, 4)} {_f(r.e_ads, 10)} "
+                f"{conv:<8}"
+            )
             if has_dft:
                 d = dft_by_pid.get(pid)
                 if d is None:
@@ -347,7 +367,15 @@ def format_table(outcomes: list[Any], scf_model: Any = None) -> str:
                     e = d.e_ads if d.e_ads is not None else d.energy
                     flags = ",".join(d.anomalies) or ("error" if d.error else "ok")
                     line += f" {_f(e, 12)} {d.calls:>6}  {flags}"
-            lines.append(line)
+            lines.append(line.rstrip())
+        unconverged = _unconverged_top_k(o)
+        if unconverged:
+            lines.append(
+                f"   warning: *{len(unconverged)} of the {len(o.top_k)} top-ranked configurations "
+                "did not converge (the ML relaxation ran out of steps before the forces fell "
+                "below --fmax): their energies are not minima and the ranking may change; rerun "
+                "with more --steps (into a new --out folder: the steps are a resume setting)"
+            )
         if has_dft:
             exhaustive, basis = o.exhaustive_estimate()
             used = o.dft_adslab_calls

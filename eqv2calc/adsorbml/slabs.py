@@ -183,6 +183,8 @@ def prepare_slab(
             f"ignored tags {sorted(tag_set)[:6]} (not OC20 0/1 tags, e.g. ASE layer numbers)"
         )
     have_tags = keep_tags and oc20_tags and surface_depth is None and np.any(tags == 1)
+    if have_tags:
+        _check_surface_on_top(atoms, tags, source)
     if not have_tags:
         tags = detect_surface_tags(atoms, surface_depth)
         atoms.set_tags(tags)
@@ -196,7 +198,58 @@ def prepare_slab(
         atoms.set_constraint(FixAtoms(mask=mask))
         rule = f"z < {fix_below} Å" if fix_below is not None else "sub-surface (tag 0)"
         notes.append(f"fixed {int(mask.sum())} of {len(atoms)} atoms ({rule})")
+    warning = _fixed_top_warning(atoms)
+    if warning:
+        notes.append(warning)
     return SlabSystem(name=name, atoms=atoms, notes=notes)
+
+
+#: how far (Å) below the topmost atom an atom still belongs to the top layer
+TOP_LAYER_DEPTH = 0.5
+
+
+def _check_surface_on_top(atoms: Atoms, tags: np.ndarray, source: str) -> None:
+    """Refuse OC20 tags whose surface atoms (tag 1) are not at the top: adsorbates are placed on
+    the top (+z) face, so tags marking the bottom face (a slab upside down, or tags from a
+    code that puts the adsorbate below) would put them on atoms tagged sub-surface."""
+    z = atoms.positions[:, 2]
+    surface, sub = tags == 1, tags == 0
+    if not sub.any():
+        return
+    top_surface, top_sub = float(z[surface].max()), float(z[sub].max())
+    if top_surface < top_sub - TOP_LAYER_DEPTH:
+        n_above = int(np.sum(sub & (z > top_surface + TOP_LAYER_DEPTH)))
+        raise SlabInputError(
+            f"{source}: the OC20 tags mark the bottom of the slab as its surface: the highest "
+            f"surface atom (tag 1) is at z={top_surface:.2f} Å, below {n_above} sub-surface "
+            f"atom(s) (tag 0) up to z={top_sub:.2f} Å; adsorbates are placed on the top face "
+            "(+z). Flip the slab (z -> -z, surface on top) or fix the tags (tag 1 on the top "
+            "layer), and check which atoms are fixed"
+        )
+
+
+def _fixed_top_warning(atoms: Atoms) -> str | None:
+    """A warning when the slab's FixAtoms constraint fixes atoms of its top layer (within
+    :data:`TOP_LAYER_DEPTH` of the topmost atom), where the adsorbate binds, or None."""
+    fixed = np.zeros(len(atoms), dtype=bool)
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            fixed[c.get_indices()] = True
+    z = atoms.positions[:, 2]
+    top = z >= z.max() - TOP_LAYER_DEPTH
+    n = int(np.sum(fixed & top))
+    if n == 0:
+        return None
+    if fixed.all():
+        return (
+            "warning: every slab atom is fixed (FixAtoms): only the adsorbate relaxes; the top "
+            "layer cannot respond to it"
+        )
+    return (
+        f"warning: {n} of the {int(top.sum())} top-layer atoms (within {TOP_LAYER_DEPTH} Å of "
+        "the top, where adsorbates are placed) are fixed (FixAtoms); for adsorption the top "
+        "layers should relax: check the constraint (or use --fix-below Z)"
+    )
 
 
 def read_slab(

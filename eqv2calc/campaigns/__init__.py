@@ -1,8 +1,8 @@
 """Campaigns: many work items, a ledger in a real database, local and Ray executors, shards.
 
 A campaign runs one task (relax, eval, AdsorbML) over many items. Every item is recorded in
-one SQLite ledger in the output folder (:mod:`~eqv2calc.campaigns.ledger`), keyed by a content
-hash of its input and the settings, with its state, result and provenance; the same command
+one SQLite ledger in the output folder (:mod:`~eqv2calc.campaigns.ledger`), keyed by its name,
+a content hash of its input and the settings, with its state, result and provenance; the same command
 run again continues where the last one stopped. Items run in-process
 (:class:`~eqv2calc.campaigns.executors.LocalExecutor`) or on Ray actors
 (:class:`~eqv2calc.campaigns.executors.RayExecutor`, ``pip install 'eqv2calc[ray]'``);

@@ -1,10 +1,17 @@
 """Content hashes of work items and settings fingerprints.
 
-A work item is keyed by a SHA-256 over its input structure (atomic numbers, positions, cell,
-periodicity, tags, fixed atoms, charges/magnetic moments when set) and the campaign settings,
-so the same structure under the same settings is the same item in every run, on every
-machine, whatever the file it came from. Positions and cells are hashed exactly (float64
-bytes): a structure moved by 1e-12 Å is another input.
+A work item is keyed by a SHA-256 over its name (the label its output files are named
+after), its input structure (atomic numbers, positions, cell, periodicity, tags, fixed atoms,
+charges/magnetic moments when set) and the campaign settings, so the same named structure
+under the same settings is the same item in every run, on every machine. Two files holding
+the same structure are two items, as outside campaigns (each gets its own output files).
+Positions and cells are hashed exactly (float64 bytes): a structure moved by 1e-12 Å is
+another input.
+
+Settings named in :data:`IDENTITY_SETTINGS` (the SHA-256 of the model checkpoint) are stored
+and compared by the ledger but left out of item keys (:func:`item_fingerprint`): a ledger
+written before they were recorded keeps its keys, and a checkpoint that changed is refused by
+the ledger instead of silently starting a new set of items.
 """
 
 from __future__ import annotations
@@ -17,7 +24,19 @@ import numpy as np
 from ase import Atoms
 from ase.constraints import FixAtoms
 
-__all__ = ["canonical_json", "item_key", "settings_fingerprint", "shard_of", "structure_hash"]
+__all__ = [
+    "IDENTITY_SETTINGS",
+    "canonical_json",
+    "item_fingerprint",
+    "item_key",
+    "settings_fingerprint",
+    "shard_of",
+    "structure_hash",
+]
+
+#: Settings that identify what computed the results (the model checkpoint's SHA-256) rather
+#: than how: compared by the ledger, not part of item keys (see the module docstring).
+IDENTITY_SETTINGS = ("model_sha256",)
 
 
 def canonical_json(data: Any) -> str:
@@ -28,6 +47,12 @@ def canonical_json(data: Any) -> str:
 def settings_fingerprint(settings: dict[str, Any]) -> str:
     """SHA-256 (hex) of the canonical JSON of a settings dict."""
     return hashlib.sha256(canonical_json(settings).encode()).hexdigest()
+
+
+def item_fingerprint(settings: dict[str, Any]) -> str:
+    """The settings fingerprint that enters item keys: :func:`settings_fingerprint` of
+    ``settings`` without the :data:`IDENTITY_SETTINGS`."""
+    return settings_fingerprint({k: v for k, v in settings.items() if k not in IDENTITY_SETTINGS})
 
 
 def structure_hash(atoms: Atoms) -> str:

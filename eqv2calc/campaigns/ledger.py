@@ -1,7 +1,7 @@
 """The campaign ledger: one SQLite file that records every work item of a campaign.
 
 Every item (a structure to relax or evaluate, an AdsorbML slab x adsorbate system) is a row
-keyed by the content hash of its input and the campaign settings
+keyed by its name, the content hash of its input and the campaign settings
 (:func:`eqv2calc.campaigns.hashing.item_key`), in one of four states::
 
     pending --claim--> running (worker, lease token, lease expiry) --complete--> done
@@ -14,8 +14,11 @@ Completing an item needs the lease token its claim returned: a worker whose leas
 over (expired and claimed again, or released after its actor died) cannot overwrite the
 result, and an item that is done is never done again.
 
-The campaign settings (a JSON dict) and their fingerprint are stored once; opening the
-ledger with other settings raises :class:`SettingsMismatchError` naming what differs.
+The campaign settings (a JSON dict, with the SHA-256 of the model checkpoint when it is an
+eqv2calc checkpoint) and their fingerprint are stored once; opening the ledger with other
+settings raises :class:`SettingsMismatchError` naming each setting that differs
+(``seed: was 0, now 1``). A ledger that lacks the checkpoint hash (written by an older
+eqv2calc) is continued and records the hash from then on.
 Times are UNIX seconds (UTC); results and provenance are JSON.
 """
 
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eqv2calc.campaigns.hashing import canonical_json, settings_fingerprint
+from eqv2calc.campaigns.hashing import IDENTITY_SETTINGS, canonical_json, settings_fingerprint
 
 __all__ = [
     "LEDGER_NAME",
@@ -43,6 +46,8 @@ __all__ = [
     "LedgerError",
     "SettingsMismatchError",
     "ledger_name",
+    "settings_compatible",
+    "settings_diff",
 ]
 
 #: Ledger file of an unsharded campaign, inside the output folder.
@@ -109,7 +114,10 @@ class ItemSpec:
 
     ``shard_key`` is the hash of the input alone (no settings), which decides the item's
     shard: shards of one input set split the same way whatever the settings. None: ``key``.
-    It is not stored in the ledger.
+    ``legacy_key`` is the key this item had before item keys held its name (the input hash
+    and settings alone): a ledger row under that key with the same label is this item,
+    recorded by an older eqv2calc, and :meth:`Ledger.add_items` takes it over. Neither is
+    stored in the ledger.
     """
 
     key: str
@@ -117,13 +125,64 @@ class ItemSpec:
     source: str | None = None
     input: str | None = None  # e.g. the structure as extxyz text
     shard_key: str | None = None
+    legacy_key: str | None = None
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+#: How settings are named in messages (others by their key).
+SETTING_NAMES = {"model_sha256": "model checkpoint (sha256)"}
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts (the AdsorbML ``config``) flattened to ``outer.inner`` keys."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _normal(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as stored (through canonical JSON: tuples become lists...)."""
+    return json.loads(canonical_json(settings))
+
+
+def _comparable(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict, dict]:
+    """``old`` and ``new`` normalized, without an identity setting that one of them lacks.
+
+    A ledger written before the model checkpoint's SHA-256 was recorded has no
+    ``model_sha256``: it is continued (the checkpoint is then taken to be the one it was made
+    with, which nothing can tell any more) and the hash is recorded from then on. Once both
+    sides hold the key, a different value is refused like any other setting."""
+    old, new = _normal(old), _normal(new)
+    for k in IDENTITY_SETTINGS:
+        if (k in old) != (k in new):
+            old.pop(k, None)
+            new.pop(k, None)
+    return old, new
+
+
+def settings_compatible(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when results made under settings ``old`` may be continued under ``new``: the
+    same settings, up to an identity setting (the checkpoint hash) that one side lacks."""
+    a, b = _comparable(old, new)
+    return settings_fingerprint(a) == settings_fingerprint(b)
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The settings that differ, one ``name: was X, now Y`` each (nested AdsorbML options by
+    their own name, ``<unset>`` for a setting one side lacks)."""
+    a, b = (_flat(d) for d in _comparable(old, new))
+    keys = sorted(set(a) | set(b))
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
     parts = []
-    for k in sorted(set(old) | set(new)):
-        if old.get(k, "<unset>") != new.get(k, "<unset>"):
-            parts.append(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}")
+    for k, leaf in zip(keys, leaves):
+        was, now = a.get(k, "<unset>"), b.get(k, "<unset>")
+        if was != now:
+            name = leaf if leaves.count(leaf) == 1 else k
+            name = SETTING_NAMES.get(name, name)
+            parts.append(f"{name}: was {was!r}, now {now!r}")
     return "; ".join(parts) or "(same keys, different values)"
 
 
@@ -195,12 +254,28 @@ class Ledger:
                 "use another output folder"
             )
         if settings is not None and meta["fingerprint"] != settings_fingerprint(settings):
-            normal = json.loads(canonical_json(settings))
-            raise SettingsMismatchError(
-                f"{self.path.parent} holds a {meta['kind']} campaign with other settings "
-                f"({_diff(stored, normal)}); rerun with the same options to continue it, or "
-                "use another output folder"
-            )
+            if not settings_compatible(stored, settings):
+                raise SettingsMismatchError(
+                    f"{self.path.parent} holds a {meta['kind']} campaign with other settings "
+                    f"({settings_diff(stored, settings)}); rerun with the same options to "
+                    "continue it, or use another output folder"
+                )
+            # Continued from a ledger without an identity setting (see _comparable): record
+            # it from now on, so that a later change is noticed.
+            added = {
+                k: v
+                for k, v in _normal(settings).items()
+                if k in IDENTITY_SETTINGS and k not in stored
+            }
+            if added:
+                stored = {**stored, **added}
+                fp = settings_fingerprint(stored)
+                with self.transaction() as db:
+                    db.executemany(
+                        "UPDATE meta SET value = ? WHERE key = ?",
+                        [(canonical_json(stored), "settings"), (fp, "fingerprint")],
+                    )
+                return meta["kind"], stored, fp
         return meta["kind"], stored, meta["fingerprint"]
 
     def close(self) -> None:
@@ -227,7 +302,8 @@ class Ledger:
     # -- items -----------------------------------------------------------------------------
 
     def add_items(self, items: Iterable[ItemSpec]) -> int:
-        """Record new items as pending (items already known are left as they are).
+        """Record new items as pending (items already known are left as they are; a row of
+        an older eqv2calc under an item's ``legacy_key`` and label is renamed to its key).
 
         Returns:
             The number of items that were new.
@@ -235,6 +311,14 @@ class Ledger:
         now = time.time()
         with self.transaction() as db:
             (seq0,) = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM items").fetchone()
+            items = list(items)
+            for it in items:
+                if it.legacy_key and it.legacy_key != it.key:
+                    db.execute(
+                        "UPDATE items SET key = ? WHERE key = ? AND label = ? AND NOT EXISTS "
+                        "(SELECT 1 FROM items WHERE key = ?)",
+                        (it.key, it.legacy_key, it.label, it.key),
+                    )
             before = db.total_changes
             for j, it in enumerate(items):
                 db.execute(

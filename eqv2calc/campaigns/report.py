@@ -12,14 +12,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from eqv2calc.campaigns.ledger import LEDGER_NAME, STATES, Ledger, LedgerError
+from eqv2calc.campaigns.hashing import IDENTITY_SETTINGS
+from eqv2calc.campaigns.ledger import (
+    LEDGER_NAME,
+    STATES,
+    Ledger,
+    LedgerError,
+    settings_compatible,
+    settings_diff,
+)
 from eqv2calc.plotting import pyplot
 
 __all__ = [
@@ -27,7 +37,9 @@ __all__ = [
     "export_eval",
     "find_ledgers",
     "format_status",
+    "check_merge_target",
     "merge_ledgers",
+    "summary_name",
     "write_adsorbml_summary",
 ]
 
@@ -68,6 +80,28 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _add_to_group(
+    groups: list[tuple[str, dict[str, Any], list[str]]],
+    kind: str,
+    settings: dict[str, Any],
+    name: str,
+) -> None:
+    """Put ledger ``name`` into the group of ledgers whose settings it may be continued or
+    merged with (:func:`~eqv2calc.campaigns.ledger.settings_compatible`), or a new group."""
+    for i, (k, s, names) in enumerate(groups):
+        if k == kind and settings_compatible(s, settings):
+            names.append(name)
+            groups[i] = (k, _fuller(s, settings), names)
+            return
+    groups.append((kind, settings, [name]))
+
+
+def _fuller(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Compatible settings ``a`` with the identity settings (checkpoint hash) that only
+    ``b`` records added."""
+    return {**a, **{k: v for k, v in b.items() if k in IDENTITY_SETTINGS and k not in a}}
+
+
 def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
     """Status of the campaign(s) in ``paths`` (folders or ledger files).
 
@@ -80,7 +114,8 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
     """
     files = find_ledgers(paths)
     intervals: list[tuple[float, float]] = []
-    kinds, settings, fingerprints = set(), None, {}
+    kinds, settings = set(), None
+    groups: list[tuple[str, dict[str, Any], list[str]]] = []  # (kind, settings, files)
     shards: dict[int, set[int]] = {}
     items: dict[str, dict[str, Any]] = {}  # an item in several ledgers (merged) counts once
     runs: list[dict[str, Any]] = []
@@ -91,7 +126,7 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
         with Ledger(f) as led:
             kinds.add(led.kind)
             settings = settings or led.settings
-            fingerprints.setdefault(f"{led.kind}:{led.fingerprint}", []).append(str(f))
+            _add_to_group(groups, led.kind, led.settings, str(f))
             for row in led.rows():
                 old = items.get(row["key"])
                 if old is None or _RANK[row["state"]] > _RANK[old["state"]]:
@@ -129,8 +164,8 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
         "ledgers": [str(f) for f in files],
         "kind": "/".join(sorted(kinds)),
         "settings": settings,
-        "same_settings": len(fingerprints) == 1,
-        "settings_groups": list(fingerprints.values()),
+        "same_settings": len(groups) == 1,
+        "settings_groups": [g[2] for g in groups],
         "counts": counts,
         "total": sum(counts.values()),
         "failures": failures,
@@ -176,46 +211,129 @@ def merge_ledgers(sources: list[str | os.PathLike], dest: str | os.PathLike) -> 
 
     Per item the most advanced state wins (done > failed > pending); running items become
     pending (no lease survives a merge). Driver runs are copied for the throughput figures.
+    ``dest`` is never one of the ledgers it reads: it must be a new file, or an existing
+    merged (or unsharded) ledger of the same campaign, which is extended (its items kept).
+    It is written under the lock of its folder, so not while a campaign driver runs there.
 
     Returns:
         Items per state in ``dest`` afterwards.
 
     Raises:
-        LedgerError: No source, or sources/destination with different settings.
+        LedgerError: No source; ``dest`` a shard ledger, a source given by name, or a file
+            that is no campaign ledger; sources/destination with different settings; a
+            campaign driver running in the folder of ``dest``.
     """
-    dest = Path(dest).resolve()
+    given = Path(dest)
+    dest = given.resolve()
+    check_merge_target(sources, given)
     files = [f for f in find_ledgers(sources) if f.resolve() != dest]
     if not files:
         raise LedgerError("nothing to merge: no ledger besides the destination")
     with Ledger(files[0]) as first:
-        kind, settings, fp = first.kind, first.settings, first.fingerprint
+        kind, settings = first.kind, first.settings
     for f in files[1:] + ([dest] if dest.is_file() else []):
         with Ledger(f) as src:
-            if (src.kind, src.fingerprint) != (kind, fp):
+            if src.kind != kind:
                 raise LedgerError(
-                    f"{f} holds a campaign with other settings than {files[0]}; "
+                    f"{f} holds a {src.kind} campaign, {files[0]} a {kind} campaign; "
                     "only shards of one campaign can be merged"
                 )
+            if not settings_compatible(settings, src.settings):
+                raise LedgerError(
+                    f"{f} holds a campaign with other settings than {files[0]} "
+                    f"({settings_diff(settings, src.settings)}); only shards of one campaign "
+                    "can be merged"
+                )
+            settings = _fuller(settings, src.settings)
     # Merge into a temporary copy, renamed over ``dest`` on success only: a failed merge
     # leaves ``dest`` as it was (or absent), never half-written.
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.merge-{os.getpid()}.tmp")
-    _remove_db(tmp)
-    try:
-        if dest.is_file():
-            copy = sqlite3.connect(str(tmp))
-            try:
-                with Ledger(dest) as old:
-                    old._db.backup(copy)
-            finally:
-                copy.close()
-        counts = _merge_into(tmp, files, kind, settings)
-        _remove_db(dest, keep_main=True)
-        os.replace(tmp, dest)
-    except BaseException:
+    with _folder_lock(dest.parent):
+        tmp = dest.with_name(f".{dest.name}.merge-{os.getpid()}.tmp")
         _remove_db(tmp)
-        raise
+        try:
+            if dest.is_file():
+                copy = sqlite3.connect(str(tmp))
+                try:
+                    with Ledger(dest) as old:
+                        old._db.backup(copy)
+                finally:
+                    copy.close()
+            counts = _merge_into(tmp, files, kind, settings)
+            _remove_db(dest, keep_main=True)
+            os.replace(tmp, dest)
+        except BaseException:
+            _remove_db(tmp)
+            raise
     return counts
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_merge_target(sources: list[str | os.PathLike], dest: str | os.PathLike) -> None:
+    """Refuse a merge destination that would overwrite something else (see
+    :func:`merge_ledgers`); nothing is written.
+
+    Raises:
+        LedgerError: Naming ``dest`` and why it is refused.
+    """
+    dest = Path(dest)
+    real = dest.resolve()
+    advice = (
+        "a merge never writes into a ledger it reads; name a new file, or leave --into out "
+        f"to merge into {LEDGER_NAME} in the first folder"
+    )
+    if _SHARD_RE.search(dest.name):
+        raise LedgerError(f"--into {dest}: that is the name of a shard's ledger; {advice}")
+    for p in map(Path, sources):
+        if p.is_file() and p.resolve() == real and dest.name != LEDGER_NAME:
+            raise LedgerError(f"--into {dest} is one of the ledgers being merged; {advice}")
+    if real.is_dir():
+        raise LedgerError(f"--into {dest} is a folder; name the merged ledger file")
+    if real.exists():
+        with open(real, "rb") as fh:
+            head = fh.read(len(_SQLITE_HEADER))
+        problem = None
+        if head != _SQLITE_HEADER:
+            problem = "is not a campaign ledger"
+        elif not _has_campaign_meta(real):
+            problem = "is an SQLite database but not a campaign ledger"
+        if problem:
+            raise LedgerError(
+                f"--into {dest} exists and {problem}; it is left as it is: name a new file "
+                "(or an earlier merged ledger of this campaign, which is extended)"
+            )
+
+
+def _has_campaign_meta(path: Path) -> bool:
+    """True when the SQLite file ``path`` holds campaign settings (read without writing:
+    opening it as a :class:`Ledger` would add the ledger tables to any database)."""
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return row is not None
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """The output-folder lock of :func:`eqv2calc.io.lock_directory` (as LedgerError)."""
+    from eqv2calc.io import OutputDirLocked, lock_directory
+
+    try:
+        ctx = lock_directory(folder, "campaign merge")
+        ctx.__enter__()
+    except OutputDirLocked as err:
+        raise LedgerError(f"{err}; merge when it has finished") from None
+    try:
+        yield
+    finally:
+        ctx.__exit__(None, None, None)
 
 
 def _remove_db(path: Path, keep_main: bool = False) -> None:
@@ -360,9 +478,26 @@ def _cell(x: Any, fmt: str) -> str:
     return format(x, fmt) if isinstance(x, (int, float)) else "-"
 
 
-def write_adsorbml_summary(ledger: Ledger, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """The AdsorbML campaign summary: ``campaign_summary.json``, ``campaign_summary.txt``
-    (table) and ``campaign_summary.png`` (best adsorption energy per system, eV).
+def summary_name(ledger_path: str | os.PathLike) -> str:
+    """The stem of the AdsorbML summary files of a ledger: ``campaign_summary`` for
+    ``campaign.sqlite``, ``campaign_summary.shard-I-of-N`` for a shard's ledger (it covers
+    that shard only), ``<stem>_summary`` for a merged ledger of another name."""
+    name = Path(ledger_path).name
+    if name == LEDGER_NAME:
+        return "campaign_summary"
+    m = _SHARD_RE.search(name)
+    if m:
+        return f"campaign_summary.shard-{m.group(1)}-of-{m.group(2)}"
+    return f"{Path(name).stem}_summary"
+
+
+def write_adsorbml_summary(
+    ledger: Ledger, out_dir: str | os.PathLike, name: str | None = None
+) -> dict[str, Path]:
+    """The AdsorbML campaign summary of every system in ``ledger``: ``<name>.json``,
+    ``<name>.txt`` (table) and ``<name>.png`` (best adsorption energy per system, eV), with
+    ``name`` from :func:`summary_name` by default. A shard's summary says, in the JSON
+    (``partial``) and on the table's first line, that it covers that shard only.
 
     The best energy is the reference's (DFT) when the top-k were computed, else the ML one.
     """
@@ -381,15 +516,24 @@ def write_adsorbml_summary(ledger: Ledger, out_dir: str | os.PathLike) -> dict[s
         "reference_calls": sum(used) if used else None,
         "reference_calls_saved": round(sum(saved), 1) if saved else None,
     }
-    paths = {"json": out / "campaign_summary.json", "table": out / "campaign_summary.txt"}
-    write_json_atomic(
-        paths["json"], {"settings": ledger.settings, "totals": totals, "systems": rows}
+    name = name or summary_name(ledger.path)
+    m = _SHARD_RE.search(ledger.path.name)
+    partial = (
+        f"shard {m.group(1)} of {m.group(2)} only ({ledger.path.name}); `eqv2calc campaign "
+        "merge` on the output folder writes the summary of every system"
+        if m
+        else None
     )
+    paths = {"json": out / f"{name}.json", "table": out / f"{name}.txt"}
+    data: dict[str, Any] = {"settings": ledger.settings, "totals": totals, "systems": rows}
+    if partial:
+        data = {"partial": partial, **data}
+    write_json_atomic(paths["json"], data)
     header = (
         f"{'system':<32} {'state':<7} {'placements':>10} {'E_ads ML':>9} {'E_ads ref':>9} "
         f"{'ref calls':>9} {'saved':>8}"
     )
-    lines = [header, "-" * len(header)]
+    lines = ([f"partial summary: {partial}"] if partial else []) + [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r['system'][:32]:<32} {r['state']:<7} {_cell(r['placements'], '10d'):>10} "
@@ -430,12 +574,15 @@ def write_adsorbml_summary(ledger: Ledger, out_dir: str | os.PathLike) -> dict[s
                 )
         ax.margins(y=0.15)
         ax.set_ylabel("best adsorption energy (eV)")
-        ax.set_title("best adsorption energy per system; reference calls saved", fontsize=8)
+        title = "best adsorption energy per system; reference calls saved"
+        if m:
+            title += f" (shard {m.group(1)} of {m.group(2)} only)"
+        ax.set_title(title, fontsize=8)
         ax.axhline(0.0, color="k", lw=0.5)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        paths["plot"] = out / "campaign_summary.png"
-        tmp = out / ".campaign_summary.png.tmp"
+        paths["plot"] = out / f"{name}.png"
+        tmp = out / f".{name}.png.tmp"
         fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
         os.replace(tmp, paths["plot"])

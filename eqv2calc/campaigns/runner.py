@@ -12,7 +12,6 @@ settings on the same folder is refused
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from eqv2calc.campaigns.executors import LocalExecutor, RayExecutor, _Context
-from eqv2calc.campaigns.hashing import canonical_json, settings_fingerprint, shard_of
+from eqv2calc.campaigns.hashing import shard_of
 from eqv2calc.campaigns.ledger import (
     LEDGER_NAME,
     ItemSpec,
     Ledger,
     SettingsMismatchError,
-    _diff,
     ledger_name,
+    settings_compatible,
+    settings_diff,
 )
 from eqv2calc.campaigns.lock import CampaignLocked, LedgerLock
 from eqv2calc.campaigns.worker import Outcome
@@ -62,17 +62,16 @@ def check_folder_settings(out: Path, own: Path, kind: str, settings: dict[str, A
     others = sorted(out.glob("campaign.shard-*-of-*.sqlite"))
     if (out / LEDGER_NAME).is_file():
         others.insert(0, out / LEDGER_NAME)
-    fp = settings_fingerprint(settings)
     for f in others:
         if f.resolve() == own.resolve():
             continue
         with Ledger(f) as led:
-            if led.kind == kind and led.fingerprint == fp:
+            if led.kind == kind and settings_compatible(led.settings, settings):
                 continue
             what = (
                 f"a {led.kind} campaign"
                 if led.kind != kind
-                else f"other settings ({_diff(led.settings, json.loads(canonical_json(settings)))})"
+                else f"other settings ({settings_diff(led.settings, settings)})"
             )
         raise SettingsMismatchError(
             f"{out}: {f.name} holds {what}; shards and merged ledgers in one folder must come "

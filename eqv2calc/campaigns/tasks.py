@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,19 +59,26 @@ def text_to_atoms(text: str) -> Atoms:
 def _entry_items(
     entries: Sequence[Any], fingerprint: str, keep_input: bool
 ) -> tuple[list[ItemSpec], list[dict[str, Any]], list[str]]:
-    """Items and payloads for structures read from files; duplicates noted, run once."""
+    """Items and payloads for structures read from files, one per entry.
+
+    An item is keyed by its label and structure (:func:`_keys`): two files holding the same
+    structure are two items with their own output files, as ``relax``/``eval`` do outside
+    campaigns, and what the ledger records under a label is what that label's files hold.
+    """
     specs: list[ItemSpec] = []
     payloads: list[dict[str, Any]] = []
-    notes: list[str] = []
-    seen: dict[str, str] = {}
-    for e in entries:
-        input_hash = structure_hash(e.atoms)
-        key = item_key(input_hash, fingerprint)
+    hashes = [structure_hash(e.atoms) for e in entries]
+    named: dict[str, str] = {}
+    for e, input_hash, (key, legacy) in zip(
+        entries, hashes, _keys(hashes, [e.label for e in entries], fingerprint)
+    ):
         source = str(e.source) + (f"@{e.index}" if e.index is not None else "")
-        if key in seen:
-            notes.append(f"{source} is the same structure as {seen[key]}; it is run once")
-            continue
-        seen[key] = source
+        if e.label in named:
+            raise ValueError(
+                f"{source} and {named[e.label]} are both named {e.label!r}: their output files "
+                "would collide; give the inputs distinct names"
+            )
+        named[e.label] = source
         specs.append(
             ItemSpec(
                 key=key,
@@ -78,10 +86,29 @@ def _entry_items(
                 source=source,
                 input=atoms_to_text(e.atoms) if keep_input else None,
                 shard_key=input_hash,
+                legacy_key=legacy,
             )
         )
         payloads.append({"key": key, "label": e.label, "source": source, "atoms": e.atoms})
-    return specs, payloads, notes
+    return specs, payloads, []
+
+
+def _keys(
+    input_hashes: Sequence[str], labels: Sequence[str], fingerprint: str
+) -> list[tuple[str, str | None]]:
+    """``(key, legacy key)`` per item: the key hashes the input, the label (which names the
+    output files) and the settings; the legacy key (input and settings only, as eqv2calc
+    keyed items before) lets a ledger of an older version continue, but only for an input
+    that no other item shares (older versions ran shared inputs once under one of the labels,
+    so such a row cannot be told apart)."""
+    counts = Counter(input_hashes)
+    return [
+        (
+            item_key(f"{h}:{label}", fingerprint),
+            item_key(h, fingerprint) if counts[h] == 1 else None,
+        )
+        for h, label in zip(input_hashes, labels)
+    ]
 
 
 @dataclass(frozen=True)
@@ -103,6 +130,7 @@ class RelaxTask:
     dtype: str = "float32"
     max_atoms_per_batch: int = 2000
     engine: str = "ase"
+    model_sha256: str | None = None  # of the checkpoint file; None: not an eqv2calc checkpoint
 
     kind = "relax"
 
@@ -112,6 +140,8 @@ class RelaxTask:
         d = asdict(self)
         d.pop("out_dir")
         d.pop("max_atoms_per_batch")
+        if d["model_sha256"] is None:  # EMT, a factory: as ledgers always recorded them
+            d.pop("model_sha256")
         d["optimizer"] = d["optimizer"].upper()
         return {"kind": self.kind, **d}
 
@@ -207,12 +237,16 @@ class EvalTask:
     model: str
     dtype: str = "float32"
     max_atoms_per_batch: int = 2000
+    model_sha256: str | None = None  # of the checkpoint file; None: not an eqv2calc checkpoint
 
     kind = "eval"
 
     def settings(self) -> dict[str, Any]:
-        """Fingerprinted settings."""
-        return {"kind": self.kind, "model": self.model, "dtype": self.dtype}
+        """Fingerprinted settings (the checkpoint's SHA-256 when known)."""
+        d = {"kind": self.kind, "model": self.model, "dtype": self.dtype}
+        if self.model_sha256 is not None:
+            d["model_sha256"] = self.model_sha256
+        return d
 
     def items(self, entries: Sequence[Any], fingerprint: str) -> tuple[list, list, list]:
         """``(item specs, payloads, notes)``; the input structure is kept in the ledger."""
@@ -260,15 +294,17 @@ class AdsorbMLTask:
     dft: str | None = None
     dtype: str = "float32"
     extra: tuple[tuple[str, Any], ...] = field(default=())
+    model_sha256: str | None = None  # of the checkpoint file; None: not an eqv2calc checkpoint
 
     kind = "adsorbml"
 
     def settings(self) -> dict[str, Any]:
-        """Fingerprinted settings: the AdsorbML configuration, model and reference."""
+        """Fingerprinted settings: the AdsorbML configuration, model (and the checkpoint's
+        SHA-256 when known) and reference."""
         cfg = asdict(self.config)
         cfg.pop("progress", None)
         cfg.pop("max_atoms_per_batch", None)
-        return {
+        d = {
             "kind": self.kind,
             "model": self.model,
             "dtype": self.dtype,
@@ -276,41 +312,56 @@ class AdsorbMLTask:
             "config": cfg,
             **dict(self.extra),
         }
+        if self.model_sha256 is not None:
+            d["model_sha256"] = self.model_sha256
+        return d
 
     def items(
         self, systems: Sequence[Any], adsorbates: Sequence[Any], fingerprint: str
     ) -> tuple[list, list, list]:
-        """One item per (slab system, adsorbate) pair."""
+        """One item per (slab system, adsorbate) pair, keyed by its label
+        (``<slab>__<adsorbate>``, which names its output folder) and its input, so slabs
+        with the same structure under two names are two systems, each in its own folder."""
         import re
 
-        specs, payloads, notes = [], [], []
-        out = Path(self.out_dir).resolve()
+        pairs = []
         for ads in adsorbates:
             ads_name = re.sub(r"[^A-Za-z0-9]+", "_", ads.name.replace("*", "")).strip("_")
             for system in systems:
                 input_hash = (
                     f"{structure_hash(system.atoms)}+{ads.name}+{structure_hash(ads.atoms)}"
                 )
-                key = item_key(input_hash, fingerprint)
-                label = f"{system.name}__{ads_name or 'ads'}"
-                specs.append(
-                    ItemSpec(
-                        key=key,
-                        label=label,
-                        source=f"{system.name} + {ads.name}",
-                        shard_key=hashlib.sha256(input_hash.encode()).hexdigest(),
-                    )
+                pairs.append((system, ads, input_hash, f"{system.name}__{ads_name or 'ads'}"))
+        labels = [label for *_, label in pairs]
+        if len(set(labels)) != len(labels):
+            twice = sorted({x for x in labels if labels.count(x) > 1})
+            raise ValueError(
+                f"systems named twice: {', '.join(twice)}: slab and adsorbate names must be "
+                "unique, each system gets the output folder of its name"
+            )
+        keys = _keys([h for _, _, h, _ in pairs], labels, fingerprint)
+        specs, payloads = [], []
+        out = Path(self.out_dir).resolve()
+        for (system, ads, input_hash, label), (key, legacy) in zip(pairs, keys):
+            specs.append(
+                ItemSpec(
+                    key=key,
+                    label=label,
+                    source=f"{system.name} + {ads.name}",
+                    shard_key=hashlib.sha256(input_hash.encode()).hexdigest(),
+                    legacy_key=legacy,
                 )
-                payloads.append(
-                    {
-                        "key": key,
-                        "label": label,
-                        "system": system,
-                        "adsorbate": ads,
-                        "out": str(out / label),
-                    }
-                )
-        return specs, payloads, notes
+            )
+            payloads.append(
+                {
+                    "key": key,
+                    "label": label,
+                    "system": system,
+                    "adsorbate": ads,
+                    "out": str(out / label),
+                }
+            )
+        return specs, payloads, []
 
     def work(self, calculator: Any, payloads: list[dict[str, Any]], emit: Emit) -> None:
         """Run AdsorbML for each system of the chunk, one after another."""

@@ -89,6 +89,28 @@ class CalculatorSpec:
                 raise ValueError(f"--compile: {' '.join(str(err).split())}") from err
         return calc
 
+    def checkpoint_sha256(self) -> str | None:
+        """SHA-256 of the eqv2calc checkpoint file this spec loads (what
+        ``EquiformerV2Calculator.model_sha256`` gives, without loading the model), or None
+        for EMT and a factory. The campaign ledger records it, so that a checkpoint replaced
+        under the same path or name is noticed on resume.
+
+        Raises:
+            ValueError: The model cannot be found (one line naming it).
+        """
+        if self.factory is not None:
+            return None
+        if self.model is not None and self.model.strip().lower() == "emt":
+            return None
+        from eqv2calc.registry import resolve_model
+        from eqv2calc.registry.download import sha256_of
+
+        try:
+            return sha256_of(resolve_model(self.model, progress=False))
+        except Exception as err:  # any failure is one line naming the model
+            what = self.model if self.model is not None else "the bundled default model"
+            raise ValueError(f"cannot load model {what}: {' '.join(str(err).split())}") from err
+
     @property
     def label(self) -> str:
         """What the settings fingerprint records as the model."""

@@ -14,6 +14,14 @@ from eqv2calc.checkpoint import names
 from eqv2calc.model.config import ENVELOPES, EquiformerV2Config
 from eqv2calc.model.potential import HeadSpec, Normalizer
 
+#: what a checkpoint's energy can mean: a total energy, or an OC20-style adsorption energy
+#: (referenced to the clean slab and gas-phase references)
+ENERGY_KINDS = ("total", "adsorption")
+
+#: energy kinds in eqv2calc's config section that mean one of :data:`ENERGY_KINDS` ("emt", the
+#: registry's label of the EMT-imitating demo models, is a total energy)
+_ENERGY_KIND_ALIASES = {"emt": "total"}
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or is not an EquiformerV2 checkpoint."""
@@ -282,8 +290,19 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
         energy_kind = "adsorption"
     else:
         energy_kind = "total"
-    if written_by_us in ("adsorption", "total"):
-        energy_kind = written_by_us
+    if written_by_us is not None:
+        kind = (
+            _ENERGY_KIND_ALIASES.get(written_by_us, written_by_us)
+            if isinstance(written_by_us, str)
+            else written_by_us
+        )
+        if kind not in ENERGY_KINDS:
+            raise CheckpointError(
+                f"{path}: config eqv2calc.energy_kind is {written_by_us!r}; expected one of "
+                f"{list(ENERGY_KINDS)} (the model was trained with an unknown run.energy_kind; "
+                "it is not guessed)"
+            )
+        energy_kind = kind
     envelope = (config.get("eqv2calc") or {}).get("envelope", "none")
     if envelope not in ENVELOPES:
         raise CheckpointError(

@@ -4,9 +4,9 @@ Each command lives in its own module under :mod:`eqv2calc.cli` and is imported o
 invoked, so ``eqv2calc --help`` stays fast and one broken optional dependency cannot take down
 every command. Commands only parse options, call a driver and report.
 
-Every failure ends as one ``error: ...`` line and an exit status (1; 130 after Ctrl-C); the
-traceback is shown only with ``eqv2calc --debug`` (or ``EQV2CALC_DEBUG=1``). Warnings are
-printed as one ``warning: ...`` line.
+Every failure ends as one ``error: ...`` line and an exit status (1; 2 for a usage error; 130
+after Ctrl-C); the traceback is shown only with ``eqv2calc --debug`` (or ``EQV2CALC_DEBUG=1``).
+Warnings are printed as one ``warning: ...`` line.
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ def main(debug: bool, deterministic: bool) -> None:
     small bundled demonstration model (trained on EMT, not DFT) and say so.
 
     Exit status: 0 success; 1 an error (one line on stderr; the traceback with --debug);
+    2 a usage error (a bad option, an output file that exists or would replace an input);
     3 (relax) some structures did not converge; 130 interrupted with Ctrl-C.
     """
     if not debug:

@@ -106,13 +106,15 @@ def _list_adsorbates() -> None:
     "-a",
     multiple=True,
     metavar="NAME|FILE",
-    help="Library name or structure file; repeatable (several: a campaign).",
+    help="Library name as in --list-adsorbates (case-sensitive, '*' on each binding atom; "
+    "CO means *CO) or structure file; repeatable (several: a campaign).",
 )
 @click.option(
     "--binding-atoms",
     default=None,
     metavar="I,J",
-    help="Binding atom indices (0-based) for an adsorbate file.",
+    help="Binding atom indices (0-based) for an adsorbate file; required unless the file "
+    "has one atom.",
 )
 @click.option("--list-adsorbates", is_flag=True, help="List the adsorbate library and exit.")
 @model_options
@@ -448,6 +450,10 @@ def _run(**options: Any) -> int:
         f"[{', '.join(s.name for s in systems)}] -> {out}",
         err=True,
     )
+    for system in systems:  # e.g. a fixed top layer: said now, not only in the final table
+        for note in system.notes:
+            if note.startswith("warning:"):
+                click.echo(f"warning ({system.name}):{note.removeprefix('warning:')}", err=True)
     try:
         with lock_directory(out, "adsorbml"):  # a second run into `out` is refused, by name
             outcomes = run_adsorbml(

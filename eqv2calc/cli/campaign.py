@@ -217,6 +217,15 @@ def _spec(model: str | None, device: str, dtype: str) -> Any:
     )
 
 
+def _checkpoint_sha256(spec: Any) -> str | None:
+    """The SHA-256 of the checkpoint ``spec`` loads, for the ledger (None: EMT, a factory)."""
+    try:
+        return spec.checkpoint_sha256()
+    except ValueError as err:
+        fail(str(err))
+    return None
+
+
 def _run(
     task: Any,
     specs: list,
@@ -252,12 +261,15 @@ def _run(
 def _structure_items(files: Sequence[str], task: Any, what: str) -> tuple[list, list, list]:
     """Read ``files`` (stop when nothing could be read) into ``task``'s campaign items:
     ``(specs, payloads, read_errors)``, with a note line for each input the task merged."""
-    from eqv2calc.campaigns.hashing import settings_fingerprint
+    from eqv2calc.campaigns.hashing import item_fingerprint
 
     entries, read_errors = read_inputs(files)
     if not entries:
         fail(f"no structures to {what}")
-    specs, payloads, notes = task.items(entries, settings_fingerprint(task.settings()))
+    try:
+        specs, payloads, notes = task.items(entries, item_fingerprint(task.settings()))
+    except ValueError as err:
+        fail(str(err))
     for note in notes:
         click.echo(f"note: {note}", err=True)
     return specs, payloads, read_errors
@@ -394,6 +406,7 @@ def relax_campaign(
         dtype=dtype,
         max_atoms_per_batch=max_atoms,
         engine=engine,
+        model_sha256=_checkpoint_sha256(spec),
     )
 
     def line(payload: dict, record: dict) -> str:
@@ -459,7 +472,12 @@ def eval_campaign(
     out = _prepare_out(output_dir or str(Path(output).parent), "eval")
     shard_t = campaign.shard_range
     spec = _spec(model, device, dtype)
-    task = EvalTask(model=spec.label, dtype=dtype, max_atoms_per_batch=max_atoms)
+    task = EvalTask(
+        model=spec.label,
+        dtype=dtype,
+        max_atoms_per_batch=max_atoms,
+        model_sha256=_checkpoint_sha256(spec),
+    )
     show = _shower(as_json, lambda payload, record: None)
     rep, rows, read_errors = _run_structures(
         files, task, spec, out, campaign, what="evaluate", show=show
@@ -490,15 +508,23 @@ def adsorbml_campaign(
 ) -> int:
     """AdsorbML over every slab x adsorbate pair as a campaign; returns the exit status."""
     from eqv2calc.campaigns import AdsorbMLTask, Ledger
-    from eqv2calc.campaigns.hashing import settings_fingerprint
+    from eqv2calc.campaigns.hashing import item_fingerprint
     from eqv2calc.campaigns.report import write_adsorbml_summary
 
     out = _prepare_out(str(out), "adsorbml")
     spec = _spec(model, device, dtype)
     task = AdsorbMLTask(
-        out_dir=str(out.resolve()), model=spec.label, config=config, dft=dft, dtype=dtype
+        out_dir=str(out.resolve()),
+        model=spec.label,
+        config=config,
+        dft=dft,
+        dtype=dtype,
+        model_sha256=_checkpoint_sha256(spec),
     )
-    specs, payloads, _ = task.items(systems, adsorbates, settings_fingerprint(task.settings()))
+    try:
+        specs, payloads, _ = task.items(systems, adsorbates, item_fingerprint(task.settings()))
+    except ValueError as err:
+        fail(str(err))
     exe = _campaign_executor(spec, campaign)
     click.echo(
         f"AdsorbML campaign: {len(systems)} slab(s) x {len(adsorbates)} adsorbate(s) = "
@@ -521,7 +547,11 @@ def adsorbml_campaign(
         bad = [r for r in led.rows() if r["key"] in mine and r["state"] != "done"]
     click.echo(table.rstrip())
     click.echo(_report_line(rep, "adsorbml campaign"), err=True)
-    click.echo(f"campaign summary: {', '.join(str(p) for p in paths.values())}")
+    which = "campaign summary"
+    if campaign.shard_range is not None:
+        i, n = campaign.shard_range
+        which += f" of shard {i} of {n} only (`eqv2calc campaign merge {out}` summarizes all)"
+    click.echo(f"{which}: {', '.join(str(p) for p in paths.values())}")
     return 1 if bad else 0
 
 
@@ -641,28 +671,46 @@ def status_command(paths: tuple[str, ...], as_json: bool) -> None:
     "dest",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Merged ledger (default: campaign.sqlite in the first OUT folder).",
+    help="Merged ledger (default: campaign.sqlite in the first OUT folder): a new file, or "
+    "an earlier merged ledger of this campaign (extended); never a ledger being merged.",
 )
 def merge_command(paths: tuple[str, ...], dest: str | None) -> None:
     """Merge the shard ledgers found in OUT... (folders or files) into one ledger.
 
     Per item the most advanced state wins (done > failed > pending); shards must come from
-    the same command (same settings). Missing shards are reported.
+    the same command (same settings). Missing shards are reported. --into is never one of
+    the ledgers read (a shard's ledger is refused): a new file, or an earlier merged ledger
+    of the same campaign, which is extended. An AdsorbML campaign's summary
+    (campaign_summary.{txt,json,png}) is rewritten beside the merged ledger, for every system.
     """
-    from eqv2calc.campaigns import LedgerError
+    from eqv2calc.campaigns import Ledger, LedgerError
     from eqv2calc.campaigns.ledger import LEDGER_NAME
-    from eqv2calc.campaigns.report import campaign_status, merge_ledgers
+    from eqv2calc.campaigns.report import (
+        campaign_status,
+        check_merge_target,
+        merge_ledgers,
+        write_adsorbml_summary,
+    )
 
     first = Path(paths[0])
     target = Path(dest) if dest else (first if first.is_dir() else first.parent) / LEDGER_NAME
     try:
+        check_merge_target(list(paths), target)
         status = campaign_status(list(paths))
         counts = merge_ledgers(list(paths), target)
+        summary = None
+        with Ledger(target) as led:
+            if led.kind == "adsorbml":
+                summary = write_adsorbml_summary(led, target.parent)
     except LedgerError as err:
         fail(str(err))
+    except OSError as err:
+        fail(f"--into {target}: {err}")
     click.echo(
         f"merged {len(status['ledgers'])} ledger(s) into {target}: "
         + ", ".join(f"{v} {k}" for k, v in counts.items())
     )
+    if summary:
+        click.echo(f"campaign summary: {', '.join(str(p) for p in summary.values())}")
     for n, missing in status["shards_missing"].items():
         echo_error(f"shards of {n} not found: {', '.join(map(str, missing))}")

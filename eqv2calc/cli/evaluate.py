@@ -36,8 +36,11 @@ Outputs:
                         or the error (--summary); rewritten after every structure
 
 \b
+An existing --output file is never replaced without --overwrite.
+
+\b
 Exit status: 0 all evaluated; 1 an input could not be read or evaluated (the other
-structures are still evaluated).
+structures are still evaluated); 2 a usage error (e.g. --output exists).
 """
 
 
@@ -59,6 +62,11 @@ structures are still evaluated).
     type=click.Path(dir_okay=False),
     default=None,
     help="JSON summary file (default: eval_summary.json next to --output).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing --output file (without it, an existing file stops the run).",
 )
 @max_atoms_option
 @click.option(
@@ -83,6 +91,7 @@ def eval_command(
     dtype: str,
     output: str,
     summary_path: str | None,
+    overwrite: bool,
     max_atoms: int,
     as_json: bool,
     progress: bool,
@@ -124,6 +133,12 @@ def eval_command(
     check_distinct([("--output", output), ("--summary", summary_path)], sources)
     check_outputs(files=[output, summary_path])
     check_format(output, "--output", writes=("extxyz", "xyz"))
+    if Path(output).exists() and not overwrite:
+        fail(
+            f"{output} exists (an earlier run's results?); pass --overwrite to replace it, "
+            "or name another file with --output",
+            code=2,
+        )
     calc = make_calculator(model, device, dtype)
     with exit_on_interrupt(
         f"interrupted; {output} holds the structures evaluated so far and {summary_path} "

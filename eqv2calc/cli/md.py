@@ -19,7 +19,7 @@ from eqv2calc.cli._common import (
     precision_options,
     read_inputs,
 )
-from eqv2calc.drivers.md import DIRECT_FORCES_NOTE
+from eqv2calc.drivers.md import DIRECT_FORCES_NOTE, RestartMismatch
 from eqv2calc.io import OutputDirLocked
 
 _HELP = f"""Run molecular dynamics of the structure in FILE.
@@ -28,7 +28,13 @@ With several FILEs the systems run together on the device (eqv2calc.engine: one 
 per step for all of them; --ensemble nve or nvt with Langevin), each with its own trajectory,
 log and final structure named as below (--output, --traj and --log name one file, so they are
 refused with several FILEs). Existing outputs are never replaced silently: md refuses to start
-unless --overwrite (or --restart, which continues them).
+unless --overwrite (with one FILE, --restart continues them instead; several FILEs cannot be
+restarted: run them one at a time with --restart).
+
+A restart continues the same run: it refuses another --ensemble, --timestep, --thermostat or
+other integrator setting (temperature, friction, damping times, pressure, --cell) than the
+trajectory frames record. --steps counts the steps before the restart, --seed and
+--log-interval may change.
 
 \b
 Ensembles (ASE integrators):
@@ -44,8 +50,9 @@ Initial velocities are drawn from a Maxwell-Boltzmann distribution at --temperat
 
 \b
 Outputs (next to FILE unless given):
-  <name>_md.traj          frames every --log-interval steps (positions, momenta,
-                          cell, energies); --restart continues from its last frame
+  <name>_md.traj          frames every --log-interval steps and at the last step
+                          (positions, momenta, cell, energies; info: md_step, time_fs,
+                          settings); --restart continues from its last frame
   <name>_md.log           time, potential/kinetic/total energy, temperature (and
                           pressure, volume for NPT); a summary with the energy drift
   <name>_md_final.extxyz  the final structure
@@ -168,8 +175,9 @@ Units: time step and damping times fs, temperature K, pressure GPa, energies eV.
 @click.option(
     "--restart",
     is_flag=True,
-    help="Continue from the last frame of the "
-    "trajectory (positions, momenta, cell, step count) instead of starting over.",
+    help="Continue from the last frame of the trajectory (positions, momenta, cell, step "
+    "count, time) instead of starting over; refused if the ensemble, time step or another "
+    "integrator setting differs from the trajectory's. One FILE only.",
 )
 @click.option(
     "--overwrite",
@@ -260,6 +268,17 @@ def md_command(
     check_format(paths[2], "--output")
     if not restart:
         _refuse_existing(paths, overwrite)
+    elif not paths[0].exists() and not overwrite:
+        # --restart without a trajectory is a fresh start: it would replace the log and the
+        # final structure of an earlier run as much as a run without --restart would
+        existing = [str(p) for p in paths[1:] if p.exists()]
+        if existing:
+            fail(
+                f"--restart: there is no trajectory {paths[0]} to continue, and {existing[0]} "
+                "exists (an earlier run's output); pass --overwrite to start afresh over it, "
+                "--traj to name the trajectory, or move it away",
+                code=2,
+            )
     calc = make_calculator(model, device, dtype)
     try:
         result, (traj, log, final_path) = run_md_job(
@@ -294,6 +313,8 @@ def md_command(
     except (ValueError, RuntimeError, NotImplementedError) as err:
         if isinstance(err, OutputDirLocked):
             fail(str(err))
+        if isinstance(err, RestartMismatch):
+            fail(f"{file}: {err}", code=2)
         text = str(err) or type(err).__name__
         if isinstance(err, NotImplementedError):
             text = f"NotImplementedError: {text}"
@@ -344,7 +365,11 @@ def _md_many(
     if ensemble.lower() == "npt" or (ensemble.lower() == "nvt" and thermostat != "langevin"):
         fail("several inputs run together with --ensemble nve or nvt --thermostat langevin")
     if restart:
-        fail("--restart works with one input; run the systems one at a time to restart")
+        fail(
+            "--restart continues one run; with several FILEs run each one alone with "
+            "--restart (eqv2calc md FILE --restart ...)",
+            code=2,
+        )
     entries, errors = read_inputs(list(files))
     if errors or not entries:
         raise SystemExit(1)

@@ -8,6 +8,7 @@ import textwrap
 import click
 
 from eqv2calc import registry
+from eqv2calc.cli._common import EMT_MODEL_NAME, fail
 from eqv2calc.registry import ModelCard
 
 _HELP = """List the model registry, show one model card, or download a checkpoint.
@@ -163,6 +164,13 @@ def _describe(card: ModelCard) -> str:
 def models_command(
     name: str | None, as_json: bool, download_name: str | None, force: bool, no_progress: bool
 ) -> None:
+    if (force or no_progress) and not download_name:
+        raise click.UsageError("--force and --no-progress go with --download NAME")
+    if EMT_MODEL_NAME in (name, download_name):
+        fail(
+            f"'{EMT_MODEL_NAME}' is ASE's EMT potential, not a checkpoint: it has no card and "
+            "nothing to download (every command's --model accepts it, for testing)"
+        )
     try:
         if download_name:
             card = registry.get_card(download_name)
@@ -188,4 +196,4 @@ def models_command(
         click.echo(f"\ncache folder: {registry.cache_dir()}")
         click.echo("details: eqv2calc models NAME    download: eqv2calc models --download NAME")
     except (registry.UnknownModelError, registry.CardError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))

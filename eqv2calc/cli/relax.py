@@ -41,6 +41,11 @@ Outputs, next to each input unless --output-dir/--output is given:
   relax_summary.json      per structure: initial/final energy (eV), max force (eV/Å),
                           steps, converged; rewritten after every structure (--summary)
 
+Running the same input again rewrites its outputs (--restart continues its trajectory).
+Outputs that hold another input's results (same name from another folder or format, e.g.
+d1/x.cif and d2/x.xyz into one --output-dir) are never replaced: relax refuses to start
+(exit status 2) and names the file and the input it came from.
+
 \b
 Exit status: 0 all converged; 1 an input could not be read or relaxed (other structures
 are still relaxed); 3 no failures but some structures did not converge.
@@ -198,7 +203,12 @@ def relax_command(
         return
     from pathlib import Path
 
-    from eqv2calc.drivers.jobs import EngineNotApplicable, engine_fallback_note, run_relax_job
+    from eqv2calc.drivers.jobs import (
+        EngineNotApplicable,
+        OutputsOfAnotherInput,
+        engine_fallback_note,
+        run_relax_job,
+    )
 
     entries, read_errors = read_inputs(files)
     if output is not None and len(entries) > 1:
@@ -258,7 +268,8 @@ def relax_command(
                 engine=engine,
             )
     except ValueError as err:
-        fail(str(err), code=2 if isinstance(err, EngineNotApplicable) else 1)
+        usage = isinstance(err, (EngineNotApplicable, OutputsOfAnotherInput))
+        fail(str(err), code=2 if usage else 1)
     n_conv = job.n_ok - job.n_not_converged
     total = len(entries) + len(read_errors)
     click.echo(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -22,6 +23,16 @@ Data: extxyz (or any ASE-readable file) or an ASE database (.db) whose structure
 energy (eV) and forces (eV/Å), and optionally stress (eV/Å³). The YAML config has the
 sections data, model, heads, loss, optim and run (see eqv2calc.training.config); options
 given here override it. Data paths in the config are relative to the config file.
+
+--resume continues the interrupted run in --out exactly (same data, model, loss, optimizer and
+learning-rate schedule): only --device, --amp/--no-amp, --threads, --progress and --test may
+differ from the run's own options; any other option given must equal the run's, or train
+refuses to start. To go on from a run with other options (more --epochs, another --lr,
+--forces gradient, new data), start a new run from its weights: --init <out>/last.pt (or
+best.pt) with another --out.
+
+The run folder is locked while train runs: a second train (or relax, md...) into it is
+refused, naming the run that holds it.
 
 After every epoch the run folder gets last.pt (everything needed by --resume), best.pt when
 the validation loss improved (the EMA weights; use it with --model best.pt), and a line in
@@ -111,7 +122,10 @@ continuous: --envelope polynomial fades every edge out smoothly at the cutoff, a
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue from <out>/last.pt (config defaults to <out>/config.yaml).",
+    help="Continue the interrupted run in --out from its last.pt (config defaults to "
+    "<out>/config.yaml), with the run's own options: only --device, --amp, --threads, --progress "
+    "and --test may differ; another value of any other option is refused (start a new run with "
+    "--init <out>/last.pt instead).",
 )
 @click.option(
     "--overwrite",
@@ -154,65 +168,112 @@ def train_command(
     progress,
 ) -> None:
     from eqv2calc.checkpoint import CheckpointError
-    from eqv2calc.training import TrainConfig, TrainingDataError, load_config, train
+    from eqv2calc.io import OutputDirLocked, lock_directory
+    from eqv2calc.training import (
+        ResumeMismatchError,
+        TrainConfig,
+        TrainingDataError,
+        load_config,
+        train,
+    )
 
-    try:
-        if config is None and resume and out_dir and (Path(out_dir) / "config.yaml").is_file():
-            config = str(Path(out_dir) / "config.yaml")
-        try:  # a config error is a usage error (exit 2), found before any data is read
-            cfg = load_config(config) if config else TrainConfig()
-        except (ValueError, FileNotFoundError) as err:
-            fail(str(err), code=2)
-        overrides = {
-            ("data", "train"): train_path,
-            ("data", "val"): val_path,
-            ("data", "test"): test_path,
-            ("run", "out_dir"): out_dir,
-            ("run", "epochs"): epochs,
-            ("run", "batch_size"): batch_size,
-            ("optim", "lr"): lr,
-            ("run", "freeze_backbone"): freeze_backbone,
-            ("heads", "forces"): forces,
-            ("run", "distill_epochs"): distill_epochs,
-            ("run", "layout"): layout,
-            ("run", "device"): device,
-            ("run", "amp"): amp,
-            ("run", "seed"): seed,
-            ("run", "num_threads"): threads,
-            ("run", "progress"): progress,
+    if resume and overwrite:
+        fail(
+            "--resume and --overwrite exclude each other: --resume continues the run in the "
+            "folder, --overwrite replaces it",
+            code=2,
+        )
+    if config is None and resume and out_dir and (Path(out_dir) / "config.yaml").is_file():
+        config = str(Path(out_dir) / "config.yaml")
+    try:  # a config error is a usage error (exit 2), found before any data is read
+        cfg = load_config(config) if config else TrainConfig()
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err), code=2)
+    overrides = {
+        ("data", "train"): train_path,
+        ("data", "val"): val_path,
+        ("data", "test"): test_path,
+        ("run", "out_dir"): out_dir,
+        ("run", "epochs"): epochs,
+        ("run", "batch_size"): batch_size,
+        ("optim", "lr"): lr,
+        ("run", "freeze_backbone"): freeze_backbone,
+        ("heads", "forces"): forces,
+        ("run", "distill_epochs"): distill_epochs,
+        ("run", "layout"): layout,
+        ("run", "device"): device,
+        ("run", "amp"): amp,
+        ("run", "seed"): seed,
+        ("run", "num_threads"): threads,
+        ("run", "progress"): progress,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(cfg, section), key, value)
+    for key, value in (
+        ("envelope", envelope),
+        ("max_neighbors", max_neighbors),
+        ("distance_basis_width", distance_basis_width),
+    ):
+        if value is not None:
+            cfg.model[key] = value
+    given = {  # config key -> the option that set it on this command line
+        f"{section}.{key}": _OPTION_NAMES[f"{section}.{key}"]
+        for (section, key), value in overrides.items()
+        if value is not None and f"{section}.{key}" in _OPTION_NAMES
+    }
+    given.update(
+        {
+            f"model.{key}": f"--{key.replace('_', '-')}"
+            for key, value in (
+                ("envelope", envelope),
+                ("max_neighbors", max_neighbors),
+                ("distance_basis_width", distance_basis_width),
+            )
+            if value is not None
         }
-        for (section, key), value in overrides.items():
-            if value is not None:
-                setattr(getattr(cfg, section), key, value)
-        for key, value in (
-            ("envelope", envelope),
-            ("max_neighbors", max_neighbors),
-            ("distance_basis_width", distance_basis_width),
-        ):
-            if value is not None:
-                cfg.model[key] = value
+    )
+    folder = Path(cfg.run.out_dir)
+    if resume and not (folder / "last.pt").is_file():
+        where = "does not exist" if not folder.is_dir() else "holds no last.pt"
+        fail(
+            f"--resume: nothing to resume from: the run folder {folder} {where} (train writes "
+            f"last.pt there after each epoch); start a new run without --resume, or give the "
+            "--out of the run to continue"
+        )
+    created = not folder.exists()
+    try:
         if init is not None:
             cfg.run.init = _resolve_init(init)
+            given["run.init"] = "--init"
         cfg.run.resume = bool(resume)
-        earlier = [Path(cfg.run.out_dir) / n for n in ("last.pt", "best.pt")]
-        earlier = [p for p in earlier if p.exists()]
-        if earlier and not resume and not overwrite:
-            fail(
-                f"{earlier[0]} exists (an earlier run in {cfg.run.out_dir}); pass --resume to "
-                "continue it, --overwrite to start afresh there, or another --out",
-                code=2,
-            )
-        result = train(cfg, log=lambda line: click.echo(line, err=True))
+        cfg.validate()
+        with lock_directory(folder, "train"):  # held for the whole run: one train per folder
+            earlier = [p for p in (folder / "last.pt", folder / "best.pt") if p.exists()]
+            if earlier and not resume and not overwrite:
+                fail(
+                    f"{earlier[0]} exists (an earlier run in {cfg.run.out_dir}); pass --resume "
+                    "to continue it, --overwrite to start afresh there, or another --out",
+                    code=2,
+                )
+            result = train(cfg, log=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except ResumeMismatchError as err:
+        fail(_resume_message(err, given))
     except (
         TrainingDataError,
         CheckpointError,
+        OutputDirLocked,
         ValueError,
         FileNotFoundError,
         FloatingPointError,
     ) as err:
-        raise click.ClickException(" ".join(str(err).split())) from None
+        fail(str(err))
+    finally:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # refused unless empty
 
     click.echo(f"epochs completed: {result.epochs_completed}")
     click.echo(f"last checkpoint:  {result.last_checkpoint}")
@@ -235,6 +296,44 @@ def train_command(
         ]
         if parts:
             click.echo(f"{label} MAE: " + ", ".join(parts))
+
+
+#: config key -> command-line option, to name an option that differs on --resume
+_OPTION_NAMES = {
+    "data.train": "--train",
+    "data.val": "--val",
+    "data.test": "--test",
+    "run.epochs": "--epochs",
+    "run.batch_size": "--batch-size",
+    "optim.lr": "--lr",
+    "run.init": "--init",
+    "run.freeze_backbone": "--freeze-backbone",
+    "heads.forces": "--forces",
+    "run.distill_epochs": "--distill-epochs",
+    "run.layout": "--layout",
+    "run.seed": "--seed",
+}
+
+
+def _resume_message(err, given: dict[str, str]) -> str:
+    """The one-line refusal of a --resume whose options differ from the run's: each option
+    by its command-line name when given there, else by its config key."""
+    parts = []
+    for key, old, new in err.differences:
+        option = given.get(key)
+        if option is not None:
+            parts.append(
+                f"{option} differs from the run being resumed ({key} was {old}, now {new})"
+            )
+        else:
+            parts.append(f"{key} differs from the run being resumed (was {old}, now {new})")
+    last = err.checkpoint
+    return (
+        f"cannot resume {last}: " + "; ".join(parts) + ". --resume continues the same run "
+        "(same data, model, loss, optimizer and schedule): resume without these options, or "
+        f"start a new run from its weights with --init {last} (or "
+        f"{last.with_name('best.pt')}) and another --out"
+    )
 
 
 def _resolve_init(name: str) -> str:

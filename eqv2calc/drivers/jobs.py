@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from eqv2calc.batching import DEFAULT_MAX_ATOMS_PER_BATCH
@@ -53,6 +55,7 @@ __all__ = [
     "EXIT_OK",
     "EngineNotApplicable",
     "JobReport",
+    "OutputsOfAnotherInput",
     "RelaxPaths",
     "engine_fallback_note",
     "fresh_seed",
@@ -110,6 +113,11 @@ class RelaxPaths:
     relaxed: Path
     trajectory: Path
     log: Path
+
+
+class OutputsOfAnotherInput(ValueError):
+    """A relaxation's output files already hold the results of a different input (a usage
+    error: writing them would destroy those results)."""
 
 
 class _NothingToWrite(Exception):
@@ -243,6 +251,10 @@ class _Summary:
             raise
         return report
 
+    def abort(self) -> None:
+        """Release the locks without writing anything (the job refused to start)."""
+        self._locks.close()
+
     def set(self, key: str, record: dict[str, Any]) -> None:
         structures = self.data["structures"]
         old = structures.get(key)
@@ -250,7 +262,16 @@ class _Summary:
             n = 2
             while f"{key}~{n}" in structures:
                 n += 1
-            structures[f"{key}~{n}"] = old  # another file under the same label: keep it
+            # Another file under the same label: keep its record. Its files, where they are
+            # the files this record now names, hold the new results (the job only gets here
+            # when they no longer held the old ones), so the kept record stops naming them.
+            old = dict(old)
+            mine = {_real(record.get(k)) for k in _FILE_FIELDS} - {None}
+            for k in _FILE_FIELDS:
+                if _real(old.get(k)) in mine:
+                    old[k] = None
+                    old.setdefault("files_reused_by", record.get("source"))
+            structures[f"{key}~{n}"] = old
         structures[key] = record
         self._mine.add(key)
         self.flush()
@@ -275,6 +296,94 @@ class _Summary:
             self.flush()
         finally:
             self._locks.close()
+
+
+#: Summary record fields naming a structure's output files.
+_FILE_FIELDS = ("output", "trajectory", "log")
+
+
+def _real(path: Any) -> str | None:
+    return os.path.realpath(path) if isinstance(path, (str, os.PathLike)) and path else None
+
+
+def _same_input(record: dict[str, Any], entry: StructureEntry) -> bool:
+    """Whether a summary record is of ``entry`` (same file, same frame)."""
+    return _real(record.get("source")) == _real(entry.source) and record.get("frame") == entry.index
+
+
+def _read_numbers(path: Path, fmt: str | None = None) -> Any:
+    """Atomic numbers of the first frame of ``path`` (None if it cannot be read)."""
+    import ase.io
+
+    try:
+        return ase.io.read(str(path), index=0, format=fmt).numbers
+    except Exception:  # unreadable: nothing to compare with; the run replaces or repairs it
+        return None
+
+
+def _check_relax_outputs(
+    entries: Sequence[StructureEntry],
+    paths: Sequence[RelaxPaths],
+    structures: dict[str, Any],
+    summary_path: Path | None,
+) -> None:
+    """Refuse, before anything is written, to write a structure's outputs over files that
+    hold the results of a different input.
+
+    Files that exist are judged by the summary record that names them (the record under
+    the plain label first, then one kept as ``label~n``): a record of the same input (file
+    and frame) means a re-run, which goes on as before (the relaxed structure is rewritten,
+    ``--restart`` continues the trajectory); a record of another input is refused. Files no
+    record names (a summary kept elsewhere, or deleted) are refused when the trajectory's
+    first frame or the relaxed structure holds other atoms than the input.
+
+    Raises:
+        OutputsOfAnotherInput: naming the file, the input it came from and what to do.
+    """
+    from eqv2calc.io import output_format
+
+    owners: dict[str, dict[str, Any]] = {}  # file -> record naming it, plain labels first
+    for _, record in sorted(structures.items(), key=lambda kv: ("~" in kv[0], kv[0])):
+        if isinstance(record, dict):
+            for k in _FILE_FIELDS:
+                real = _real(record.get(k))
+                if real is not None:
+                    owners.setdefault(real, record)
+
+    hint = (
+        "give another --output-dir (or move those files away) to keep both; relax never "
+        "writes over another input's results"
+    )
+    for entry, out in zip(entries, paths):
+        existing = [p for p in (out.relaxed, out.trajectory, out.log) if p.exists()]
+        for path in existing:
+            record = owners.get(_real(path))
+            if record is None:
+                continue
+            if not _same_input(record, entry):
+                where = f" (frame {record['frame']})" if record.get("frame") is not None else ""
+                raise OutputsOfAnotherInput(
+                    f"{path} holds the relaxation of {record.get('source')}{where} according "
+                    f"to {summary_path}, not of {entry.source}; {hint}"
+                )
+            break  # a record of this input: a re-run
+        else:
+            for path, fmt in ((out.trajectory, "traj"), (out.relaxed, None)):
+                if not path.exists():
+                    continue
+                if fmt is None:
+                    try:
+                        fmt = output_format(path)
+                    except ValueError:
+                        continue
+                numbers = _read_numbers(path, fmt)
+                if numbers is not None and not np.array_equal(numbers, entry.atoms.numbers):
+                    held = Atoms(numbers=numbers).get_chemical_formula()
+                    raise OutputsOfAnotherInput(
+                        f"{path} exists and holds {held}, not the "
+                        f"{entry.atoms.get_chemical_formula()} of {entry.source} (no summary "
+                        f"record says where it came from); {hint}"
+                    )
 
 
 def _count(report: JobReport) -> dict[str, int]:
@@ -411,6 +520,11 @@ def run_relax_job(
         recorded,
         folders=[p.relaxed.parent for p in paths] + [p.trajectory.parent for p in paths],
     )
+    try:
+        _check_relax_outputs(entries, paths, summary.data["structures"], summary.path)
+    except BaseException:
+        summary.abort()
+        raise
     report = summary.begin(read_errors)
     atoms_list = [e.atoms.copy() for e in entries]
     fixed = [len(fix_below(a, fix_below_z)) if fix_below_z is not None else 0 for a in atoms_list]
@@ -780,5 +894,41 @@ def run_md_many_job(
             logfiles=[p[1] for p in paths],
         )
         for r, trio in zip(results, paths):
+            _label_engine_frames(trio[0], settings)
             write_structure(trio[2], r.atoms)
     return results, paths
+
+
+def _label_engine_frames(path: Path, settings: Any) -> None:
+    """Give the frames of a batched-engine MD trajectory the ``info`` that single-system runs
+    write (:data:`eqv2calc.drivers.md.MD_INFO_KEYS`): ``md_step``, ``time_fs`` (fs) and the
+    settings. The engine writes step 0, every ``log_interval``-th step and the last step; the
+    file is rewritten atomically (left as it was if its frame count does not match)."""
+    from ase.io.trajectory import Trajectory
+
+    steps = [0] + [
+        k
+        for k in range(1, settings.steps + 1)
+        if k % settings.log_interval == 0 or k == settings.steps
+    ]
+    with Trajectory(str(path), "r") as traj:
+        frames = [traj[i] for i in range(len(traj))]
+    if len(frames) != len(steps):
+        return
+    record: dict[str, Any] = {
+        "md_ensemble": settings.ensemble,
+        "md_timestep_fs": settings.timestep_fs,
+    }
+    if settings.ensemble == "nvt":
+        for key, value in (
+            ("md_temperature_K", settings.temperature_K),
+            ("md_friction_per_fs", settings.friction_per_fs),
+        ):
+            if np.ndim(value) == 0:
+                record[key] = float(value)
+        record["md_thermostat"] = "langevin"
+    with atomic_path(path) as tmp:
+        with Trajectory(str(tmp), "w") as out:
+            for step, frame in zip(steps, frames):
+                frame.info.update(record, md_step=step, time_fs=step * settings.timestep_fs)
+                out.write(frame)

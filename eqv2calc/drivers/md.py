@@ -38,9 +38,11 @@ from eqv2calc.io import calculator_label
 __all__ = [
     "DIRECT_FORCES_NOTE",
     "ENSEMBLES",
+    "MD_INFO_KEYS",
     "THERMOSTATS",
     "MDResult",
     "MDSettings",
+    "RestartMismatch",
     "run_md",
 ]
 
@@ -59,6 +61,10 @@ GRADIENT_FORCES_NOTE = (
     "This model's forces are gradients of its energy (forces: gradient): NVE runs conserve the "
     "total energy up to the integrator's error. The measured drift is reported at the end."
 )
+
+
+class RestartMismatch(ValueError):
+    """A restart asked for other integrator settings than the trajectory was run with."""
 
 
 def forces_note(calculator: Calculator) -> str:
@@ -138,7 +144,9 @@ class MDResult:
             "n_atoms": len(self.atoms),
             "steps": self.steps,
             "timestep_fs": self.timestep_fs,
-            "simulated_time_ps": self.steps * self.timestep_fs / 1000.0,
+            "simulated_time_ps": (
+                self.times_ps[-1] if self.times_ps else self.steps * self.timestep_fs / 1000.0
+            ),
             "mean_temperature_K": float(np.mean(temps)) if temps else None,
             "final_potential_energy_eV": self.potential_energies[-1] if temps else None,
             "drift_eV_per_ps": self.drift_ev_per_ps,
@@ -312,6 +320,73 @@ class MDSettings:
     def npt(self) -> bool:
         return self.ensemble == "npt"
 
+    def run_record(self) -> dict[str, Any]:
+        """The settings that make one continuous trajectory, as stored in every trajectory
+        frame's ``info`` (keys ``md_<setting>``) and compared on a restart: the ensemble, the
+        time step and what drives the integrator of that ensemble (damping times as used,
+        defaults resolved). Seed, step count and log interval may change on a restart."""
+        record: dict[str, Any] = {"md_ensemble": self.ensemble, "md_timestep_fs": self.timestep_fs}
+        tdamp = self.tdamp_fs if self.tdamp_fs is not None else 100.0 * self.timestep_fs
+        if self.ensemble != "nve":
+            record["md_temperature_K"] = self.temperature_K
+        if self.ensemble == "nvt":
+            record["md_thermostat"] = self.thermostat
+            if self.thermostat == "langevin":
+                record["md_friction_per_fs"] = self.friction_per_fs
+            else:
+                record["md_tdamp_fs"] = tdamp
+        elif self.ensemble == "npt":
+            record.update(
+                md_tdamp_fs=tdamp,
+                md_pressure_GPa=self.pressure / units.GPa,
+                md_pdamp_fs=self.pdamp_fs
+                if self.pdamp_fs is not None
+                else 1000.0 * self.timestep_fs,
+                md_cell_dof=self.cell_dof,
+            )
+        # floats throughout, so that 300 and 300.0 compare and print alike
+        return {k: v if isinstance(v, str) else float(v) for k, v in record.items()}
+
+
+#: ``info`` keys of MD trajectory frames: step, elapsed time (fs), the integrator's conserved
+#: energy (eV) and :meth:`MDSettings.run_record`.
+MD_INFO_KEYS = (
+    "md_step",
+    "time_fs",
+    "conserved_energy_eV",
+    "md_ensemble",
+    "md_thermostat",
+    "md_timestep_fs",
+    "md_temperature_K",
+    "md_friction_per_fs",
+    "md_tdamp_fs",
+    "md_pressure_GPa",
+    "md_pdamp_fs",
+    "md_cell_dof",
+)
+
+
+def _settings_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"name: was X, now Y"`` for each setting of ``now`` that differs from ``recorded``
+    (settings the frame does not record are not compared)."""
+    changes = []
+    if "md_ensemble" in recorded and recorded["md_ensemble"] != now["md_ensemble"]:
+        # another ensemble: only the time step is comparable besides
+        now = {k: now[k] for k in ("md_ensemble", "md_timestep_fs")}
+    for key, value in now.items():
+        if key not in recorded:
+            continue
+        old = recorded[key]
+        same = (
+            math.isclose(float(old), float(value), rel_tol=1e-9, abs_tol=1e-12)
+            if isinstance(value, float) and isinstance(old, (int, float))
+            else old == value
+        )
+        if not same:
+            name = key.removeprefix("md_")
+            changes.append(f"{name}: was {old}, now {value}")
+    return changes
+
 
 def _make_integrator(work: Atoms, settings: MDSettings, rng: np.random.Generator) -> Any:
     """The ASE integrator for ``settings`` acting on ``work``."""
@@ -368,6 +443,8 @@ class _MDRun:
         self.traj_path, self.log_path, self.label = trajectory, logfile, label
         self.frames: list[Atoms] = []
         self.start_step = 0
+        self.time_offset_fs = 0.0  # time of a step: offset + step x time step (fs)
+        self.last_observed: int | None = None
 
     # --- prepare -----------------------------------------------------------------------------
     def prepare(self, restart: bool) -> None:
@@ -380,6 +457,8 @@ class _MDRun:
         if s.npt and self.atoms.constraints:
             raise StructureError("NPT (MTK integrator) does not support constraints; remove them")
         self.work = self.atoms.copy()
+        for key in MD_INFO_KEYS:  # e.g. from an earlier run's final structure
+            self.work.info.pop(key, None)
         if restart and self.traj_path is not None:
             self.frames = read_restart(self.traj_path)
         rng = np.random.default_rng(s.seed)
@@ -408,21 +487,37 @@ class _MDRun:
         )
         for frame in self.frames[:-1]:
             step = int(frame.info.get("md_step", 0))
-            self.add_point(step, frame, frame.info.get("conserved_energy_eV"), write_log=False)
+            t_fs = float(frame.info.get("time_fs", step * s.timestep_fs))
+            econs = frame.info.get("conserved_energy_eV")
+            self.add_point(step, t_fs, frame, econs, write_log=False)
         self.log.header(self._header())
 
     def _continue_from(self, last: Atoms) -> None:
-        work = self.work
+        work, s = self.work, self.settings
         if len(last) != len(work) or not np.array_equal(last.numbers, work.numbers):
             raise StructureError(
                 "cannot restart: the trajectory holds a different structure "
                 f"({last.get_chemical_formula()} vs {work.get_chemical_formula()})"
             )
+        # A restart continues the same trajectory: another ensemble, time step or thermostat
+        # would make one file of two different runs (and a wrong time axis). Frames written
+        # before the settings were recorded (no "md_ensemble" key) are accepted as they are.
+        changes = _settings_changes(last.info, s.run_record())
+        if changes:
+            raise RestartMismatch(
+                f"cannot restart from {self.traj_path} with other settings than it was run "
+                f"with ({'; '.join(changes)}); a restart continues the same run: give the "
+                "earlier settings, or start a new run (other --traj/--log/--output, or "
+                "--overwrite)"
+            )
         work.set_cell(last.cell, scale_atoms=False)
         work.set_positions(last.positions, apply_constraint=False)
         work.set_momenta(last.get_momenta(), apply_constraint=False)
-        fallback = (len(self.frames) - 1) * self.settings.log_interval
+        fallback = (len(self.frames) - 1) * s.log_interval
         self.start_step = int(last.info.get("md_step", fallback))
+        self.last_observed = self.start_step
+        if "time_fs" in last.info:  # time goes on from the last frame's own time
+            self.time_offset_fs = float(last.info["time_fs"]) - self.start_step * s.timestep_fs
 
     def _fresh_start(self, rng: np.random.Generator) -> None:
         s, work = self.settings, self.work
@@ -462,15 +557,21 @@ class _MDRun:
         ]
 
     # --- observe -----------------------------------------------------------------------------
-    def add_point(self, step: int, frame: Atoms, econs: float | None, write_log: bool) -> None:
-        """Record one logged point (energies eV, temperature K; pressure GPa for NPT)."""
+    def time_fs(self, step: int) -> float:
+        """Elapsed time at MD step ``step``, fs."""
+        return self.time_offset_fs + step * self.settings.timestep_fs
+
+    def add_point(
+        self, step: int, t_fs: float, frame: Atoms, econs: float | None, write_log: bool
+    ) -> None:
+        """Record one logged point (time fs; energies eV, temperature K; pressure GPa for NPT)."""
         result, s = self.result, self.settings
         epot = float(frame.get_potential_energy())
         if not math.isfinite(epot):
             raise RuntimeError(f"{self.label}: potential energy became {epot} at MD step {step}")
         ekin = float(frame.get_kinetic_energy())
         temp = float(frame.get_temperature())
-        t_ps = step * s.timestep_fs / 1000.0
+        t_ps = t_fs / 1000.0
         pressure_gpa = volume = None
         result.steps_logged.append(step)
         result.times_ps.append(t_ps)
@@ -489,15 +590,19 @@ class _MDRun:
             self.log.row(step, t_ps, epot, ekin, temp, pressure_gpa, volume, econs)
 
     def observe(self) -> None:
-        """Called by the integrator every ``log_interval`` steps: log line + trajectory frame."""
+        """Called by the integrator every ``log_interval`` steps, and once more for the last
+        step of the run: log line + trajectory frame (with step, time and settings)."""
         step = int(self.dyn.nsteps)
+        if step == self.last_observed:
+            return  # already logged and written (no duplicate frames)
         econs = float(self.dyn.get_conserved_energy()) if self.has_conserved else None
-        self.add_point(step, self.work, econs, write_log=True)
+        t_fs = self.time_fs(step)
+        self.add_point(step, t_fs, self.work, econs, write_log=True)
+        self.last_observed = step
         if self.traj_path is not None:
             from ase.io.trajectory import Trajectory
 
-            self.work.info["md_step"] = step
-            self.work.info["time_fs"] = step * self.settings.timestep_fs
+            self.work.info.update(self.settings.run_record(), md_step=step, time_fs=t_fs)
             if econs is not None:
                 self.work.info["conserved_energy_eV"] = econs
             with Trajectory(str(self.traj_path), "a") as traj:
@@ -518,10 +623,13 @@ class _MDRun:
                 # ASE does not call observers at the start of a continued run; the restart
                 # point (already in the log and the trajectory) is added to the series here.
                 econs = float(dyn.get_conserved_energy()) if self.has_conserved else None
-                self.add_point(start, self.work, econs, write_log=False)
+                self.add_point(start, self.time_fs(start), self.work, econs, write_log=False)
             remaining = max(s.steps - start, 0)
-            if remaining:
-                dyn.run(steps=remaining)
+            if remaining or not self.frames:
+                dyn.run(steps=remaining)  # a fresh start logs step 0 (also with 0 steps)
+            # The last step is always logged and written, also off the log interval, so a
+            # restart continues from where this run stopped.
+            self.observe()
         except KeyboardInterrupt:
             self.log.write(
                 f"# interrupted at step {int(dyn.nsteps)}; the trajectory holds the steps "
@@ -558,7 +666,8 @@ class _MDRun:
         if s.npt:
             res["stress"] = work.get_stress()
         final.calc = SinglePointCalculator(final, **res)
-        final.info.pop("md_step", None)
+        for key in MD_INFO_KEYS:
+            final.info.pop(key, None)
         work.calc = None
         result.atoms = final
         summary = [f"summary: {result.summary_line()}"]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from eqv2calc.checks import MIN_DISTANCE, check_structure
 from eqv2calc.plotting import pyplot
 
 __all__ = ["PhononResult", "PhononSettings", "PhonopyMissingError", "run_phonons"]
@@ -239,10 +240,13 @@ def run_phonons(
     Raises:
         PhonopyMissingError: phonopy is not installed.
         ValueError: bad settings or a structure that is not 3D-periodic.
+        StructureError: non-finite positions or cell, overlapping atoms (a ValueError).
     """
     phonopy = _phonopy()
     settings = settings or PhononSettings()
     settings.validate()
+    # finite positions and cell, no overlaps: phonopy itself crashes the process on NaN
+    check_structure(atoms, min_distance=getattr(calc, "min_distance", MIN_DISTANCE))
     if not np.all(atoms.pbc) or abs(atoms.get_volume()) < 1e-6:
         raise ValueError(
             "phonons need a 3D-periodic cell (pbc = True along a, b, c, non-zero volume)"

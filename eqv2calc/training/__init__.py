@@ -13,9 +13,10 @@ resume).
 
 from eqv2calc.training.config import TrainConfig, config_from_dict, load_config, save_config
 from eqv2calc.training.data import TrainingDataError
-from eqv2calc.training.trainer import Trainer, TrainResult, train
+from eqv2calc.training.trainer import ResumeMismatchError, Trainer, TrainResult, train
 
 __all__ = [
+    "ResumeMismatchError",
     "TrainConfig",
     "TrainResult",
     "Trainer",

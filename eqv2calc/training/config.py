@@ -21,6 +21,7 @@ parameters: the smooth cutoff and the neighbour cap); the others are logged as i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -31,6 +32,7 @@ from typing import Any
 import yaml
 
 from eqv2calc.checkpoint.names import check_model_options, our_option_names
+from eqv2calc.checkpoint.reader import ENERGY_KINDS
 
 _TRI = (True, False, "auto")  # the values of a true/false/auto switch
 
@@ -117,7 +119,7 @@ class OptimConfig:
         warmup_fraction: share of all steps spent warming up linearly from ``warmup_factor·lr``.
         warmup_factor: starting learning rate as a fraction of ``lr``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
-        clip_grad_norm: maximum gradient norm (None = no clipping).
+        clip_grad_norm: maximum gradient norm (None or 0 = no clipping).
         ema_decay: decay of the exponential moving average (None = no EMA).
     """
 
@@ -150,7 +152,9 @@ class RunConfig:
         amp: bfloat16 autocast on CUDA (ignored on CPU).
         num_threads: torch CPU threads (None = torch's default).
         progress: show a progress bar.
-        energy_kind: override the energy kind stored in the checkpoint (``"total"``, ...).
+        energy_kind: override the energy kind stored in the checkpoint: ``"total"`` or
+            ``"adsorption"`` (OC20-style referenced energy); None keeps the ``init``
+            checkpoint's (``"total"`` for a new model).
         distill_epochs: with ``heads.forces: gradient`` and ``init``: the first epochs train on
             the initial model's own predictions (energy, direct-head forces and stress) instead
             of the labels: a direct→gradient distillation stage (counted in ``epochs``).
@@ -252,6 +256,12 @@ class TrainConfig:
         ):
             if value not in allowed:
                 problems.append(f"{name} must be {spelled}, got {value!r}")
+        problems += self._numeric_problems()
+        if self.run.energy_kind is not None and self.run.energy_kind not in ENERGY_KINDS:
+            problems.append(
+                f"run.energy_kind must be {' or '.join(map(repr, ENERGY_KINDS))} (or null: as "
+                f"the checkpoint / 'total' for a new model), got {self.run.energy_kind!r}"
+            )
         if self.optim.ema_decay is not None and not 0.0 < self.optim.ema_decay < 1.0:
             problems.append(
                 f"optim.ema_decay must be in (0, 1) or null, got {self.optim.ema_decay}"
@@ -281,6 +291,47 @@ class TrainConfig:
             )
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
+
+    def _numeric_problems(self) -> list[str]:
+        """Loss weights and optimizer numbers that would silently break the training: negative
+        or non-finite weights (a negative weight maximises that error), all weights 0 (nothing
+        to learn), a final learning rate above the peak, negative clipping or decay."""
+        problems = []
+        weights = {
+            "loss.energy_weight": self.loss.energy_weight,
+            "loss.forces_weight": self.loss.forces_weight,
+            "loss.stress_weight": self.loss.stress_weight,
+            "loss.fixed_atom_force_weight": self.loss.fixed_atom_force_weight,
+        }
+        for name, value in weights.items():
+            if not (math.isfinite(value) and value >= 0):
+                problems.append(f"{name} must be a finite number >= 0, got {value}")
+        if all(
+            value == 0 for name, value in weights.items() if name != "loss.fixed_atom_force_weight"
+        ):
+            problems.append(
+                "loss.energy_weight, loss.forces_weight and loss.stress_weight are all 0: "
+                "nothing would be trained; give at least one a weight > 0"
+            )
+        if not math.isfinite(self.optim.lr):
+            problems.append(f"optim.lr must be a finite number > 0, got {self.optim.lr}")
+        for name, value in (
+            ("optim.min_lr_ratio", self.optim.min_lr_ratio),
+            ("optim.warmup_factor", self.optim.warmup_factor),
+        ):
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{name} must be in [0, 1] (a fraction of optim.lr), got {value}")
+        if not (math.isfinite(self.optim.weight_decay) and self.optim.weight_decay >= 0):
+            problems.append(
+                f"optim.weight_decay must be a finite number >= 0, got {self.optim.weight_decay}"
+            )
+        clip = self.optim.clip_grad_norm
+        if clip is not None and not (math.isfinite(clip) and clip >= 0):
+            problems.append(
+                f"optim.clip_grad_norm must be a finite number > 0, or 0 or null for no "
+                f"clipping, got {clip}"
+            )
+        return problems
 
 
 _SECTIONS = {

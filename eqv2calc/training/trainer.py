@@ -18,6 +18,10 @@ such a folder without ``--overwrite``), so its metrics are never mixed with the 
 
 Resuming restarts at the epoch after the last completed one; shuffling is seeded per epoch and
 the model has no dropout, so an interrupted and resumed run reproduces an uninterrupted one.
+It therefore takes the run's own options: any other than :data:`RESUME_MAY_CHANGE` (device,
+threads, progress bar, the test set) that differs from the config recorded in ``last.pt``
+raises :class:`ResumeMismatchError` (a new run with ``run.init: last.pt`` starts from its
+weights with other options). :func:`train` holds the run folder's lock for the whole run.
 The model implements no dropout / drop-path: trainings run without them.
 """
 
@@ -41,7 +45,7 @@ from eqv2calc.checkpoint.load import GraphSettings
 from eqv2calc.checkpoint.names import model_config, our_option_names
 from eqv2calc.checkpoint.reader import read_file
 from eqv2calc.device import resolve_device
-from eqv2calc.io import write_json_atomic
+from eqv2calc.io import lock_directory, write_json_atomic
 from eqv2calc.model.potential import EquiformerV2Potential, HeadSpec
 from eqv2calc.model.radial import widen_distance_basis
 from eqv2calc.training.config import FINE_TUNE_OPTIONS, TrainConfig, save_config
@@ -68,6 +72,84 @@ STRESS_HEAD = HeadSpec(
     "rank2", {"decompose": True, "use_source_target_embedding": True, "extensive": False}
 )
 TRAINING_KEY = "eqv2calc_training"
+
+
+#: options a resumed run may set otherwise than the interrupted run: where and how it runs, and
+#: the test set evaluated once at the end. Every other option (data, model, heads, loss,
+#: optimizer, schedule: epochs, batch size, seed...) must be the run's own, or the resumed run
+#: would not continue it (:class:`ResumeMismatchError`).
+RESUME_MAY_CHANGE = frozenset(
+    {"run.resume", "run.out_dir", "run.device", "run.amp", "run.num_threads", "run.progress"}
+    | {"data.test"}
+)
+_PATH_OPTIONS = ("data.train", "data.val", "data.test", "run.init")
+_MISSING = object()
+
+
+class ResumeMismatchError(ValueError):
+    """``run.resume`` with options that differ from those of the run being resumed.
+
+    Attributes:
+        checkpoint: the ``last.pt`` being resumed.
+        differences: ``(key, value in the run, value now)`` per differing option, ``key`` as
+            in the config (``optim.lr``, ``model.envelope``...).
+    """
+
+    def __init__(self, checkpoint: Path, differences: list[tuple[str, object, object]]) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.differences = differences
+        parts = "; ".join(f"{key} was {old!r}, now {new!r}" for key, old, new in differences)
+        super().__init__(
+            f"cannot resume {checkpoint} with other options than the run's own: {parts}. "
+            "Resuming continues the same run (same data, model, loss, optimizer and schedule); "
+            f"resume with the run's options, or start a new run in another folder with "
+            f"run.init: {checkpoint} (its weights) and the new options"
+        )
+
+
+def resume_differences(
+    saved: dict, config: TrainConfig, model: EquiformerV2Potential
+) -> list[tuple[str, object, object]]:
+    """The options of ``config`` that differ from ``saved`` (the config recorded in the
+    ``last.pt`` being resumed, as :meth:`TrainConfig.to_dict`), but for
+    :data:`RESUME_MAY_CHANGE`: ``(key, saved value, value now)`` each.
+
+    Paths count as equal when they name the same file; ``heads.forces`` and
+    ``run.energy_kind`` left unset mean the resumed ``model``'s; a ``model`` option counts as
+    equal when it is the run's or the checkpoint's own (a fine-tune ignores the architecture
+    options)."""
+    differences: list[tuple[str, object, object]] = []
+    for section in ("data", "heads", "loss", "optim", "run"):
+        recorded = saved.get(section)
+        if not isinstance(recorded, dict):
+            continue  # an older checkpoint without the section: nothing to compare
+        for f in dataclasses.fields(getattr(config, section)):
+            key = f"{section}.{f.name}"
+            old, new = recorded.get(f.name, _MISSING), getattr(getattr(config, section), f.name)
+            if key in RESUME_MAY_CHANGE or old is _MISSING:
+                continue
+            if key == "heads.forces":
+                old, new = old or model.forces_kind, new or model.forces_kind
+            elif key == "run.energy_kind":
+                old, new = old or model.energy_kind, new or model.energy_kind
+            if old == new:
+                continue
+            if key in _PATH_OPTIONS and old is not None and new is not None:
+                if os.path.realpath(str(old)) == os.path.realpath(str(new)):
+                    continue
+            differences.append((key, old, new))
+    try:
+        recorded_model = our_option_names(dict(saved.get("model") or {}))
+    except (ValueError, TypeError):
+        recorded_model = {}
+    for name, new in our_option_names(config.model).items():
+        old = recorded_model.get(name, _MISSING)
+        if new == old or new == getattr(model.config, name, _MISSING):
+            continue
+        if old is _MISSING:
+            old = getattr(model.config, name, None)
+        differences.append((f"model.{name}", old, new))
+    return differences
 
 
 @dataclass
@@ -155,6 +237,11 @@ class Trainer:
             resume_state = read_file(self.last_path)
             loaded = load_checkpoint(self.last_path)
             model, settings = loaded.model, loaded.graph_settings
+            saved = (resume_state.get(TRAINING_KEY) or {}).get("config")
+            if isinstance(saved, dict):
+                differences = resume_differences(saved, c, model)
+                if differences:
+                    raise ResumeMismatchError(self.last_path, differences)
             self.log(
                 f"resuming from {self.last_path} (epoch {resume_state.get('epoch', 0)} completed)"
             )
@@ -678,5 +765,12 @@ def _format_metrics(metrics: dict) -> str:
 def train(
     config: TrainConfig, *, log: Callable[[str], None] = print, max_epochs: int | None = None
 ) -> TrainResult:
-    """Train (or fine-tune, or resume) as ``config`` says; see :class:`Trainer`."""
-    return Trainer(config, log=log).fit(max_epochs=max_epochs)
+    """Train (or fine-tune, or resume) as ``config`` says; see :class:`Trainer`.
+
+    The run folder is locked for the whole run (:func:`eqv2calc.io.lock_directory`): a second
+    run into it raises :class:`~eqv2calc.io.OutputDirLocked` naming this one, before it
+    changes anything there.
+    """
+    config.validate()  # before the lock creates the folder
+    with lock_directory(config.run.out_dir, "train"):
+        return Trainer(config, log=log).fit(max_epochs=max_epochs)
