@@ -364,3 +364,22 @@ def test_oc20_gas_references_with_an_unknown_calculator_are_noted():
     assert (
         check_gas_references(EMT(), ads, _cfg(gas_ref_overrides={"O": 0.8}, gas_refs="oc20")) == []
     )
+
+
+@pytest.mark.parametrize("model", ["emt", "demo"])
+def test_campaign_refuses_oc20_gas_refs_before_creating_anything(runner, tmp_path, model):
+    """Several adsorbates make a campaign: the refusal must come before its ledger exists."""
+    from ase.build import fcc100
+    from ase.io import write
+
+    from eqv2calc.cli import main
+
+    write(tmp_path / "slab.extxyz", fcc100("Cu", (2, 2, 3), vacuum=8.0))
+    out = tmp_path / "out"
+    args = ["adsorbml", "--slab", str(tmp_path / "slab.extxyz"), "--adsorbate", "O"]
+    args += ["--adsorbate", "H", "--model", model, "--gas-refs", "oc20", "--out", str(out)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1
+    assert "--gas-refs oc20 cannot be used" in result.stderr
+    assert model in result.stderr.lower()
+    assert not out.exists()

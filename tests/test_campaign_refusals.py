@@ -332,8 +332,6 @@ def test_checkpoint_sha256_enters_the_settings(tmp_path):
     assert CalculatorSpec(model=None).checkpoint_sha256() == bundled
     assert CalculatorSpec(model="emt").checkpoint_sha256() is None
     assert CalculatorSpec(factory="x:y").checkpoint_sha256() is None
-    with pytest.raises(ValueError, match="cannot load model"):
-        CalculatorSpec(model=str(tmp_path / "missing.pt")).checkpoint_sha256()
     relax = RelaxTask(out_dir=".", model="m.pt", model_sha256="ab")
     assert relax.settings()["model_sha256"] == "ab"
     assert "model_sha256" not in RelaxTask(out_dir=".", model="emt").settings()
@@ -342,6 +340,113 @@ def test_checkpoint_sha256_enters_the_settings(tmp_path):
     assert item_fingerprint(relax.settings()) == item_fingerprint(
         RelaxTask(out_dir=".", model="m.pt").settings()
     )
+
+
+def test_a_checkpoint_the_driver_cannot_see_is_not_hashed(tmp_path, monkeypatch):
+    """A path that exists only on the workers, or a registry model not in the driver's cache
+    (offline), is neither an error nor downloaded on the driver: no hash, one note."""
+    import eqv2calc.registry as registry
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the driver downloaded a checkpoint to hash it")
+
+    monkeypatch.setattr(registry, "fetch", no_download)
+    monkeypatch.setenv("EQV2CALC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EQV2CALC_OFFLINE", "1")
+    for model in (str(tmp_path / "only-on-workers.pt"), "eqV2_31M_omat"):
+        notes: list[str] = []
+        assert CalculatorSpec(model=model).checkpoint_sha256(note=notes.append) is None
+        assert len(notes) == 1 and "\n" not in notes[0], notes
+        assert "not checked on resume" in notes[0] and model in notes[0]
+    monkeypatch.delenv("EQV2CALC_OFFLINE")  # online, still never downloaded to hash
+    assert CalculatorSpec(model="eqV2_31M_omat").checkpoint_sha256(note=lambda m: None) is None
+
+
+def test_relax_campaign_with_a_checkpoint_only_on_the_workers(tmp_path):
+    """The driver records no hash and says so; the workers (here a factory) do the work."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write(inputs / "a.extxyz", _cu(0))
+    spec = CalculatorSpec(model=str(tmp_path / "nowhere" / "m.pt"))
+    notes: list[str] = []
+    sha = spec.checkpoint_sha256(note=notes.append)
+    assert sha is None and len(notes) == 1
+    task = RelaxTask(out_dir=str(tmp_path), model=spec.label, model_sha256=sha)
+    assert "model_sha256" not in task.settings()
+
+
+def _legacy_and_new_ledgers(tmp_path, legacy_state, new_state, legacy_finished, new_finished):
+    """An old-version ledger (items a, b under legacy keys) and a new-version shard ledger
+    (a under its new key, with its legacy key recorded), both written through the API."""
+    from eqv2calc.campaigns.ledger import ItemSpec
+
+    settings = {"kind": "eval", "model": "emt", "dtype": "float32"}
+    fp = item_fingerprint(settings)
+    h = {"a": structure_hash(_cu(0)), "b": structure_hash(_cu(1))}
+    new = {k: item_key(f"{v}:{k}", fp) for k, v in h.items()}
+    old = {k: item_key(v, fp) for k, v in h.items()}
+
+    def finish(led, key, state, when):
+        if state == "pending":
+            return
+        token = led.claim([key], "w", 60.0)[key]
+        if state == "done":
+            assert led.complete(key, token, {"energy_eV": when})
+        else:
+            assert led.fail(key, token, f"boom {when}")
+        led._db.execute("UPDATE items SET finished = ? WHERE key = ?", (when, key))
+
+    legacy_path = tmp_path / "old" / "campaign.sqlite"
+    with Ledger(legacy_path, "eval", settings) as led:  # as the older eqv2calc keyed items
+        led.add_items([ItemSpec(key=old[k], label=k) for k in ("a", "b")])
+        finish(led, old["a"], legacy_state, legacy_finished)
+        finish(led, old["b"], "done", 1.0)
+    shard = tmp_path / "new" / "campaign.shard-0-of-2.sqlite"
+    with Ledger(shard, "eval", settings) as led:
+        led.add_items([ItemSpec(key=new["a"], label="a", legacy_key=old["a"])])
+        finish(led, new["a"], new_state, new_finished)
+    return legacy_path, shard, new, old
+
+
+@pytest.mark.parametrize(
+    "legacy_state, new_state, legacy_t, new_t, winner",
+    [
+        ("done", "done", 10.0, 20.0, "new"),  # both done: the newer result
+        ("done", "done", 30.0, 20.0, "legacy"),
+        ("done", "failed", 10.0, 20.0, "legacy"),  # done over failed
+        ("failed", "done", 10.0, 20.0, "new"),
+        ("pending", "failed", 10.0, 20.0, "new"),  # failed over pending
+        ("done", "pending", 10.0, 20.0, "legacy"),
+    ],
+)
+def test_merge_and_status_take_a_legacy_keyed_row_as_its_item(
+    tmp_path, legacy_state, new_state, legacy_t, new_t, winner
+):
+    """A ledger merged by an older eqv2calc (legacy keys) and a shard re-run by this one
+    (new keys) hold the same items once: merge writes only the new key, status counts once."""
+    from eqv2calc.campaigns.report import campaign_status
+
+    legacy_path, shard, new, old = _legacy_and_new_ledgers(
+        tmp_path, legacy_state, new_state, legacy_t, new_t
+    )
+    status = campaign_status([legacy_path, shard])
+    assert status["total"] == 2, status["counts"]
+    want = legacy_state if winner == "legacy" else new_state
+    want_t = legacy_t if winner == "legacy" else new_t
+    for dest in (tmp_path / "merged.sqlite", legacy_path):  # a new file; the old merged one
+        sources = [shard] if dest == legacy_path else [legacy_path, shard]
+        counts = merge_ledgers(sources, dest)
+        assert sum(counts.values()) == 2, counts
+        rows = _rows(dest)
+        assert {r["key"] for r in rows.values()} == {new["a"], old["b"]}
+        assert rows["a"]["state"] == want
+        if want != "pending":
+            assert rows["a"]["finished"] == want_t
+        assert rows["a"]["legacy_key"] == old["a"]  # kept for later merges
+        assert rows["b"]["state"] == "done"
+    # merging the shard again changes nothing
+    assert sum(merge_ledgers([shard], tmp_path / "merged.sqlite").values()) == 2
+    assert campaign_status([tmp_path / "merged.sqlite", shard])["total"] == 2
 
 
 def test_ledgers_with_and_without_the_checkpoint_hash(tmp_path):

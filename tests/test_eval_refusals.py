@@ -23,3 +23,11 @@ def test_existing_output_is_kept_without_overwrite(runner, tmp_path, monkeypatch
     assert result.exit_code == 0, result.stderr
     (frame,) = ase.io.read(keep, ":")
     assert frame.get_chemical_formula() == "Cu4"
+
+
+def test_overwrite_is_refused_for_a_campaign(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("cu.extxyz", bulk("Cu", cubic=True))
+    args = ["eval", "cu.extxyz", "--model", "emt", "--executor", "local", "--overwrite"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2 and "--overwrite does not apply to a campaign" in result.stderr

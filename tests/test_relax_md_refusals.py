@@ -148,6 +148,103 @@ def test_relax_api_refuses_and_kept_record_stops_naming_reused_files(two_x):
     assert len(json.loads(summary.read_text())["runs"]) == 2  # the refused run left no trace
 
 
+@pytest.fixture
+def two_cu(tmp_path, monkeypatch):
+    """d1/x.extxyz and d2/x.xyz: the same composition (Cu4), other positions."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    ase.io.write(tmp_path / "d1" / "x.extxyz", _cu(seed=0))
+    ase.io.write(tmp_path / "d2" / "x.xyz", _cu(seed=1))
+    return tmp_path
+
+
+def test_relax_refusal_does_not_depend_on_the_current_directory(runner, two_cu, monkeypatch):
+    """The summary's relative paths were written from another directory: still refused."""
+    assert _relax(runner, "d1/x.extxyz", "--steps", "2", "--output-dir", "out").exit_code in (0, 3)
+    before = _snapshot(two_cu / "out")
+    monkeypatch.chdir(two_cu / "d2")
+    second = _relax(runner, "x.xyz", "--steps", "2", "--output-dir", "../out")
+    assert second.exit_code == 2, (second.stdout, second.stderr)
+    assert "d1/x.extxyz" in second.stderr and "x.xyz" in second.stderr
+    assert _snapshot(two_cu / "out") == before
+    restart = _relax(runner, "x.xyz", "--steps", "2", "--output-dir", "../out", "--restart")
+    assert restart.exit_code == 2 and _snapshot(two_cu / "out") == before
+
+
+def test_relax_same_input_from_another_directory_is_a_rerun(runner, two_cu, monkeypatch):
+    args = ["--optimizer", "BFGS", "--fmax", "1e-4"]
+    assert (
+        _relax(runner, "d1/x.extxyz", *args, "--steps", "2", "--output-dir", "out").exit_code == 3
+    )
+    monkeypatch.chdir(two_cu / "d1")
+    again = _relax(runner, "x.extxyz", *args, "--steps", "3", "--output-dir", "../out")
+    assert again.exit_code == 3, again.stderr
+    assert len(_frames(two_cu / "out" / "x_relax.traj")) == 4
+    more = _relax(runner, "x.extxyz", *args, "--steps", "5", "--output-dir", "../out", "--restart")
+    assert more.exit_code == 3, more.stderr
+    records = json.loads((two_cu / "out" / "relax_summary.json").read_text())["structures"]
+    assert set(records) == {"x"}  # replaced, not kept as another file's record
+    assert records["x"]["restarted_from_step"] == 3
+    assert records["x"]["source_abspath"] == str((two_cu / "d1" / "x.extxyz").resolve())
+
+
+def _drop_abspaths(summary: Path) -> None:
+    """Make the summary look like one written before records held ``source_abspath``."""
+    data = json.loads(summary.read_text())
+    for record in data["structures"].values():
+        record.pop("source_abspath", None)
+    summary.write_text(json.dumps(data))
+
+
+def test_relax_old_record_same_composition_other_positions_refused(runner, two_cu, monkeypatch):
+    assert _relax(runner, "d1/x.extxyz", "--steps", "2", "--output-dir", "out").exit_code in (0, 3)
+    _drop_abspaths(two_cu / "out" / "relax_summary.json")
+    before = _snapshot(two_cu / "out")
+    monkeypatch.chdir(two_cu / "d2")
+    second = _relax(runner, "x.xyz", "--steps", "2", "--output-dir", "../out")
+    assert second.exit_code == 2, (second.stdout, second.stderr)
+    assert "d1/x.extxyz" in second.stderr
+    assert _snapshot(two_cu / "out") == before
+    # the input of that old record, from yet another directory: a re-run
+    monkeypatch.chdir(two_cu / "d1")
+    again = _relax(runner, "x.extxyz", "--steps", "2", "--output-dir", "../out")
+    assert again.exit_code in (0, 3), again.stderr
+    records = json.loads((two_cu / "out" / "relax_summary.json").read_text())["structures"]
+    assert set(records) == {"x"}
+
+
+def test_relax_without_a_record_compares_the_positions(runner, two_cu):
+    assert _relax(runner, "d1/x.extxyz", "--steps", "2", "--output-dir", "out").exit_code in (0, 3)
+    before = _snapshot(two_cu / "out")
+    args = ["--steps", "2", "--output-dir", "out", "--summary", "elsewhere.json"]
+    second = _relax(runner, "d2/x.xyz", *args)
+    assert second.exit_code == 2, second.stderr
+    assert "d2/x.xyz" in second.stderr and _snapshot(two_cu / "out") == before
+    assert _relax(runner, "d1/x.extxyz", *args).exit_code in (0, 3)  # same structure: goes on
+
+
+def test_relax_kept_record_from_another_directory_stops_naming_reused_files(two_cu, monkeypatch):
+    out, summary = two_cu / "out", two_cu / "out" / "relax_summary.json"
+    kw = dict(output_dir="out", summary_path="out/relax_summary.json", progress=False, steps=2)
+    (a,), _ = load_structures(["d1/x.extxyz"])
+    run_relax_job([a], EMT(), **kw)
+    monkeypatch.chdir(two_cu / "d2")
+    (b,), _ = load_structures(["x.xyz"])
+    kw.update(output_dir="../out", summary_path="../out/relax_summary.json")
+    with pytest.raises(OutputsOfAnotherInput, match="holds the relaxation of"):
+        run_relax_job([b], EMT(), **kw)
+    for name in ("x_relaxed.extxyz", "x_relax.traj", "x_relax.log"):
+        (out / name).unlink()  # the user moved the first results away
+    run_relax_job([b], EMT(), **kw)
+    records = json.loads(summary.read_text())["structures"]
+    assert records["x"]["source"] == "x.xyz"
+    kept = records["x~2"]
+    assert kept["source"] == "d1/x.extxyz"
+    assert kept["output"] is None and kept["log"] is None and kept["trajectory"] is None
+    assert kept["files_reused_by"] == "x.xyz"
+
+
 # ----------------------------------------------------------------------------------------------
 # md --restart: same settings, a continuous time axis, the last step always written
 # ----------------------------------------------------------------------------------------------

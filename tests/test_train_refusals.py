@@ -17,7 +17,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from eqv2calc.checkpoint import CheckpointError, load_checkpoint
+from eqv2calc.checkpoint import load_checkpoint
 from eqv2calc.cli import main
 from eqv2calc.training import (
     ResumeMismatchError,
@@ -218,17 +218,19 @@ def test_cli_refuses_a_negative_loss_weight_before_any_work(runner, data, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-def test_checkpoint_with_an_unknown_energy_kind_is_refused_not_read_as_total(tmp_path):
+def test_checkpoint_with_an_unknown_energy_kind_loads_with_a_warning_not_silently(tmp_path):
+    """Files written before training refused such values keep loading, but say so."""
     state = torch.load(MODELS / "eqv2calc-demo-emt.pt", map_location="cpu", weights_only=True)
     assert state["config"]["eqv2calc"]["energy_kind"] == "total"
     state["config"]["eqv2calc"]["energy_kind"] = "adsorbtion"
     path = tmp_path / "typo.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=rf"{path}: .*energy_kind is 'adsorbtion'"):
-        load_checkpoint(path)
-    state["config"]["eqv2calc"]["energy_kind"] = "adsorption"
-    torch.save(state, path)
-    assert load_checkpoint(path).energy_kind == "adsorption"
+    with pytest.warns(UserWarning, match=rf"{path}: .*energy_kind is 'adsorbtion'"):
+        assert load_checkpoint(path).energy_kind == "total"
+    for written, kind in (("adsorption", "adsorption"), ("Total", "total"), ("emt", "total")):
+        state["config"]["eqv2calc"]["energy_kind"] = written
+        torch.save(state, path)
+        assert load_checkpoint(path).energy_kind == kind
 
 
 # ------------------------------------------------------------------------------ --resume

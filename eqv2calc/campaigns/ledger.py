@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS items (
     finished REAL
 );
 CREATE INDEX IF NOT EXISTS items_state ON items (state, seq);
+CREATE TABLE IF NOT EXISTS legacy_keys (key TEXT PRIMARY KEY, legacy_key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started REAL NOT NULL,
@@ -116,8 +117,9 @@ class ItemSpec:
     shard: shards of one input set split the same way whatever the settings. None: ``key``.
     ``legacy_key`` is the key this item had before item keys held its name (the input hash
     and settings alone): a ledger row under that key with the same label is this item,
-    recorded by an older eqv2calc, and :meth:`Ledger.add_items` takes it over. Neither is
-    stored in the ledger.
+    recorded by an older eqv2calc, and :meth:`Ledger.add_items` takes it over. ``shard_key``
+    is not stored; ``legacy_key`` is (table ``legacy_keys``), so that ``campaign merge`` and
+    ``status`` recognise this item's row in a ledger an older eqv2calc wrote or merged.
     """
 
     key: str
@@ -326,7 +328,18 @@ class Ledger:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (it.key, seq0 + j, it.label, it.source, it.input, now),
                 )
-            return db.total_changes - before
+            added = db.total_changes - before
+            # Remember each item's legacy key, so that merge and status can recognise its row
+            # in a ledger an older eqv2calc wrote (merged) as this item.
+            db.executemany(
+                "INSERT OR REPLACE INTO legacy_keys (key, legacy_key) VALUES (?, ?)",
+                [
+                    (it.key, it.legacy_key)
+                    for it in items
+                    if it.legacy_key and it.legacy_key != it.key
+                ],
+            )
+            return added
 
     def states(self, keys: Sequence[str] | None = None) -> dict[str, str]:
         """``key -> state`` for ``keys`` (all items when None)."""
@@ -527,16 +540,19 @@ class Ledger:
         return counts
 
     def rows(self, state: str | None = None) -> list[dict[str, Any]]:
-        """Items as dicts in input order (``result``/``provenance`` decoded from JSON)."""
+        """Items as dicts in input order (``result``/``provenance`` decoded from JSON;
+        ``legacy_key``: the key an older eqv2calc gave the item, when recorded, else None)."""
         sql = (
-            "SELECT key, seq, label, source, input, state, worker, lease, lease_expires, "
-            "attempts, result, error, provenance, created, started, finished FROM items"
+            "SELECT i.key, i.seq, i.label, i.source, i.input, i.state, i.worker, i.lease, "
+            "i.lease_expires, i.attempts, i.result, i.error, i.provenance, i.created, "
+            "i.started, i.finished, l.legacy_key "
+            "FROM items AS i LEFT JOIN legacy_keys AS l ON l.key = i.key"
         )
         args: tuple[Any, ...] = ()
         if state is not None:
-            sql += " WHERE state = ?"
+            sql += " WHERE i.state = ?"
             args = (state,)
-        cur = self._db.execute(sql + " ORDER BY seq", args)
+        cur = self._db.execute(sql + " ORDER BY i.seq", args)
         names = [d[0] for d in cur.description]
         out = []
         for values in cur.fetchall():

@@ -102,6 +102,37 @@ def _fuller(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {**a, **{k: v for k, v in b.items() if k in IDENTITY_SETTINGS and k not in a}}
 
 
+def _aliases(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """``(legacy key, label) -> key`` for the rows that record their legacy key: a row of an
+    older eqv2calc under that legacy key and label is the same item (see
+    :class:`~eqv2calc.campaigns.ledger.ItemSpec`)."""
+    return {
+        (r["legacy_key"], r["label"]): r["key"]
+        for r in rows
+        if r.get("legacy_key") and r["legacy_key"] != r["key"]
+    }
+
+
+def _item_key(row: dict[str, Any], aliases: dict[tuple[str, str], str]) -> str:
+    """The key ``row``'s item has now: its own, or for a row of an older eqv2calc (legacy
+    key and label) the key of the same item in ``aliases``."""
+    return aliases.get((row["key"], row["label"]), row["key"])
+
+
+def _prefer(row: dict[str, Any], old: dict[str, Any]) -> bool:
+    """True when ``row`` should replace ``old``, a row of the same item: the more advanced
+    state wins (done > failed > running > pending); between a legacy-keyed row and a row of
+    the same item under its current key that are both done, the newer result."""
+    a, b = _RANK[row["state"]], _RANK[old["state"]]
+    if a != b:
+        return a > b
+    return (
+        row["state"] == "done"
+        and row["key"] != old["key"]
+        and (row["finished"] or 0.0) > (old["finished"] or 0.0)
+    )
+
+
 def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
     """Status of the campaign(s) in ``paths`` (folders or ledger files).
 
@@ -119,6 +150,7 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
     shards: dict[int, set[int]] = {}
     items: dict[str, dict[str, Any]] = {}  # an item in several ledgers (merged) counts once
     runs: list[dict[str, Any]] = []
+    all_rows: list[dict[str, Any]] = []
     for f in files:
         m = _SHARD_RE.search(f.name)
         if m:
@@ -127,11 +159,14 @@ def campaign_status(paths: list[str | os.PathLike]) -> dict[str, Any]:
             kinds.add(led.kind)
             settings = settings or led.settings
             _add_to_group(groups, led.kind, led.settings, str(f))
-            for row in led.rows():
-                old = items.get(row["key"])
-                if old is None or _RANK[row["state"]] > _RANK[old["state"]]:
-                    items[row["key"]] = row
+            all_rows.extend(led.rows())
             runs.extend(led.runs())
+    aliases = _aliases(all_rows)
+    for row in all_rows:
+        key = _item_key(row, aliases)
+        old = items.get(key)
+        if old is None or _prefer(row, old):
+            items[key] = row
     counts = dict.fromkeys(STATES, 0)
     failures: list[dict[str, Any]] = []
     item_walls: list[float] = []
@@ -346,42 +381,41 @@ def _remove_db(path: Path, keep_main: bool = False) -> None:
 def _merge_into(
     target: Path, files: list[Path], kind: str, settings: dict[str, Any]
 ) -> dict[str, int]:
-    """Merge the ledgers ``files`` (already checked to share ``settings``) into ``target``."""
+    """Merge the ledgers ``files`` (already checked to share ``settings``) into ``target``.
+
+    A row that an older eqv2calc recorded under the item's legacy key (in ``target``, merged
+    by it, or in a source) and a row of the same item under its current key are one item:
+    only the current key is written (:func:`_item_key`, :func:`_prefer`)."""
     with Ledger(target, kind, settings) as out:
+        sources = []
         for f in files:
             with Ledger(f) as src:
-                rows = src.rows()
-                runs = src.runs()
-            have = {r["key"]: r["state"] for r in out.rows()}
-            with out.transaction() as db:
+                sources.append((src.rows(), src.runs()))
+        existing = out.rows()
+        aliases = _aliases(existing + [r for rows, _ in sources for r in rows])
+        have: dict[str, dict[str, Any]] = {}  # item key -> the row target holds for it
+        with out.transaction() as db:
+            for r in existing:
+                key = _item_key(r, aliases)
+                if key == r["key"]:
+                    if key not in have or _prefer(r, have[key]):
+                        have[key] = r
+            for r in existing:  # legacy rows of target: renamed, or dropped for a better row
+                key = _item_key(r, aliases)
+                if key == r["key"]:
+                    continue
+                db.execute("DELETE FROM items WHERE key = ?", (r["key"],))
+                if key not in have or _prefer(r, have[key]):
+                    _write_item(db, key, r, r["state"], r["seq"])
+                    have[key] = r
+            for rows, runs in sources:
                 for r in rows:
                     state = "pending" if r["state"] == "running" else r["state"]
-                    if r["key"] in have and _RANK[have[r["key"]]] >= _RANK[state]:
+                    key = _item_key(r, aliases)
+                    if key in have and not _prefer({**r, "state": state}, have[key]):
                         continue
-                    db.execute(
-                        "INSERT OR REPLACE INTO items (key, seq, label, source, input, state, "
-                        "worker, attempts, result, error, provenance, created, started, "
-                        "finished) VALUES (?, COALESCE((SELECT seq FROM items WHERE key = ?), "
-                        "(SELECT COALESCE(MAX(seq), -1) + 1 FROM items)), ?, ?, ?, ?, ?, ?, ?, "
-                        "?, ?, ?, ?, ?)",
-                        (
-                            r["key"],
-                            r["key"],
-                            r["label"],
-                            r["source"],
-                            r["input"],
-                            state,
-                            r["worker"],
-                            r["attempts"],
-                            _json(r["result"]),
-                            r["error"],
-                            _json(r["provenance"]),
-                            r["created"],
-                            r["started"],
-                            r["finished"],
-                        ),
-                    )
-                    have[r["key"]] = state
+                    _write_item(db, key, r, state, None)
+                    have[key] = {**r, "state": state}
                 for run in runs:
                     db.execute(
                         "INSERT INTO runs (started, finished, host, pid, executor, workers, done, "
@@ -397,7 +431,42 @@ def _merge_into(
                             run["failed"],
                         ),
                     )
+            # keep the legacy keys, so that a later merge with an older ledger still matches
+            db.executemany(
+                "INSERT OR REPLACE INTO legacy_keys (key, legacy_key) VALUES (?, ?)",
+                [(key, legacy) for (legacy, _), key in aliases.items()],
+            )
         return out.counts()
+
+
+def _write_item(
+    db: sqlite3.Connection, key: str, r: dict[str, Any], state: str, seq: int | None
+) -> None:
+    """Write row ``r`` as item ``key`` with ``state`` (its place: the one ``key`` has, else
+    ``seq``, else after the last item)."""
+    db.execute(
+        "INSERT OR REPLACE INTO items (key, seq, label, source, input, state, worker, "
+        "attempts, result, error, provenance, created, started, finished) VALUES (?, "
+        "COALESCE((SELECT seq FROM items WHERE key = ?), ?, "
+        "(SELECT COALESCE(MAX(seq), -1) + 1 FROM items)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            key,
+            key,
+            seq,
+            r["label"],
+            r["source"],
+            r["input"],
+            state,
+            r["worker"],
+            r["attempts"],
+            _json(r["result"]),
+            r["error"],
+            _json(r["provenance"]),
+            r["created"],
+            r["started"],
+            r["finished"],
+        ),
+    )
 
 
 def _json(value: Any) -> str | None:

@@ -9,6 +9,7 @@ per item with its provenance (model, versions, host, device, timings).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import platform
 import queue
@@ -89,14 +90,17 @@ class CalculatorSpec:
                 raise ValueError(f"--compile: {' '.join(str(err).split())}") from err
         return calc
 
-    def checkpoint_sha256(self) -> str | None:
+    def checkpoint_sha256(self, note: Callable[[str], None] | None = None) -> str | None:
         """SHA-256 of the eqv2calc checkpoint file this spec loads (what
         ``EquiformerV2Calculator.model_sha256`` gives, without loading the model), or None
         for EMT and a factory. The campaign ledger records it, so that a checkpoint replaced
         under the same path or name is noticed on resume.
 
-        Raises:
-            ValueError: The model cannot be found (one line naming it).
+        The driver hashes only a checkpoint it can read here without downloading (a file
+        that exists, a cached or bundled registry model): a path that exists only on the
+        worker nodes, or a registry model not in this machine's cache, is not fetched just
+        to be hashed. Then no hash is recorded (None) and ``note`` (default: a logged
+        warning) gets one line saying that the checkpoint is not checked on resume.
         """
         if self.factory is not None:
             return None
@@ -105,11 +109,20 @@ class CalculatorSpec:
         from eqv2calc.registry import resolve_model
         from eqv2calc.registry.download import sha256_of
 
+        what = self.model if self.model is not None else "the bundled default model"
         try:
-            return sha256_of(resolve_model(self.model, progress=False))
-        except Exception as err:  # any failure is one line naming the model
-            what = self.model if self.model is not None else "the bundled default model"
-            raise ValueError(f"cannot load model {what}: {' '.join(str(err).split())}") from err
+            return sha256_of(resolve_model(self.model, download=False, progress=False))
+        except Exception as err:  # not visible here: the workers load (or refuse) it
+            reason = " ".join(str(err).split()).split(". ")[0].rstrip(".") or type(err).__name__
+            msg = (
+                f"the model checkpoint {what} is not checked on resume: this driver cannot "
+                f"see it and does not download it to hash it ({reason}); the workers load it"
+            )
+            if note is None:
+                logging.getLogger(__name__).warning(msg)
+            else:
+                note(msg)
+            return None
 
     @property
     def label(self) -> str:

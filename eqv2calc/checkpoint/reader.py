@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,18 +292,18 @@ def parse(data: dict, path: Path) -> ParsedCheckpoint:
     else:
         energy_kind = "total"
     if written_by_us is not None:
-        kind = (
-            _ENERGY_KIND_ALIASES.get(written_by_us, written_by_us)
-            if isinstance(written_by_us, str)
-            else written_by_us
-        )
-        if kind not in ENERGY_KINDS:
-            raise CheckpointError(
-                f"{path}: config eqv2calc.energy_kind is {written_by_us!r}; expected one of "
-                f"{list(ENERGY_KINDS)} (the model was trained with an unknown run.energy_kind; "
-                "it is not guessed)"
+        kind = str(written_by_us).strip().lower()
+        kind = _ENERGY_KIND_ALIASES.get(kind, kind)
+        if kind in ENERGY_KINDS:
+            energy_kind = kind
+        else:
+            # Training refuses such values now; files written before that keep loading (as
+            # they did) with the kind read from the layout, but not silently.
+            warnings.warn(
+                f"{path}: config eqv2calc.energy_kind is {written_by_us!r}, not one of "
+                f"{list(ENERGY_KINDS)}; treating its energies as {energy_kind!r} energies",
+                stacklevel=2,
             )
-        energy_kind = kind
     envelope = (config.get("eqv2calc") or {}).get("envelope", "none")
     if envelope not in ENVELOPES:
         raise CheckpointError(

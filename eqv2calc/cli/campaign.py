@@ -218,12 +218,10 @@ def _spec(model: str | None, device: str, dtype: str) -> Any:
 
 
 def _checkpoint_sha256(spec: Any) -> str | None:
-    """The SHA-256 of the checkpoint ``spec`` loads, for the ledger (None: EMT, a factory)."""
-    try:
-        return spec.checkpoint_sha256()
-    except ValueError as err:
-        fail(str(err))
-    return None
+    """The SHA-256 of the checkpoint ``spec`` loads, for the ledger (None: EMT, a factory,
+    or a checkpoint this driver cannot see without downloading it: a one-line note says so;
+    the workers load it)."""
+    return spec.checkpoint_sha256(note=lambda msg: click.echo(f"note: {msg}", err=True))
 
 
 def _run(
@@ -507,7 +505,13 @@ def adsorbml_campaign(
     dft: str | None,
 ) -> int:
     """AdsorbML over every slab x adsorbate pair as a campaign; returns the exit status."""
+    from eqv2calc.adsorbml.pipeline import check_gas_references_early
     from eqv2calc.campaigns import AdsorbMLTask, Ledger
+
+    try:  # before the folder, ledger or summaries exist (a refused run leaves nothing)
+        check_gas_references_early(model, dft, adsorbates, config)
+    except ValueError as err:
+        fail(str(err))
     from eqv2calc.campaigns.hashing import item_fingerprint
     from eqv2calc.campaigns.report import write_adsorbml_summary
 
@@ -680,8 +684,10 @@ def merge_command(paths: tuple[str, ...], dest: str | None) -> None:
     Per item the most advanced state wins (done > failed > pending); shards must come from
     the same command (same settings). Missing shards are reported. --into is never one of
     the ledgers read (a shard's ledger is refused): a new file, or an earlier merged ledger
-    of the same campaign, which is extended. An AdsorbML campaign's summary
-    (campaign_summary.{txt,json,png}) is rewritten beside the merged ledger, for every system.
+    of the same campaign, which is extended. An AdsorbML campaign's summary is rewritten
+    beside the merged ledger, for every system, named after it: campaign_summary.{txt,json,png}
+    for campaign.sqlite, <stem>_summary.{txt,json,png} for --into <stem>.sqlite (e.g.
+    merged_summary.* for merged.sqlite).
     """
     from eqv2calc.campaigns import Ledger, LedgerError
     from eqv2calc.campaigns.ledger import LEDGER_NAME

@@ -101,6 +101,13 @@ def eval_command(
     if campaign.requested:
         from eqv2calc.cli.campaign import eval_campaign
 
+        if overwrite:
+            fail(
+                "--overwrite does not apply to a campaign (--executor/--shard): it continues "
+                "its ledger; use another --output-dir to start afresh",
+                code=2,
+            )
+
         eval_campaign(
             files,
             campaign,

@@ -205,6 +205,8 @@ class _Summary:
         self.path = path
         self.stopped_by: BaseException | None = None
         self._mine: set[str] = set()
+        #: Labels whose earlier record the output check found to be of the same input.
+        self.rerun_keys: set[str] = set()
         self._locks = contextlib.ExitStack()
         dirs = {os.path.realpath(f): Path(f) for f in folders}
         if path is not None:
@@ -258,23 +260,36 @@ class _Summary:
     def set(self, key: str, record: dict[str, Any]) -> None:
         structures = self.data["structures"]
         old = structures.get(key)
-        if old is not None and key not in self._mine and old.get("source") != record.get("source"):
+        if old is not None and key not in self._mine and not self._same_source(key, old, record):
             n = 2
             while f"{key}~{n}" in structures:
                 n += 1
             # Another file under the same label: keep its record. Its files, where they are
             # the files this record now names, hold the new results (the job only gets here
             # when they no longer held the old ones), so the kept record stops naming them.
+            # The kept record's paths may be relative to another directory than the current
+            # one: they are matched to this record's files by name (see _names_file).
             old = dict(old)
-            mine = {_real(record.get(k)) for k in _FILE_FIELDS} - {None}
+            mine = [_real(record.get(k)) for k in _FILE_FIELDS]
+            mine = [m for m in mine if m is not None]
             for k in _FILE_FIELDS:
-                if _real(old.get(k)) in mine:
+                if any(_names_file(old.get(k), m) for m in mine):
                     old[k] = None
                     old.setdefault("files_reused_by", record.get("source"))
             structures[f"{key}~{n}"] = old
         structures[key] = record
         self._mine.add(key)
         self.flush()
+
+    def _same_source(self, key: str, old: dict[str, Any], record: dict[str, Any]) -> bool:
+        """Whether an earlier record under ``key`` is of the input ``record`` is of (then it
+        is replaced). Records with ``source_abspath`` are compared by it, whatever directory
+        each run was started from; older ones by their ``source`` as written, or by what the
+        output check found (``rerun_keys``: their files hold this input's relaxation)."""
+        before, now = old.get("source_abspath"), record.get("source_abspath")
+        if before and now:
+            return before == now
+        return old.get("source") == record.get("source") or key in self.rerun_keys
 
     def flush(self) -> None:
         if self.path is not None:
@@ -306,18 +321,99 @@ def _real(path: Any) -> str | None:
     return os.path.realpath(path) if isinstance(path, (str, os.PathLike)) and path else None
 
 
-def _same_input(record: dict[str, Any], entry: StructureEntry) -> bool:
-    """Whether a summary record is of ``entry`` (same file, same frame)."""
-    return _real(record.get("source")) == _real(entry.source) and record.get("frame") == entry.index
+def _names_file(recorded: Any, real: str) -> int:
+    """How well a path written in a summary record names the existing file ``real`` (a
+    resolved path): 0 not at all; otherwise higher is surer (``_EXACT`` for the same path).
+
+    Relative paths in a record are relative to the directory that earlier run was started
+    from, which is not known: such a path names ``real`` when it ends in the same file name,
+    counting how many of its trailing components (``..`` and ``.`` dropped) agree."""
+    if not isinstance(recorded, (str, os.PathLike)) or not recorded:
+        return 0
+    if _real(recorded) == real:
+        return _EXACT
+    if os.path.isabs(recorded):
+        return 0  # an absolute path names one file, and not this one
+    parts = [p for p in Path(os.path.normpath(recorded)).parts if p not in ("..", ".")]
+    have = Path(real).parts
+    n = 0
+    while n < min(len(parts), len(have)) and parts[-1 - n] == have[-1 - n]:
+        n += 1
+    return n
 
 
-def _read_numbers(path: Path, fmt: str | None = None) -> Any:
-    """Atomic numbers of the first frame of ``path`` (None if it cannot be read)."""
+_EXACT = 1 << 16
+
+
+def _owner(real: str, structures: dict[str, Any]) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    """The summary record (and its label) that names the existing file ``real``: the best
+    match by :func:`_names_file`, plain labels before those kept as ``label~n``."""
+    best: tuple[int, str | None, Any] = (0, None, None)
+    for key, record in sorted(structures.items(), key=lambda kv: ("~" in kv[0], kv[0])):
+        if isinstance(record, dict):
+            score = max(_names_file(record.get(k), real) for k in _FILE_FIELDS)
+            if score > best[0]:
+                best = (score, key, record)
+    return (best[1], best[2]) if best[1] is not None else (None, None)
+
+
+def _same_atoms(a: Atoms, b: Atoms, tol: float = 1e-6) -> bool:
+    """Same atomic numbers, periodicity, cell and positions (within ``tol`` Å, an atom
+    wrapped into the cell by a whole lattice vector counting as in place)."""
+    if not np.array_equal(a.numbers, b.numbers) or not np.array_equal(a.pbc, b.pbc):
+        return False
+    if not np.allclose(a.cell.array, b.cell.array, rtol=0.0, atol=tol):
+        return False
+    delta = b.positions - a.positions
+    if a.pbc.any():
+        cell = a.cell.array
+        periodic = [i for i in range(3) if a.pbc[i]]
+        frac = np.linalg.lstsq(cell[periodic].T, delta.T, rcond=None)[0].T
+        delta = delta - np.round(frac) @ cell[periodic]
+    return bool(np.all(np.linalg.norm(delta, axis=1) <= tol))
+
+
+def _read_first(path: Path, fmt: str | None = None) -> Atoms | None:
+    """The first frame of ``path`` (None if it cannot be read)."""
     import ase.io
 
     try:
-        return ase.io.read(str(path), index=0, format=fmt).numbers
+        return ase.io.read(str(path), index=0, format=fmt)
     except Exception:  # unreadable: nothing to compare with; the run replaces or repairs it
+        return None
+
+
+def _same_input(record: dict[str, Any], entry: StructureEntry, out: RelaxPaths) -> bool:
+    """Whether a summary record is of ``entry`` (same file, same frame).
+
+    Records hold the resolved input path (``source_abspath``), which does not depend on the
+    directory either run was started from. Older records only hold ``source`` as given on
+    the command line (relative to a directory not known here): they are of ``entry`` when
+    the first frame of the trajectory is ``entry``'s structure (numbers, cell, positions),
+    or, without a readable trajectory, when ``source`` resolves here to the same file and
+    the relaxed structure holds the same atoms."""
+    if record.get("frame") != entry.index:
+        return False
+    if record.get("source_abspath"):
+        return record["source_abspath"] == _real(entry.source)
+    if out.trajectory.exists():
+        first = _read_first(out.trajectory, "traj")
+        if first is not None:
+            return _same_atoms(first, entry.atoms)
+    if _real(record.get("source")) != _real(entry.source):
+        return False
+    if out.relaxed.exists():
+        held = _read_first(out.relaxed, _output_format_or_none(out.relaxed))
+        return held is None or np.array_equal(held.numbers, entry.atoms.numbers)
+    return True
+
+
+def _output_format_or_none(path: Path) -> str | None:
+    from eqv2calc.io import output_format
+
+    try:
+        return output_format(path)
+    except ValueError:
         return None
 
 
@@ -326,64 +422,68 @@ def _check_relax_outputs(
     paths: Sequence[RelaxPaths],
     structures: dict[str, Any],
     summary_path: Path | None,
-) -> None:
+) -> set[str]:
     """Refuse, before anything is written, to write a structure's outputs over files that
     hold the results of a different input.
 
-    Files that exist are judged by the summary record that names them (the record under
-    the plain label first, then one kept as ``label~n``): a record of the same input (file
-    and frame) means a re-run, which goes on as before (the relaxed structure is rewritten,
-    ``--restart`` continues the trajectory); a record of another input is refused. Files no
-    record names (a summary kept elsewhere, or deleted) are refused when the trajectory's
-    first frame or the relaxed structure holds other atoms than the input.
+    Files that exist are judged by the summary record that names them (matched by file
+    name, so that neither run's current directory matters; the record under the plain
+    label first, then one kept as ``label~n``): a record of the same input (file and frame,
+    see :func:`_same_input`) means a re-run, which goes on as before (the relaxed structure
+    is rewritten, ``--restart`` continues the trajectory); a record of another input is
+    refused. Files no record names (a summary kept elsewhere, or deleted) are refused when
+    the trajectory's first frame is another structure than the input (atoms, cell or
+    positions) or the relaxed structure holds other atoms.
+
+    Returns:
+        The labels of the records found to be of the same input (re-runs).
 
     Raises:
         OutputsOfAnotherInput: naming the file, the input it came from and what to do.
     """
-    from eqv2calc.io import output_format
-
-    owners: dict[str, dict[str, Any]] = {}  # file -> record naming it, plain labels first
-    for _, record in sorted(structures.items(), key=lambda kv: ("~" in kv[0], kv[0])):
-        if isinstance(record, dict):
-            for k in _FILE_FIELDS:
-                real = _real(record.get(k))
-                if real is not None:
-                    owners.setdefault(real, record)
-
     hint = (
         "give another --output-dir (or move those files away) to keep both; relax never "
         "writes over another input's results"
     )
+    reruns: set[str] = set()
     for entry, out in zip(entries, paths):
         existing = [p for p in (out.relaxed, out.trajectory, out.log) if p.exists()]
         for path in existing:
-            record = owners.get(_real(path))
+            key, record = _owner(os.path.realpath(path), structures)
             if record is None:
                 continue
-            if not _same_input(record, entry):
+            if not _same_input(record, entry, out):
                 where = f" (frame {record['frame']})" if record.get("frame") is not None else ""
                 raise OutputsOfAnotherInput(
                     f"{path} holds the relaxation of {record.get('source')}{where} according "
                     f"to {summary_path}, not of {entry.source}; {hint}"
                 )
+            reruns.add(key)
             break  # a record of this input: a re-run
         else:
             for path, fmt in ((out.trajectory, "traj"), (out.relaxed, None)):
                 if not path.exists():
                     continue
                 if fmt is None:
-                    try:
-                        fmt = output_format(path)
-                    except ValueError:
+                    fmt = _output_format_or_none(path)
+                    if fmt is None:
                         continue
-                numbers = _read_numbers(path, fmt)
-                if numbers is not None and not np.array_equal(numbers, entry.atoms.numbers):
-                    held = Atoms(numbers=numbers).get_chemical_formula()
+                held = _read_first(path, fmt)
+                if held is None:
+                    continue
+                if not np.array_equal(held.numbers, entry.atoms.numbers):
                     raise OutputsOfAnotherInput(
-                        f"{path} exists and holds {held}, not the "
+                        f"{path} exists and holds {held.get_chemical_formula()}, not the "
                         f"{entry.atoms.get_chemical_formula()} of {entry.source} (no summary "
                         f"record says where it came from); {hint}"
                     )
+                if fmt == "traj" and not _same_atoms(held, entry.atoms):
+                    raise OutputsOfAnotherInput(
+                        f"{path} exists and starts from another {held.get_chemical_formula()} "
+                        f"structure (cell or positions) than {entry.source} (no summary "
+                        f"record says where it came from); {hint}"
+                    )
+    return reruns
 
 
 def _count(report: JobReport) -> dict[str, int]:
@@ -521,7 +621,9 @@ def run_relax_job(
         folders=[p.relaxed.parent for p in paths] + [p.trajectory.parent for p in paths],
     )
     try:
-        _check_relax_outputs(entries, paths, summary.data["structures"], summary.path)
+        summary.rerun_keys = _check_relax_outputs(
+            entries, paths, summary.data["structures"], summary.path
+        )
     except BaseException:
         summary.abort()
         raise
@@ -563,7 +665,12 @@ def _record_relaxed(
     entry: StructureEntry, result: RelaxResult, out: RelaxPaths, fixed: int, report: JobReport
 ) -> dict[str, Any]:
     """Write one relaxed structure and return its summary record (counts go to ``report``)."""
-    record = {"source": str(entry.source), "frame": entry.index, **result.to_dict()}
+    record = {
+        "source": str(entry.source),
+        "source_abspath": _real(entry.source),
+        "frame": entry.index,
+        **result.to_dict(),
+    }
     record["fixed_by_fix_below"] = fixed
     record["log"] = str(out.log)
     if not result.ok:
@@ -709,7 +816,12 @@ def run_eval_job(
 
     def done(i: int, result: EvalResult) -> None:
         entry = entries[i]
-        record = {"source": str(entry.source), "frame": entry.index, **result.to_dict()}
+        record = {
+            "source": str(entry.source),
+            "source_abspath": _real(entry.source),
+            "frame": entry.index,
+            **result.to_dict(),
+        }
         if result.ok:
             frame = result.atoms.copy()
             frame.calc = result.atoms.calc
