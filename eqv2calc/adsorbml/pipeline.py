@@ -391,30 +391,29 @@ def _not_dft_scale(calc: Any) -> str | None:
 
 class _CheckpointFile:
     """A checkpoint not loaded yet, as :func:`check_gas_references` sees a calculator: its file
-    (for the registry card, by SHA-256 or name) and the card's energy kind."""
+    and SHA-256 (for the registry card) and the card's energy kind."""
 
-    def __init__(self, path: Any, label: str):
+    model_sha256: str | None = None  # a class attribute, as on EquiformerV2Calculator
+
+    def __init__(self, path: Any, label: str, sha256: str | None):
         self.model_path = path
         self.model_label = label
-        self._sha: str | None = None
+        self.model_sha256 = sha256
         card = _registry_card(self)
         self.energy_kind = "adsorption" if card and card.energy_kind == "adsorption" else "total"
 
-    @property
-    def model_sha256(self) -> str:
-        if self._sha is None:
-            from eqv2calc.registry.download import sha256_of
-
-            self._sha = sha256_of(self.model_path)
-        return self._sha
-
 
 def check_gas_references_early(
-    model: str | None, dft: str | None, adsorbates: Any, config: AdsorbMLConfig
+    model: str | None,
+    dft: str | None,
+    adsorbates: Any,
+    config: AdsorbMLConfig,
+    model_sha256: str | None,
 ) -> None:
     """:func:`check_gas_references` before a campaign creates anything, from the ``--model``
-    and ``--dft`` names (``"emt"``, a registry name or a checkpoint path; nothing is loaded or
-    downloaded: a checkpoint the driver cannot see is left to each system's own check).
+    and ``--dft`` names (``"emt"``, a registry name or a checkpoint path) and the checkpoint's
+    SHA-256 the campaign computed for its ledger (None: the driver cannot see the file; each
+    system's own check then decides). Nothing is loaded, downloaded or hashed here.
 
     Raises:
         ValueError: as :func:`check_gas_references`.
@@ -427,12 +426,11 @@ def check_gas_references_early(
 
     if model is not None and str(model).lower() == "emt":
         calc: Any = EMT()
+    elif model_sha256 is None:
+        return
     else:
-        try:
-            path = resolve_model(model, download=False, progress=False)
-            calc = _CheckpointFile(path, str(model) if model else "(the bundled default)")
-        except Exception:  # not resolvable here (offline, a path only workers see)
-            return
+        path = resolve_model(model, download=False, progress=False)  # hashed: it is here
+        calc = _CheckpointFile(path, str(model) if model else "(the bundled default)", model_sha256)
     dft_calc = EMT() if dft is not None and str(dft).lower() == "emt" else None
     for adsorbate in adsorbates:
         check_gas_references(calc, adsorbate, config, dft_calculator=dft_calc, dft_label=dft)

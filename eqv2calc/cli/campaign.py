@@ -507,23 +507,23 @@ def adsorbml_campaign(
     """AdsorbML over every slab x adsorbate pair as a campaign; returns the exit status."""
     from eqv2calc.adsorbml.pipeline import check_gas_references_early
     from eqv2calc.campaigns import AdsorbMLTask, Ledger
-
-    try:  # before the folder, ledger or summaries exist (a refused run leaves nothing)
-        check_gas_references_early(model, dft, adsorbates, config)
-    except ValueError as err:
-        fail(str(err))
     from eqv2calc.campaigns.hashing import item_fingerprint
     from eqv2calc.campaigns.report import write_adsorbml_summary
 
-    out = _prepare_out(str(out), "adsorbml")
     spec = _spec(model, device, dtype)
+    model_sha256 = _checkpoint_sha256(spec)
+    try:  # before the folder, ledger or summaries exist (a refused run leaves nothing)
+        check_gas_references_early(model, dft, adsorbates, config, model_sha256)
+    except ValueError as err:
+        fail(str(err))
+    out = _prepare_out(str(out), "adsorbml")
     task = AdsorbMLTask(
         out_dir=str(out.resolve()),
         model=spec.label,
         config=config,
         dft=dft,
         dtype=dtype,
-        model_sha256=_checkpoint_sha256(spec),
+        model_sha256=model_sha256,
     )
     try:
         specs, payloads, _ = task.items(systems, adsorbates, item_fingerprint(task.settings()))

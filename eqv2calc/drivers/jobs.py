@@ -1004,32 +1004,20 @@ def run_md_many_job(
             labels=[e.label for e in entries],
             trajectories=[p[0] for p in paths],
             logfiles=[p[1] for p in paths],
+            frame_info=_engine_run_record(settings),
         )
         for r, trio in zip(results, paths):
-            _label_engine_frames(trio[0], settings)
             write_structure(trio[2], r.atoms)
     return results, paths
 
 
-def _label_engine_frames(path: Path, settings: Any) -> None:
-    """Give the frames of a batched-engine MD trajectory the ``info`` that single-system runs
-    write (:data:`eqv2calc.drivers.md.MD_INFO_KEYS`): ``md_step``, ``time_fs`` (fs) and the
-    settings. The engine writes step 0, every ``log_interval``-th step and the last step; the
-    file is rewritten atomically (left as it was if its frame count does not match)."""
-    from ase.io.trajectory import Trajectory
-
-    steps = [0] + [
-        k
-        for k in range(1, settings.steps + 1)
-        if k % settings.log_interval == 0 or k == settings.steps
-    ]
-    with Trajectory(str(path), "r") as traj:
-        frames = [traj[i] for i in range(len(traj))]
-    if len(frames) != len(steps):
-        return
+def _engine_run_record(settings: Any) -> dict[str, Any]:
+    """The settings a batched-engine MD run stores in every trajectory frame, as single-system
+    runs do (:meth:`eqv2calc.drivers.md.MDSettings.run_record`; a per-system temperature or
+    friction is left out)."""
     record: dict[str, Any] = {
         "md_ensemble": settings.ensemble,
-        "md_timestep_fs": settings.timestep_fs,
+        "md_timestep_fs": float(settings.timestep_fs),
     }
     if settings.ensemble == "nvt":
         for key, value in (
@@ -1039,8 +1027,4 @@ def _label_engine_frames(path: Path, settings: Any) -> None:
             if np.ndim(value) == 0:
                 record[key] = float(value)
         record["md_thermostat"] = "langevin"
-    with atomic_path(path) as tmp:
-        with Trajectory(str(tmp), "w") as out:
-            for step, frame in zip(steps, frames):
-                frame.info.update(record, md_step=step, time_fs=step * settings.timestep_fs)
-                out.write(frame)
+    return record

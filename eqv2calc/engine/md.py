@@ -112,6 +112,7 @@ def run_md_engine(
     trajectories: Sequence[str | os.PathLike | None] | None = None,
     logfiles: Sequence[str | os.PathLike | None] | None = None,
     evaluator=None,
+    frame_info: dict | None = None,
 ) -> list[BatchMDResult]:
     """Run MD of several independent systems together on the calculator's device.
 
@@ -124,6 +125,8 @@ def run_md_engine(
         trajectories: per-system ASE trajectory files (frames every ``log_interval``).
         logfiles: per-system logs: time (ps), Etot, Epot, Ekin (eV), T (K).
         evaluator: override the evaluator (see :mod:`eqv2calc.engine.evaluate`).
+        frame_info: extra ``info`` for every trajectory frame (e.g. the run's settings, for
+            a restart to compare); every frame also gets ``md_step`` and ``time_fs`` (fs).
 
     Returns:
         One :class:`BatchMDResult` per system, in input order.
@@ -207,7 +210,8 @@ def run_md_engine(
                     _log_header(logs[i], r.label, len(atoms_list[i]), s, i)
                 _append_log(logs[i], step, step * s.timestep_fs / 1000.0, ep, ek, tk)
         if any(t is not None for t in trajs):
-            _write_frames(trajs, atoms_list, st, x, v, epot, f)
+            info = {**(frame_info or {}), "md_step": step, "time_fs": step * s.timestep_fs}
+            _write_frames(trajs, atoms_list, st, x, v, epot, f, info)
 
     record(0, epot, x, v, f)
     for step in range(1, s.steps + 1):
@@ -354,7 +358,7 @@ def _mean_rows(values, batch, nb, counts) -> torch.Tensor:
     return (_sum_rows(values, batch, nb) / counts.unsqueeze(-1))[batch]
 
 
-def _write_frames(trajs, atoms_list, st, x, v, epot, f) -> list[Atoms]:
+def _write_frames(trajs, atoms_list, st, x, v, epot, f, info=None) -> list[Atoms]:
     from ase.io.trajectory import Trajectory
 
     pos = x.cpu().numpy()
@@ -370,8 +374,11 @@ def _write_frames(trajs, atoms_list, st, x, v, epot, f) -> list[Atoms]:
         a.set_velocities(vel[sl])
         a.calc = SinglePointCalculator(a, energy=float(energy[i]), forces=forces[sl])
         if trajs[i] is not None:
+            framed = a.copy()  # the info goes into the file, not into the returned structure
+            framed.calc = a.calc
+            framed.info.update(info or {})
             with Trajectory(str(trajs[i]), "a") as t:
-                t.write(a)
+                t.write(framed)
         out.append(a)
         start += n
     return out
